@@ -1,0 +1,137 @@
+"""The one Source/Sink protocol every connector implements.
+
+Data crosses this boundary only as Arrow: a source yields ``pyarrow.RecordBatch`` objects, a sink
+receives ``pyarrow.Table`` objects. No per-record Python on either side.
+
+System columns: every batch a source yields carries, after the user's columns,
+``_partition`` (int32: the source partition — file index, Kafka partition, …) and
+``_offset`` (int64: the record's position within its partition — row index in the file, Kafka offset).
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+PARTITION_COL = "_partition"
+OFFSET_COL = "_offset"
+SYSTEM_COLUMNS = (PARTITION_COL, OFFSET_COL)
+
+
+@dataclass
+class SourceContext:
+    """What a running source may ask of its job.
+
+    ``stop`` is set when the job stops: an unbounded (watching) source must return from
+    :meth:`Source.read` soon after. ``reject`` takes a record that cannot be decoded: the job either
+    stores it in its dead-letter table and the source goes on (it returns), or raises
+    :class:`velosql.errors.DataError` naming the place (the source must let that propagate).
+    """
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    reject_fn: object = None  # callable(location: str, error: str, raw: str | None) -> None
+
+    def reject(self, location: str, error: str, raw: str | None = None) -> None:
+        """Hand over a record that cannot be processed. ``location`` is e.g. ``'data/x.csv:17'``."""
+        if self.reject_fn is None:
+            from ..errors import DataError
+
+            raise DataError(f"{location}: {error}")
+        self.reject_fn(location, error, raw)
+
+
+class PartitionEnd:
+    """Yielded by :meth:`Source.read` when one source partition (a file, …) has no more data."""
+
+    __slots__ = ("partition",)
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+
+    def __repr__(self) -> str:
+        return f"PartitionEnd({self.partition})"
+
+
+class Source(ABC):
+    """A stream of Arrow record batches.
+
+    Lifecycle: the job calls :meth:`open` once, then iterates :meth:`read` from one thread until it
+    is exhausted (bounded sources) or ``ctx.stop`` is set, then calls :meth:`close` exactly once,
+    also after an error. :meth:`read` may block while waiting for data, but then yields ``None`` at
+    least every ``poll_interval`` so the job can flush time-based work; it yields
+    :class:`PartitionEnd` when a partition is done. Every batch has the same schema, available from
+    :attr:`schema` once :meth:`open` returned.
+    """
+
+    name: str
+    bounded: bool = True
+
+    @abstractmethod
+    def open(self, ctx: SourceContext) -> None: ...
+
+    @property
+    @abstractmethod
+    def schema(self) -> pa.Schema:
+        """The schema of the batches, user columns then the system columns."""
+
+    @abstractmethod
+    def read(self) -> Iterator[pa.RecordBatch | PartitionEnd | None]: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release files, connections and threads. Called once."""
+
+    def describe(self) -> str:
+        """One line for EXPLAIN, e.g. ``file_source csv data/trades.csv``."""
+        return type(self).__name__
+
+
+class Sink(ABC):
+    """Receives a job's result rows.
+
+    Lifecycle: :meth:`open` once with the result schema, then :meth:`write` any number of times from
+    the job's single writer thread, :meth:`flush` at least at the end (and whenever the job commits
+    progress), and :meth:`close` exactly once, also after an error. ``write`` may block (that is
+    backpressure), never drops rows.
+    """
+
+    name: str
+
+    @abstractmethod
+    def open(self, schema: pa.Schema) -> None: ...
+
+    @abstractmethod
+    def write(self, table: pa.Table) -> None: ...
+
+    def flush(self) -> None:  # noqa: B027 - optional hook
+        """Make everything written so far durable/visible."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Flush and release resources. Called once."""
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+_ARANGE = pa.array(range(1 << 16), pa.int64())
+
+
+def _arange(n: int) -> pa.Array:
+    """0..n-1 as int64 without a per-element Python loop (a cached array, doubled when short)."""
+    global _ARANGE
+    while len(_ARANGE) < n:
+        _ARANGE = pa.concat_arrays([_ARANGE, pc.add(_ARANGE, len(_ARANGE))])
+    return _ARANGE.slice(0, n)
+
+
+def with_system_columns(batch: pa.RecordBatch, partition: int, first_offset: int) -> pa.RecordBatch:
+    """Append ``_partition`` and ``_offset`` to a batch of user columns (vectorised)."""
+    n = batch.num_rows
+    part = pa.repeat(pa.scalar(partition, pa.int32()), n)
+    offsets = pc.add(_arange(n), pa.scalar(first_offset, pa.int64()))
+    schema = batch.schema.append(pa.field(PARTITION_COL, pa.int32())).append(pa.field(OFFSET_COL, pa.int64()))
+    return pa.RecordBatch.from_arrays([*batch.columns, part, offsets], schema=schema)

@@ -1,0 +1,339 @@
+"""Every WITH option velosql accepts, declared once as data.
+
+Validation (the planner), ``EXPLAIN``, ``velosql options`` and the SQL reference in ``docs/`` all come
+from :data:`OPTIONS`; ``tests/test_docs.py`` fails when the docs miss one.
+
+Keys come in two scopes:
+
+* ``job`` options are written bare (``processor = 'v2:4'``) or quoted (``'watermark.max_out_of_orderness'``).
+* ``source`` / ``sink`` options are written ``'<name>.<key>'`` where ``<name>`` is the FROM identifier
+  (source) or the stream/table being created (sink): ``'trades.type' = 'file_source'``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import Location, OptionError
+
+SOURCE_TYPES = ("file_source", "file_source_mmap", "kafka_source", "python", "table")
+SINK_TYPES = ("file_sink", "kafka_sink", "duckdb_table", "python")
+FILE_FORMATS = ("csv", "csv_no_header", "json", "jsonl", "parquet")
+FAILURE_STRATEGIES = ("SendToDLQ", "LogAndContinue", "FailBatch", "RetryWithBackoff")
+PARTITIONING_STRATEGIES = (
+    "hash", "always_hash", "sticky", "sticky_partition", "smart", "smart_repartition",
+    "round_robin", "roundrobin", "fan_in", "fanin",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Option:
+    """One WITH key: its scope, value kind, default and the text the docs show.
+
+    ``kind`` is one of ``str``, ``int``, ``bool``, ``duration`` (a value such as ``'5s'``, ``'500ms'``,
+    ``'1m'``, ``'2h'`` or a bare number of seconds, parsed to integer microseconds) and ``enum``
+    (one of ``choices``, compared case-insensitively). ``types`` restricts a source/sink option to the
+    connector types that understand it (``None``: every type of its scope).
+    """
+
+    name: str
+    scope: str  # "job" | "source" | "sink"
+    kind: str
+    default: object
+    help: str
+    choices: tuple[str, ...] | None = None
+    types: tuple[str, ...] | None = None
+
+
+def _src(name, kind, default, help, choices=None, types=("file_source", "file_source_mmap")):
+    return Option(name, "source", kind, default, help, choices, types)
+
+
+def _sink(name, kind, default, help, choices=None, types=("file_sink",)):
+    return Option(name, "sink", kind, default, help, choices, types)
+
+
+def _job(name, kind, default, help, choices=None):
+    return Option(name, "job", kind, default, help, choices)
+
+
+_KAFKA_SRC = ("kafka_source",)
+_KAFKA_SINK = ("kafka_sink",)
+
+OPTIONS: tuple[Option, ...] = (
+    # ---- sources --------------------------------------------------------------------------------
+    _src(
+        "type",
+        "enum",
+        None,
+        "Connector of the source. Without it: a python source if data is "
+        "pushed from Python, a table source if a DuckDB table of that name exists.",
+        SOURCE_TYPES,
+        None,
+    ),
+    _src(
+        "path",
+        "str",
+        None,
+        "File, glob (`data/*.csv`) or directory to read; relative to the working directory.",
+    ),
+    _src(
+        "format",
+        "enum",
+        None,
+        "File format; by default taken from the file extension "
+        "(`.csv`, `.json`/`.jsonl`/`.ndjson`, `.parquet`).",
+        FILE_FORMATS,
+    ),
+    _src("delimiter", "str", ",", "CSV field delimiter (one character)."),
+    _src(
+        "has_headers",
+        "bool",
+        True,
+        "Whether the CSV's first line names the columns. `format = 'csv_no_header'` sets it to false.",
+    ),
+    _src("quote", "str", '"', "CSV quote character."),
+    _src("escape", "str", None, "CSV escape character (default: quotes are escaped by doubling)."),
+    _src("skip_lines", "int", 0, "Lines to skip at the start of every file, before the header."),
+    _src("max_records", "int", None, "Stop after this many records (the source is then exhausted)."),
+    _src(
+        "schema",
+        "str",
+        None,
+        "Column names and DuckDB types, overriding inference, e.g. "
+        "`'station VARCHAR, temperature DOUBLE'`. Required to name the columns of a "
+        "headerless CSV (otherwise `column0`, `column1`, …).",
+    ),
+    _src("batch_size", "int", 65536, "Rows per batch read from the source."),
+    _src(
+        "watch",
+        "bool",
+        False,
+        "Keep reading rows appended to the file(s) and new files in the directory until the job is stopped.",
+    ),
+    _src("poll_interval", "duration", 500_000, "How often a watched source looks for new data."),
+    _src(
+        "event.time.field", "str", None, "Column holding the event time of this source's records.", types=None
+    ),
+    _src(
+        "event.time.format",
+        "str",
+        None,
+        "How to read the event-time column when it is not a "
+        "timestamp: `epoch_millis`, `epoch_seconds`, `iso8601` or a strftime pattern.",
+        types=None,
+    ),
+    _src(
+        "config_file",
+        "str",
+        None,
+        "YAML file (relative to the SQL file) holding more `<key>: value` options for this connector.",
+        types=None,
+    ),
+    _src("topic.name", "str", None, "Kafka topic to read.", types=_KAFKA_SRC),
+    _src("bootstrap.servers", "str", None, "Kafka brokers.", types=_KAFKA_SRC),
+    _src(
+        "auto.offset.reset",
+        "enum",
+        "earliest",
+        "Where to start without committed offsets.",
+        ("earliest", "latest"),
+        types=_KAFKA_SRC,
+    ),
+    _src("group.id", "str", None, "Kafka consumer group.", types=_KAFKA_SRC),
+    _src(
+        "table",
+        "str",
+        None,
+        "DuckDB table to read for `type = 'table'` (default: the source name).",
+        types=("table",),
+    ),
+    # ---- sinks ----------------------------------------------------------------------------------
+    _sink(
+        "type",
+        "enum",
+        "duckdb_table",
+        "Connector of the sink. Results always also land in a "
+        "DuckDB table of the stream's name unless `type = 'python'`.",
+        SINK_TYPES,
+        None,
+    ),
+    _sink("path", "str", None, "File to write; relative to the working directory; its directory is created."),
+    _sink("format", "enum", None, "File format; by default taken from the extension.", FILE_FORMATS),
+    _sink("delimiter", "str", ",", "CSV field delimiter."),
+    _sink("has_headers", "bool", True, "Write a CSV header line."),
+    _sink(
+        "append_if_exists",
+        "bool",
+        False,
+        "Append to an existing file instead of replacing it (CSV and JSON lines).",
+    ),
+    _sink("compression", "enum", None, "Parquet compression codec.", ("snappy", "zstd", "gzip", "none")),
+    _sink("table", "str", None, "DuckDB table to write (default: the stream name).", types=("duckdb_table",)),
+    _sink("topic.name", "str", None, "Kafka topic to write.", types=_KAFKA_SINK),
+    _sink("bootstrap.servers", "str", None, "Kafka brokers.", types=_KAFKA_SINK),
+    # ---- job ------------------------------------------------------------------------------------
+    _job(
+        "processor",
+        "str",
+        None,
+        "Processor architecture: `v1`, `v2`, `v2:N`, `v2:affinity`, "
+        "`v2:N:affinity` (also `simple`, `adaptive[:N]`).",
+    ),
+    _job("enable_affinity", "bool", False, "Pin V2 partition workers to cores."),
+    _job(
+        "partitioning_strategy", "enum", None, "How V2 routes records to partitions.", PARTITIONING_STRATEGIES
+    ),
+    _job(
+        "queue_threshold",
+        "int",
+        1000,
+        "Records a V2 partition queue holds before the producer waits (backpressure).",
+    ),
+    _job(
+        "failure_strategy",
+        "enum",
+        "SendToDLQ",
+        "What happens to a record that cannot be read or "
+        "processed: `SendToDLQ` and `LogAndContinue` store it in the `<stream>__dlq` table and "
+        "go on (LogAndContinue also logs it); `FailBatch` stops the job with an error naming the "
+        "record; `RetryWithBackoff` retries failing sink writes, then behaves like SendToDLQ.",
+        FAILURE_STRATEGIES,
+    ),
+    _job("max_retries", "int", 3, "Sink write retries under `RetryWithBackoff`."),
+    _job("retry_backoff", "duration", 100_000, "First retry delay under `RetryWithBackoff`; doubles."),
+    _job(
+        "max_batch_size",
+        "int",
+        262144,
+        "Rows coalesced into one micro-batch before it reaches "
+        "DuckDB (larger amortises DuckDB's per-call cost).",
+    ),
+    _job(
+        "batch_timeout",
+        "duration",
+        200_000,
+        "Longest a partly filled micro-batch waits for more rows before it is processed.",
+    ),
+    _job(
+        "event.time.field", "str", None, "Event-time column for every source (Velostream's unprefixed form)."
+    ),
+    _job("event.time.format", "str", None, "Format of the event-time column for every source."),
+    _job(
+        "watermark.strategy",
+        "enum",
+        "bounded_out_of_orderness",
+        "`ascending` means a lateness of 0.",
+        ("bounded_out_of_orderness", "ascending"),
+    ),
+    _job(
+        "watermark.max_out_of_orderness",
+        "duration",
+        0,
+        "Allowed lateness: the watermark trails the largest event time seen by this much.",
+    ),
+    _job(
+        "watermark.idle_timeout",
+        "duration",
+        None,
+        "A source partition without records for this long stops holding the watermark back.",
+    ),
+    _job(
+        "late.data.strategy",
+        "enum",
+        "dead_letter",
+        "Late rows are always counted and kept in `<stream>__late`; `drop` keeps only the count.",
+        ("dead_letter", "drop"),
+    ),
+    _job(
+        "mode",
+        "str",
+        None,
+        "Velostream's job mode (accepted for compatibility; `processor` decides the architecture).",
+    ),
+)
+
+# Velostream spells some choices differently; these map onto ours.
+_ALIASES = {"log_and_continue": "LogAndContinue", "send_to_dlq": "SendToDLQ",
+            "fail_batch": "FailBatch", "retry_with_backoff": "RetryWithBackoff", "dlq": "SendToDLQ",
+            "fail": "FailBatch"}  # fmt: skip
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_UNIT_US = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000,
+            "d": 86_400_000_000}  # fmt: skip
+
+
+def parse_duration(value: object) -> int:
+    """``'500ms'``, ``'30s'``, ``'1m'``, ``'2h'``, ``'1d'`` or a number of seconds → microseconds.
+
+    Raises ``ValueError`` with the allowed forms when the value is none of them.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}")
+    if isinstance(value, (int, float)):
+        return int(value * 1_000_000)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(
+            f"invalid duration {value!r}: expected a number with ms, s, m, h or d (e.g. '500ms', '5s')"
+        )
+    return int(float(m.group(1)) * _UNIT_US[(m.group(2) or "s").lower()])
+
+
+def find(scope: str, name: str) -> Option | None:
+    """The option called ``name`` in ``scope``, or None."""
+    for opt in OPTIONS:
+        if opt.scope == scope and opt.name == name:
+            return opt
+    return None
+
+
+def names(scope: str) -> list[str]:
+    return sorted({o.name for o in OPTIONS if o.scope == scope})
+
+
+def convert(opt: Option, value: object, key: str, location: Location | None = None) -> object:
+    """Check ``value`` against ``opt`` and return it converted; ``key`` is how the user wrote it."""
+    try:
+        if value is None:
+            return None
+        if opt.kind == "str":
+            return str(value)
+        if opt.kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            return int(str(value).strip())
+        if opt.kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("true", "1", "yes", "on"):
+                return True
+            if text in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if opt.kind == "duration":
+            return parse_duration(value)
+        if opt.kind == "enum":
+            text = str(value).strip()
+            for choice in opt.choices or ():
+                if choice.lower() == text.lower():
+                    return choice
+            if text.lower() in _ALIASES and _ALIASES[text.lower()] in (opt.choices or ()):
+                return _ALIASES[text.lower()]
+            raise OptionError(
+                f"invalid value {value!r} for {key!r}: allowed values are "
+                + ", ".join(repr(c) for c in opt.choices or ()),
+                location,
+            )
+    except OptionError:
+        raise
+    except ValueError as exc:
+        detail = str(exc) if str(exc) else f"expected {_kind_text(opt.kind)}"
+        raise OptionError(f"invalid value {value!r} for {key!r}: {detail}", location) from None
+    raise AssertionError(opt.kind)
+
+
+def _kind_text(kind: str) -> str:
+    return {"int": "an integer", "bool": "true or false", "str": "a string"}.get(kind, kind)
