@@ -1,0 +1,336 @@
+"""The embedded engine: a DuckDB database plus the streaming jobs deployed on it.
+
+``velosql.connect()`` returns an :class:`Engine`. Streaming statements deploy jobs; every other
+statement is DuckDB SQL run from its original text on the engine's database, where results land
+as tables too.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import duckdb
+import pyarrow as pa
+
+from .config import JobProcessorConfig, resolve_processor
+from .connectors.duckdb_table import DuckDBTableSink, DuckDBTableSource
+from .connectors.python import Channel, PythonSink, PythonSource
+from .errors import ConfigError, SqlError, VelosqlError
+from .plan.explain import explain_text
+from .plan.planner import StreamPlan, plan
+from .runtime.job import FAILED, FINISHED, STOPPED, Job
+from .runtime.processor import JobProcessorFactory
+from .sql import parse_script
+from .sql.statements import (
+    CreateStream,
+    Describe,
+    DropStream,
+    Explain,
+    ShowJobs,
+    ShowStreams,
+    Statement,
+)
+
+
+def connect(
+    database: str | duckdb.DuckDBPyConnection = ":memory:",
+    *,
+    processor: str | JobProcessorConfig | None = None,
+    threads: int | None = 1,
+) -> Engine:
+    """Open an engine on a new DuckDB database (a path or ``:memory:``) or an existing connection.
+
+    ``threads`` sets DuckDB's thread count for a database velosql opens (V1 runs each job on one
+    connection with one thread); an existing connection keeps its settings. ``processor`` is the
+    default processor for statements that do not choose one.
+    """
+    return Engine(database, processor=processor, threads=threads)
+
+
+class Engine:
+    """Deploys streaming statements as jobs and runs DuckDB SQL; a context manager."""
+
+    def __init__(self, database=":memory:", *, processor=None, threads: int | None = 1) -> None:
+        if isinstance(database, duckdb.DuckDBPyConnection):
+            self.con, self._owns = database, False
+        else:
+            config = {"threads": threads} if threads else {}
+            self.con, self._owns = duckdb.connect(database, config=config), True
+        if isinstance(processor, JobProcessorConfig):
+            processor = str(processor)
+        self.default_processor = processor
+        self.config_path: str | None = None
+        self._jobs: dict[str, Job] = {}
+        self._channels: dict[str, Channel] = {}
+        self._outputs: dict[str, PythonSink] = {}
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # ---- statements -----------------------------------------------------------------------------
+
+    def execute(self, sql: str, *, file: str | None = None):
+        """Run a script. Returns the last statement's result: a :class:`Job` for a streaming
+        statement, a DuckDB relation for a query, the plan text for EXPLAIN, an Arrow table for SHOW.
+
+        Every streaming statement is validated (parsed, planned, bound to its source's schema) before
+        any job starts: when one fails, none runs.
+        """
+        statements = parse_script(sql, file)
+        plans = {id(s): self._plan(s) for s in statements if isinstance(s, CreateStream)}
+        prepared: list[Job] = []
+        result = None
+        try:
+            for stmt in statements:
+                if isinstance(stmt, CreateStream):
+                    job = self._prepare(plans[id(stmt)])
+                    prepared.append(job)
+                    result = job
+                else:
+                    result = self._run_other(stmt)
+        except BaseException:
+            for job in prepared:
+                job.executor.source.close()
+                self._jobs.pop(job.name, None)
+            raise
+        for job in prepared:
+            job.start()
+        return result
+
+    def run(self, path_or_sql: str, *, wait: bool = True, timeout: float | None = None) -> list[Job]:
+        """Deploy a .sql file (or SQL text) and, by default, wait for its jobs to finish."""
+        if os.path.exists(path_or_sql) and not path_or_sql.lstrip().upper().startswith(("CREATE", "SELECT")):
+            with open(path_or_sql, encoding="utf-8") as fh:
+                text = fh.read()
+            before = set(self._jobs)
+            self.execute(text, file=path_or_sql)
+        else:
+            before = set(self._jobs)
+            self.execute(path_or_sql)
+        jobs = [j for n, j in self._jobs.items() if n not in before]
+        if wait:
+            for job in jobs:
+                job.wait(timeout)
+        return jobs
+
+    def sql(self, query: str):
+        """Run DuckDB SQL on the engine's database (results of jobs are tables here)."""
+        return self.con.sql(query)
+
+    def _plan(self, stmt: CreateStream) -> StreamPlan:
+        return plan(stmt)
+
+    def _prepare(self, p: StreamPlan) -> Job:
+        with self._lock:
+            existing = self._jobs.get(p.name)
+            if existing is not None and not existing.done:
+                raise SqlError(
+                    f"stream {p.name!r} is already running; DROP STREAM {p.name} first", p.location
+                )
+            try:
+                cfg = resolve_processor(p.processor, cli=self.default_processor, config_path=self.config_path)
+            except ConfigError as exc:
+                raise SqlError(str(exc), p.location) from None
+            job = Job(p, self, JobProcessorFactory.create(cfg))
+            self._jobs[p.name] = job
+        job.prepare()
+        return job
+
+    def _run_other(self, stmt: Statement):
+        if isinstance(stmt, ShowStreams):
+            return self._show_streams()
+        if isinstance(stmt, ShowJobs):
+            return self._show_jobs()
+        if isinstance(stmt, Explain):
+            p = self._plan(stmt.statement)
+            job = self._jobs.get(p.name) if stmt.analyze else None
+            return explain_text(p, self._processor_for(p), job)
+        if isinstance(stmt, DropStream):
+            job = self._jobs.pop(stmt.name.lower(), None)
+            if job is None and not stmt.if_exists:
+                raise SqlError(f"no stream named {stmt.name!r}", stmt.location)
+            if job is not None:
+                job.stop()
+            return None
+        if isinstance(stmt, Describe) and stmt.name.lower() in self._jobs:
+            job = self._jobs[stmt.name.lower()]
+            schema = job.executor.out_schema
+            return pa.table(
+                {
+                    "column_name": schema.names,
+                    "column_type": [str(t) for t in schema.types],
+                }
+            )
+        text = stmt.text
+        try:
+            return self.con.sql(text)
+        except duckdb.Error as exc:
+            raise SqlError(str(exc).strip().splitlines()[0], stmt.location) from None
+
+    def _processor_for(self, p: StreamPlan) -> JobProcessorConfig:
+        return resolve_processor(p.processor, cli=self.default_processor, config_path=self.config_path)
+
+    def explain(self, sql: str) -> str:
+        """The plan of each streaming statement of ``sql`` as text."""
+        texts = [
+            explain_text(self._plan(s), self._processor_for(self._plan(s)), None)
+            for s in parse_script(sql)
+            if isinstance(s, CreateStream)
+        ]
+        return "\n\n".join(texts)
+
+    # ---- jobs -----------------------------------------------------------------------------------
+
+    def jobs(self) -> list[Job]:
+        return list(self._jobs.values())
+
+    def job(self, name: str) -> Job:
+        try:
+            return self._jobs[name.lower()]
+        except KeyError:
+            raise VelosqlError(f"no job named {name!r}") from None
+
+    def wait(self, timeout: float | None = None) -> None:
+        for job in self.jobs():
+            job.wait(timeout)
+
+    def _show_streams(self) -> pa.Table:
+        rows = [
+            {
+                "name": j.name,
+                "kind": j.plan.kind.upper(),
+                "source": j.plan.source.name,
+                "sinks": ", ".join(f"{s.type}" for s in j.plan.sinks),
+                "emit": j.plan.emit.upper(),
+                "window": _window_text(j.plan),
+                "status": j.status,
+            }
+            for j in self.jobs()
+        ]
+        return pa.Table.from_pylist(rows) if rows else pa.table({"name": pa.array([], pa.string())})
+
+    def _show_jobs(self) -> pa.Table:
+        rows = [j.metrics() for j in self.jobs()]
+        return pa.Table.from_pylist(rows) if rows else pa.table({"name": pa.array([], pa.string())})
+
+    # ---- Python in and out ----------------------------------------------------------------------
+
+    def channel(self, name: str) -> Channel:
+        with self._lock:
+            key = name.lower()
+            if key not in self._channels:
+                self._channels[key] = Channel(key)
+            return self._channels[key]
+
+    def push(self, source: str, data) -> int:
+        """Push records (Arrow, pandas, dict of columns, list of dicts) into a python source."""
+        return self.channel(source).push(data)
+
+    def close_source(self, source: str) -> None:
+        """Declare a python source finished: its jobs flush and end once they read everything."""
+        self.channel(source).close()
+
+    def pull(self, stream: str) -> pa.Table:
+        """Results of a stream with ``'<stream>.type' = 'python'`` written since the last pull."""
+        try:
+            return self._outputs[stream.lower()].pull()
+        except KeyError:
+            raise VelosqlError(
+                f"stream {stream!r} has no python sink; declare '{stream}.type' = 'python' or query "
+                f"its table with engine.sql('SELECT * FROM {stream}')"
+            ) from None
+
+    # ---- wiring used by executors ---------------------------------------------------------------
+
+    def _job_connection(self) -> duckdb.DuckDBPyConnection:
+        return self.con.cursor()
+
+    def _make_source(self, p: StreamPlan):
+        spec = p.source
+        stype = spec.type or self._infer_source_type(spec.name, p)
+        if stype == "file_source":
+            from .connectors.files import FileSource
+
+            return FileSource(spec.name, spec.options)
+        if stype == "python":
+            return PythonSource(
+                spec.name, self.channel(spec.name), spec.options.get("poll_interval") or 200_000
+            )
+        if stype == "table":
+            table = spec.options.get("table") or spec.name
+            return DuckDBTableSource(
+                spec.name, self.con.cursor(), table, spec.options.get("batch_size") or 65536
+            )
+        raise SqlError(f"source {spec.name!r}: unsupported type {stype!r}", p.location)
+
+    def _infer_source_type(self, name: str, p: StreamPlan) -> str:
+        if name in self._channels:
+            return "python"
+        found = self.con.execute(
+            "SELECT count(*) FROM (SELECT table_name AS n FROM duckdb_tables() UNION ALL "
+            "SELECT view_name FROM duckdb_views()) WHERE lower(n) = ?",
+            [name],
+        ).fetchone()[0]
+        if found:
+            return "table"
+        raise SqlError(
+            f"source {name!r} is not defined: give '{name}.type' (file_source, python or table) "
+            f"with its options, create a DuckDB table {name}, or push data with engine.push({name!r}, …)",
+            p.location,
+        )
+
+    def _make_sinks(self, p: StreamPlan, con: duckdb.DuckDBPyConnection) -> list:
+        sinks = []
+        for spec in p.sinks:
+            if spec.type == "duckdb_table":
+                sinks.append(
+                    DuckDBTableSink(spec.name, con, spec.options.get("table") or spec.name, spec.key)
+                )
+            elif spec.type == "python":
+                sink = PythonSink(spec.name)
+                self._outputs[spec.name] = sink
+                sinks.append(sink)
+            elif spec.type == "file_sink":
+                from .connectors.files import FileSink
+
+                sinks.append(FileSink(spec.name, spec.options))
+            else:
+                raise SqlError(f"sink {spec.name!r}: unsupported type {spec.type!r}", p.location)
+        return sinks
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop every job (they flush) and wait for them."""
+        for job in self.jobs():
+            job.stop_event.set()
+        for job in self.jobs():
+            job.stop()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for ch in self._channels.values():
+            ch.close()
+        self.stop()
+        if self._owns:
+            self.con.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _window_text(p: StreamPlan) -> str:
+    w = p.window
+    if w is None:
+        return ""
+    if w.kind == "sliding":
+        return f"SLIDING {w.size_us / 1e6:g}s/{w.advance_us / 1e6:g}s"
+    return f"{w.kind.upper()} {w.size_us / 1e6:g}s"
+
+
+__all__ = ["Engine", "connect", "FINISHED", "STOPPED", "FAILED"]

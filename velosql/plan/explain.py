@@ -1,0 +1,76 @@
+"""EXPLAIN: a plan as text a person can check against their intent."""
+
+from __future__ import annotations
+
+from .planner import StreamPlan
+
+
+def _duration(us: int | None) -> str:
+    if not us:
+        return "0s"
+    for unit, size in (("h", 3_600_000_000), ("m", 60_000_000), ("s", 1_000_000), ("ms", 1_000)):
+        if us % size == 0:
+            return f"{us // size}{unit}"
+    return f"{us}us"
+
+
+def _options(opts: dict) -> str:
+    shown = {k: v for k, v in opts.items() if v not in (None, False, "") and k != "schema"}
+    return ", ".join(f"{k}={v}" for k, v in sorted(shown.items()))
+
+
+def explain_text(plan: StreamPlan, processor, job=None) -> str:
+    """The plan of one streaming statement; with a running ``job``, its metrics too (ANALYZE)."""
+    lines = [f"{plan.kind.upper()} {plan.name}  ({plan.location})"]
+    src = plan.source
+    lines.append(
+        f"  source:      {src.name} [{src.type or 'python/table (resolved at deploy)'}] {_options(src.options)}"
+    )
+    t = plan.time
+    if plan.window is not None:
+        et = t.column or "processing time (no event-time column named)"
+        idle = _duration(t.idle_timeout_us) if t.idle_timeout_us else "none"
+        lines.append(
+            f"  event time:  {et}; watermark = max event time per source partition - "
+            f"{_duration(t.lateness_us)} (allowed lateness), minimum over partitions; idle timeout {idle}"
+        )
+        lines.append(f"  late rows:   counted and kept in {plan.late_table}")
+    lines.append(f"  shape:       {plan.shape}")
+    if plan.group_keys:
+        lines.append(f"  group keys:  {', '.join(plan.group_keys)}")
+    if plan.window is not None:
+        w = plan.window
+        size = _duration(w.size_us)
+        if w.kind == "sliding":
+            size += f", advance {_duration(w.advance_us)}"
+        if w.kind == "session":
+            size = f"gap {size}"
+        lines.append(f"  window:      {w.kind.upper()} {size}")
+    if plan.aggregates:
+        lines.append("  aggregates:")
+        for a in plan.aggregates:
+            kind = "holistic (keeps values)" if a.holistic else "decomposable"
+            lines.append(f"    {a.call}  [{kind}]")
+            lines.append(f"      partial: {', '.join(a.partial)}")
+            lines.append(f"      combine: {', '.join(a.combine)}")
+            lines.append(f"      final:   {a.final}")
+    emit = {
+        "final": "FINAL: one row per group (and window) when the watermark closes it; at end of input otherwise",
+        "changes": "CHANGES: one row per input row with its group's updated values",
+    }[plan.emit]
+    if plan.shape in ("project", "buffered"):
+        emit = "CHANGES: one output row per input row that passes WHERE"
+    lines.append(f"  emit:        {emit}")
+    for s in plan.sinks:
+        key = f" keyed by {', '.join(s.key)}" if s.key else ""
+        lines.append(f"  sink:        {s.name} [{s.type}]{key} {_options(s.options)}".rstrip())
+    lines.append(
+        f"  dead letters: {plan.dlq_table} (failure_strategy={plan.job_options.get('failure_strategy')})"
+    )
+    lines.append(f"  processor:   {processor.description()}")
+    for note in plan.notes:
+        lines.append(f"  note:        {note}")
+    if job is not None:
+        m = job.metrics()
+        lines.append("  metrics:     " + ", ".join(f"{k}={v}" for k, v in m.items()))
+    return "\n".join(lines)

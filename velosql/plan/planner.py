@@ -1,0 +1,310 @@
+"""From a parsed CREATE STREAM|TABLE statement to a :class:`StreamPlan`.
+
+The planner validates WITH options against :mod:`velosql.options`, resolves the source, sinks,
+event time, watermark and processor, classifies the query into one of four shapes and asks
+:mod:`velosql.plan.sqlgen` for the SQL each shape runs. It never touches a DuckDB connection.
+
+Shapes:
+* ``project`` — filters and projections: stateless, one output row per passing input row.
+* ``buffered`` — analytic functions ``OVER (ROWS WINDOW BUFFER N ROWS …)``: the last N rows per key.
+* ``aggregate`` — GROUP BY / aggregates, optionally TUMBLING or SLIDING: partial state in DuckDB.
+* ``session`` — aggregates over SESSION windows: rows buffered until their session closes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import yaml
+from sqlglot import exp
+
+from .. import options as opts
+from ..config import JobProcessorConfig, processor_from_statement
+from ..errors import ConfigError, Location, OptionError, SqlError
+from ..sql.statements import CreateStream, WindowSpec
+from . import sqlgen
+from .aggregates import AggSpec
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """The FROM source: its name, alias in the query, connector type and options (no prefix)."""
+
+    name: str
+    alias: str
+    type: str | None
+    options: dict
+
+
+@dataclass(frozen=True)
+class SinkSpec:
+    """Where results go. ``key`` lists the output columns a keyed (upsert) table uses."""
+
+    name: str
+    type: str
+    options: dict
+    key: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TimeSpec:
+    """Event time and watermark settings. ``column`` None means processing time."""
+
+    column: str | None
+    format: str | None
+    lateness_us: int
+    idle_timeout_us: int | None
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """Everything a processor needs to run one streaming statement (frozen: a spec, not runtime)."""
+
+    name: str
+    kind: str
+    text: str
+    location: Location
+    shape: str
+    emit: str
+    source: SourceSpec
+    sinks: tuple[SinkSpec, ...]
+    time: TimeSpec
+    window: WindowSpec | None
+    group_keys: tuple[str, ...]
+    aggregates: tuple[AggSpec, ...]
+    processor: JobProcessorConfig | None
+    job_options: dict
+    annotations: dict
+    sql: sqlgen.ShapeSQL
+    primary_key: tuple[str, ...] = ()
+    limit: int | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def windowed(self) -> bool:
+        return self.window is not None
+
+    @property
+    def needs_event_time(self) -> bool:
+        return self.window is not None
+
+    @property
+    def late_table(self) -> str:
+        return f"{self.name}__late"
+
+    @property
+    def dlq_table(self) -> str:
+        return f"{self.name}__dlq"
+
+
+def plan(stmt: CreateStream) -> StreamPlan:
+    """Validate ``stmt`` and build its plan; raises SqlError/OptionError naming file:line:col."""
+    select = stmt.select
+    loc = stmt.location
+    if select is None or not isinstance(select, exp.Select):
+        raise SqlError("expected SELECT after AS", loc)
+    source_table = _single_source(select, loc)
+    src_name = source_table.name.lower()
+    alias = source_table.alias_or_name
+    name = stmt.name.lower()
+
+    grouped = _split_options(stmt, src_name, name)
+    job = _job_options(grouped["job"], stmt)
+    source = _source_spec(src_name, alias, grouped["source"], stmt)
+    processor = _processor(stmt)
+
+    emit = stmt.emit or ("final" if stmt.window else "changes")
+    window = stmt.window
+    time = _time_spec(window, source, job)
+    query = sqlgen.analyse(select, source_table, window, loc)
+    shape = query.shape
+    if window is not None and shape not in ("aggregate", "session"):
+        raise SqlError("a WINDOW clause needs an aggregate (COUNT, SUM, …) or GROUP BY", loc)
+    if window is not None and window.kind == "session" and emit == "changes":
+        raise SqlError(
+            "EMIT CHANGES over SESSION windows is not supported: a session's rows can merge with a "
+            "later session, so running values could be retracted; use EMIT FINAL",
+            loc,
+        )
+    if shape == "buffered" and emit == "final":
+        raise SqlError("ROWS WINDOW BUFFER produces one row per input row: use EMIT CHANGES", loc)
+    primary_key = tuple(k.lower() for k in stmt.primary_key)
+    sinks = _sink_specs(name, stmt.kind, grouped["sink"], stmt, primary_key, query)
+    shape_sql = sqlgen.generate(query, window, emit)
+    notes = []
+    if window is not None and time.column is None:
+        notes.append("no event-time column: windows use processing time (arrival time)")
+    return StreamPlan(
+        name=name,
+        kind=stmt.kind,
+        text=stmt.text,
+        location=loc,
+        shape=shape,
+        emit=emit,
+        source=source,
+        sinks=sinks,
+        time=time,
+        window=window,
+        group_keys=query.key_sql,
+        aggregates=query.aggregates,
+        processor=processor,
+        job_options=job,
+        annotations=dict(stmt.annotations),
+        sql=shape_sql,
+        primary_key=primary_key,
+        limit=query.limit,
+        notes=tuple(notes),
+    )
+
+
+def _single_source(select: exp.Select, loc: Location) -> exp.Table:
+    from_ = select.args.get("from_") or select.args.get("from")
+    if from_ is None:
+        raise SqlError("a streaming query needs FROM <source>", loc)
+    table = from_.this
+    if not isinstance(table, exp.Table):
+        raise SqlError("the FROM of a streaming query must name a source (not a subquery)", loc)
+    return table
+
+
+def _split_options(stmt: CreateStream, src: str, sink: str) -> dict[str, dict[str, tuple]]:
+    """Sort WITH keys into job / source / sink scopes: ``{scope: {key: (value, written_key)}}``."""
+    out: dict[str, dict] = {"job": {}, "source": {}, "sink": {}}
+    for key, value in stmt.properties.items():
+        loc = stmt.property_locations.get(key, stmt.location)
+        k = key.lower()
+        if opts.find("job", k) is not None:
+            out["job"][k] = (value, key, loc)
+            continue
+        prefix, _, rest = k.partition(".")
+        if rest and prefix == src:
+            out["source"][rest] = (value, key, loc)
+        elif rest and prefix == sink:
+            out["sink"][rest] = (value, key, loc)
+        elif rest and prefix not in (src, sink) and opts.find("source", rest) is not None:
+            raise OptionError(
+                f"WITH key {key!r} names {prefix!r}, which is neither the source {src!r} nor the "
+                f"sink {sink!r} of this statement",
+                loc,
+            )
+        else:
+            raise OptionError(
+                f"unknown WITH key {key!r}: job keys are {', '.join(opts.names('job'))}; "
+                f"connector keys are written '{src}.<key>' or '{sink}.<key>'",
+                loc,
+            )
+    return out
+
+
+def _load_config_file(scoped: dict, stmt: CreateStream) -> dict:
+    if "config_file" not in scoped:
+        return scoped
+    value, key, loc = scoped["config_file"]
+    base = os.path.dirname(stmt.location.file) if stmt.location.file else os.getcwd()
+    path = os.path.join(base, str(value))
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise OptionError(f"{key!r}: cannot read config file {path}: {exc}", loc) from None
+    if not isinstance(data, dict):
+        raise OptionError(f"{key!r}: config file {path} must hold `key: value` pairs", loc)
+    merged = {str(k).lower(): (v, f"{path}: {k}", loc) for k, v in _flatten(data).items()}
+    merged.update(scoped)
+    return merged
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _convert_scope(scope: str, scoped: dict, conn_type: str | None, owner: str) -> dict:
+    result = {}
+    for name, (value, key, loc) in scoped.items():
+        opt = opts.find(scope, name)
+        if opt is None:
+            raise OptionError(
+                f"unknown WITH key {key!r} for {scope} {owner!r}: allowed keys are "
+                + ", ".join(f"'{owner}.{n}'" for n in opts.names(scope)),
+                loc,
+            )
+        if opt.types is not None and conn_type is not None and conn_type not in opt.types:
+            raise OptionError(
+                f"WITH key {key!r} does not apply to a {conn_type}: it is for {', '.join(opt.types)}",
+                loc,
+            )
+        result[name] = opts.convert(opt, value, key, loc)
+    for opt in opts.OPTIONS:
+        if opt.scope == scope and opt.name not in result:
+            if opt.types is None or conn_type is None or conn_type in opt.types:
+                result[opt.name] = opt.default
+    return result
+
+
+def _connector_type(scoped: dict, scope: str, owner: str) -> str | None:
+    if "type" not in scoped:
+        return None
+    value, key, loc = scoped["type"]
+    ctype = opts.convert(opts.find(scope, "type"), value, key, loc)
+    if ctype in ("kafka_source", "kafka_sink"):
+        raise OptionError(
+            f"{key!r} = {ctype!r}: Kafka connectors are not available in this release yet; "
+            "use file_source/file_sink, python or duckdb_table",
+            loc,
+        )
+    return ctype
+
+
+def _job_options(scoped: dict, stmt: CreateStream) -> dict:
+    return _convert_scope("job", scoped, None, stmt.name)
+
+
+def _source_spec(name: str, alias: str, scoped: dict, stmt: CreateStream) -> SourceSpec:
+    scoped = _load_config_file(scoped, stmt)
+    ctype = _connector_type(scoped, "source", name)
+    if ctype == "file_source_mmap":
+        ctype = "file_source"
+    converted = _convert_scope("source", scoped, ctype, name)
+    if ctype == "file_source" and not converted.get("path"):
+        raise OptionError(f"source {name!r} is a file_source but has no '{name}.path'", stmt.location)
+    if converted.get("format") == "csv_no_header":
+        converted["has_headers"] = False
+    converted.pop("type", None)
+    return SourceSpec(name=name, alias=alias.lower(), type=ctype, options=converted)
+
+
+def _sink_specs(name, kind, scoped, stmt, primary_key, query) -> tuple[SinkSpec, ...]:
+    scoped = _load_config_file(scoped, stmt)
+    ctype = _connector_type(scoped, "sink", name) or "duckdb_table"
+    converted = _convert_scope("sink", scoped, ctype, name)
+    converted.pop("type", None)
+    if ctype == "file_sink" and not converted.get("path"):
+        raise OptionError(f"sink {name!r} is a file_sink but has no '{name}.path'", stmt.location)
+    key = primary_key or query.key_names
+    sinks = [SinkSpec(name=name, type=ctype, options=converted, key=key if kind == "table" else ())]
+    if kind == "table" and ctype not in ("duckdb_table", "python"):
+        # A CREATE TABLE result is also kept as a DuckDB table with the latest row per key.
+        sinks.append(SinkSpec(name=name, type="duckdb_table", options={"table": None}, key=key))
+    return tuple(sinks)
+
+
+def _processor(stmt: CreateStream) -> JobProcessorConfig | None:
+    try:
+        return processor_from_statement(stmt.properties, stmt.annotations)
+    except ConfigError as exc:
+        raise OptionError(str(exc), stmt.location) from None
+
+
+def _time_spec(window: WindowSpec | None, source: SourceSpec, job: dict) -> TimeSpec:
+    column = (window.time_column if window else None) or source.options.get("event.time.field")
+    column = column or job.get("event.time.field")
+    fmt = source.options.get("event.time.format") or job.get("event.time.format")
+    lateness = 0 if job.get("watermark.strategy") == "ascending" else job["watermark.max_out_of_orderness"]
+    return TimeSpec(column, fmt, lateness or 0, job.get("watermark.idle_timeout"))

@@ -1,0 +1,469 @@
+"""The DuckDB SQL each query shape runs, generated once per statement at plan time.
+
+Every statement reads its micro-batch as ``__in``: the source's columns, ``_partition``,
+``_offset``, the arrival sequence ``__seq`` and, for windowed queries, event time ``__et`` and the
+watermark each row saw ``__wm`` (see :mod:`velosql.runtime.watermark`). Aggregate state lives in the
+job connection's temporary table ``__state``. ``$WM`` in emission SQL is replaced by the watermark.
+
+The *reference* SQL of a statement is the same query as plain DuckDB batch SQL over ``__in``; the
+runtime runs it on an empty batch to learn the output column names and types DuckDB itself would
+give, and ``velosql verify`` runs it over a whole input to check the streaming result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from ..errors import Location, SqlError
+from ..sql.statements import WindowSpec
+from . import windows as W
+from .aggregates import SEQ, AggSpec, aggregate_name, decompose, is_aggregate
+
+SYSTEM = ("_partition", "_offset")
+INTERNAL = (*SYSTEM, SEQ, W.ET, W.WM)
+WINDOW_COLUMNS = ("_window_start", "_window_end")
+ANALYTIC = {"lag", "row_number", "count", "sum", "avg", "mean", "min", "max", "first_value", "last_value"}
+
+
+@dataclass(frozen=True)
+class Query:
+    """A SELECT analysed for streaming: its shape, keys, aggregates and rewritten clauses."""
+
+    shape: str
+    alias: str
+    from_sql: str
+    where_sql: str
+    key_sql: tuple[str, ...]
+    key_names: tuple[str, ...]
+    aggregates: tuple[AggSpec, ...]
+    items: tuple[str, ...]  # final select items over __k*/__ws/__we/__a* (aggregate, session)
+    having_sql: str | None
+    order_sql: str | None
+    limit: int | None
+    project_sql: str  # the projection (project shape) or the reference query (others)
+    buffer_rows: int = 0
+    buffer_keys: tuple[str, ...] = ()
+    buffered_items: tuple[str, ...] = ()
+    buffered_windows: tuple[str, ...] = ()
+    session_agg_items: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ShapeSQL:
+    """The SQL a shape runs. Empty strings where a statement does not need that step."""
+
+    project: str = ""
+    partial: str = ""
+    late: str = ""
+    emit: str = ""
+    changes: str = ""
+    state_update: str = ""
+    evict: str = ""
+    buffer_insert: str = ""
+    session_emit: str = ""
+    session_keep: str = ""
+    reference: str = ""
+
+
+def _sql(node: exp.Expression) -> str:
+    return node.sql("duckdb")
+
+
+def _col(name: str) -> exp.Column:
+    return exp.column(name, quoted=True)
+
+
+def analyse(select: exp.Select, source: exp.Table, window: WindowSpec | None, loc: Location) -> Query:
+    """Classify ``select`` and rewrite its clauses for the runtime; errors name ``loc``."""
+    select = select.copy()
+    src = next(t for t in select.find_all(exp.Table) if t.name.lower() == source.name.lower())
+    alias = source.alias_or_name
+    replacement = exp.to_table("__in")
+    replacement.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+    src.replace(replacement)
+    from_ = select.args.get("from_")
+    from_sql = "FROM " + _sql(from_.this) + "".join(" " + _sql(j) for j in select.args.get("joins") or [])
+    where = select.args.get("where")
+    where_sql = _sql(where.this) if where else "TRUE"
+    limit_node = select.args.get("limit")
+    limit = int(limit_node.expression.name) if limit_node is not None else None
+
+    has_agg = any(is_aggregate(n) for item in select.expressions for n in item.walk())
+    group = select.args.get("group")
+    windows_fn = [w for w in select.find_all(exp.Window)]
+    if group is not None or has_agg:
+        if windows_fn:
+            raise SqlError("window functions (OVER …) cannot be combined with GROUP BY or aggregates", loc)
+        return _analyse_grouped(select, alias, from_sql, where_sql, window, loc, limit)
+    if windows_fn:
+        return _analyse_buffered(select, windows_fn, from_sql, where_sql, loc, limit, alias)
+    items = [_expand_star(i) for i in select.expressions]
+    project = f"SELECT {', '.join(_sql(i) for i in items)} {from_sql} WHERE {where_sql}"
+    order = select.args.get("order")
+    return Query(
+        shape="project", alias=alias, from_sql=from_sql, where_sql=where_sql, key_sql=(), key_names=(),
+        aggregates=(), items=tuple(_sql(i) for i in items), having_sql=None,
+        order_sql=_sql(order) if order else None, limit=limit, project_sql=project,
+    )  # fmt: skip
+
+
+def _expand_star(item: exp.Expression) -> exp.Expression:
+    """``*`` → ``* EXCLUDE (system and internal columns)``: batch SQL over the input has none."""
+    star = item.this if isinstance(item, exp.Column) and isinstance(item.this, exp.Star) else item
+    if not isinstance(star, exp.Star):
+        return item
+    excluded = list(star.args.get("except_") or [])
+    names = {c.name.lower() for c in excluded}
+    excluded += [_col(c) for c in INTERNAL if c not in names]
+    star.set("except_", excluded)
+    return item
+
+
+# ---- grouped queries ----------------------------------------------------------------------------
+
+
+def _group_keys(select: exp.Select, loc: Location) -> list[exp.Expression]:
+    group = select.args.get("group")
+    if group is None:
+        return []
+    if group.args.get("all"):
+        return [
+            i.unalias()
+            for i in select.expressions
+            if not any(is_aggregate(n) for n in i.walk()) and not _is_window_col(i.unalias())
+        ]
+    aliases = {i.alias.lower(): i.unalias() for i in select.expressions if i.alias}
+    keys = []
+    for g in group.expressions:
+        if isinstance(g, exp.Literal) and g.is_int:
+            n = int(g.name)
+            if not 1 <= n <= len(select.expressions):
+                raise SqlError(f"GROUP BY {n}: there are {len(select.expressions)} select items", loc)
+            keys.append(select.expressions[n - 1].unalias())
+        elif (
+            isinstance(g, exp.Column)
+            and not g.table
+            and g.name.lower() in aliases
+            and not isinstance(aliases[g.name.lower()], exp.Column)
+        ):
+            keys.append(aliases[g.name.lower()])
+        else:
+            keys.append(g)
+    return [k for k in keys if not _is_window_col(k)]
+
+
+def _is_window_col(node: exp.Expression) -> bool:
+    return isinstance(node, exp.Column) and node.name.lower() in WINDOW_COLUMNS
+
+
+class _Rewriter:
+    """Replaces keys, aggregates and window columns in select/HAVING/ORDER BY expressions."""
+
+    def __init__(self, keys, window, loc, session=False, keep_aggs=False):
+        self.keys = keys
+        self.key_sql = {_sql(k): i for i, k in enumerate(keys)}
+        self.key_cols = {k.name.lower(): i for i, k in enumerate(keys) if isinstance(k, exp.Column)}
+        self.window, self.loc, self.session, self.keep_aggs = window, loc, session, keep_aggs
+        self.aggs: dict[str, AggSpec] = {}
+        self.output_aliases: set[str] = set()
+
+    def __call__(self, node: exp.Expression, allow_aliases: bool = False) -> exp.Expression:
+        def fn(n: exp.Expression) -> exp.Expression:
+            text = _sql(n)
+            if text in self.key_sql and not self.keep_aggs:
+                return _col(f"__k{self.key_sql[text]}")
+            if is_aggregate(n):
+                if self.keep_aggs:
+                    return n
+                if text not in self.aggs:
+                    self.aggs[text] = decompose(n, len(self.aggs), self.loc)
+                return _col(self.aggs[text].id)
+            if isinstance(n, exp.Column) and not isinstance(n.this, exp.Star):
+                name = n.name.lower()
+                if name in WINDOW_COLUMNS:
+                    return self._window_column(name)
+                if self.keep_aggs:
+                    return n
+                if name in self.key_cols:
+                    return _col(f"__k{self.key_cols[name]}")
+                if allow_aliases and name in self.output_aliases:
+                    return n
+                raise SqlError(
+                    f"column {_sql(n)} must appear in the GROUP BY clause or be used in an "
+                    "aggregate function",
+                    self.loc,
+                )
+            if isinstance(n, exp.Star) and not self.keep_aggs:
+                raise SqlError("SELECT * cannot be used with GROUP BY or aggregates", self.loc)
+            return n
+
+        return node.copy().transform(fn)
+
+    def _window_column(self, name: str) -> exp.Expression:
+        if self.window is None:
+            raise SqlError(f"{name} needs a WINDOW clause", self.loc)
+        if self.session:
+            col = "__ss" if name == "_window_start" else "__se"
+        else:
+            col = "__ws" if name == "_window_start" else W.window_end(self.window)
+        return exp.maybe_parse(f"make_timestamp({col})", dialect="duckdb")
+
+
+def _analyse_grouped(select, alias, from_sql, where_sql, window, loc, limit) -> Query:
+    keys = _group_keys(select, loc)
+    session = window is not None and window.kind == "session"
+    rw = _Rewriter(keys, window, loc, session=session, keep_aggs=session)
+    rw.output_aliases = {i.alias.lower() for i in select.expressions if i.alias}
+    items, names = [], []
+    for i, item in enumerate(select.expressions):
+        out = rw(item.unalias())
+        names.append(item.alias or (item.name if isinstance(item, exp.Column) else ""))
+        items.append(f'{_sql(out)} AS "{item.alias or f"__o{i}"}"')
+    having = select.args.get("having")
+    having_sql = _sql(rw(having.this)) if having else None
+    order = select.args.get("order")
+    order_sql = _sql(rw(order, allow_aliases=True)) if order else None
+    key_names = tuple(_key_name(k, select) for k in keys)
+    reference = _reference(select, keys, alias, from_sql, where_sql, window)
+    return Query(
+        shape="session" if session else "aggregate", alias=alias, from_sql=from_sql, where_sql=where_sql,
+        key_sql=tuple(_sql(k) for k in keys), key_names=tuple(n for n in key_names if n),
+        aggregates=tuple(rw.aggs.values()), items=tuple(items), having_sql=having_sql,
+        order_sql=order_sql, limit=limit, project_sql=reference,
+    )  # fmt: skip
+
+
+def _key_name(key: exp.Expression, select: exp.Select) -> str | None:
+    for item in select.expressions:
+        if _sql(item.unalias()) == _sql(key) or (
+            isinstance(key, exp.Column) and isinstance(item.unalias(), exp.Column)
+            and item.unalias().name.lower() == key.name.lower()
+        ):  # fmt: skip
+            return (item.alias or item.unalias().name).lower()
+    return None
+
+
+def _window_relation(window: WindowSpec | None) -> tuple[str, str, str]:
+    """(extra FROM, window start SQL, extra WHERE) that assign each row to its window(s)."""
+    if window is None:
+        return "", "", ""
+    if window.kind == "tumbling":
+        return "", W.tumbling_start(window), ""
+    if window.kind == "sliding":
+        start = W.sliding_start(window)
+        n = W.sliding_count(window)
+        return (f", unnest(range(0, {n})) AS __sw(__j)", start,
+                f" AND {start} > {W.ET} - {window.size_us}")  # fmt: skip
+    return "", "", ""
+
+
+def _reference(select, keys, alias, from_sql, where_sql, window) -> str:
+    """The statement as batch SQL over ``__in`` (window bounds as real columns)."""
+    ref = select.copy()
+    if window is not None and window.kind != "session":
+        extra_from, start, extra_where = _window_relation(window)
+        inner = (
+            f"(SELECT __in.*, make_timestamp({start}) AS _window_start, "
+            f"make_timestamp({W.window_end(window, start)}) AS _window_end "
+            f"FROM __in{extra_from} WHERE TRUE{extra_where})"
+        )
+    elif window is not None:
+        inner = f"({_sessionize('__in', keys, window)})"
+    else:
+        return _sql(ref)
+    table = next(t for t in ref.find_all(exp.Table) if t.name == "__in")
+    wrapped = exp.maybe_parse(f"SELECT * FROM {inner} AS {alias}", dialect="duckdb")
+    table.replace(wrapped.args["from_"].this)
+    group = exp.Group(
+        expressions=[k.copy() for k in keys] + [exp.column("_window_start"), exp.column("_window_end")]
+    )
+    ref.set("group", group)
+    return _sql(ref)
+
+
+def _sessionize(rel: str, keys, window: WindowSpec) -> str:
+    """Rows of ``rel`` with their session bounds ``_window_start``/``_window_end`` (and µs forms).
+
+    A new session starts when the gap to the previous row of the same key is at least the session
+    gap; a session ends ``gap`` after its last row.
+    """
+    part = f"PARTITION BY {', '.join(_sql(k) for k in keys)} " if keys else ""
+    gap = window.size_us
+    brk = (
+        f"SELECT *, CASE WHEN {W.ET} - lag({W.ET}) OVER ({part}ORDER BY {W.ET}, {SEQ}) >= {gap} "
+        f"THEN 1 ELSE 0 END AS __brk FROM {rel}"
+    )
+    sid = f"SELECT *, sum(__brk) OVER ({part}ORDER BY {W.ET}, {SEQ} ROWS UNBOUNDED PRECEDING) AS __sid FROM ({brk})"
+    spart = f"PARTITION BY {', '.join([*(_sql(k) for k in keys), '__sid'])}"
+    return (
+        f"SELECT * EXCLUDE (__brk), min({W.ET}) OVER ({spart}) AS __ss, max({W.ET}) OVER ({spart}) + {gap} AS __se, "
+        f"make_timestamp(min({W.ET}) OVER ({spart})) AS _window_start, "
+        f"make_timestamp(max({W.ET}) OVER ({spart}) + {gap}) AS _window_end FROM ({sid})"
+    )
+
+
+# ---- ROWS WINDOW BUFFER -------------------------------------------------------------------------
+
+
+def _analyse_buffered(select, windows_fn, from_sql, where_sql, loc, limit, _alias) -> Query:
+    sizes = set()
+    keys_sql = None
+    rendered = {}
+    for w in windows_fn:
+        n = w.meta.get("buffer_rows")
+        if n is None:
+            raise SqlError(
+                "window functions over a stream need a bounded buffer: write "
+                "OVER (ROWS WINDOW BUFFER <n> ROWS PARTITION BY …)",
+                loc,
+            )
+        sizes.add(int(n))
+        part = [_sql(p) for p in w.args.get("partition_by") or []]
+        if keys_sql is not None and part != keys_sql:
+            raise SqlError("all ROWS WINDOW BUFFER functions of a query must use the same PARTITION BY", loc)
+        keys_sql = part
+        fn = w.this
+        name = (fn.name if isinstance(fn, exp.Anonymous) else fn.sql("duckdb").split("(")[0]).lower()
+        name = name or (aggregate_name(fn) or "")
+        if name not in ANALYTIC and aggregate_name(fn) not in ANALYTIC:
+            raise SqlError(
+                f"{fn.sql('duckdb')} is not available over ROWS WINDOW BUFFER: use LAG, ROW_NUMBER, "
+                "FIRST_VALUE, LAST_VALUE, COUNT, SUM, AVG, MIN or MAX",
+                loc,
+            )
+        rendered[id(w)] = (name, fn, int(n), part)
+    buffer_rows = max(sizes)
+    partition = f"PARTITION BY {', '.join(keys_sql)} " if keys_sql else ""
+    select = select.copy()
+    wins: list[str] = []
+    for i, w in enumerate(list(select.find_all(exp.Window))):
+        name, fn, n, _ = next(v for v in rendered.values() if _sql(v[1]) == _sql(w.this))
+        if name == "row_number":
+            expr = f"(coalesce(first_value(__rn) OVER ({partition}ORDER BY {SEQ}), 1) - 1 + row_number() OVER ({partition}ORDER BY {SEQ}))"
+        elif name in ("lag", "first_value", "last_value") and name != "lag":
+            expr = (
+                f"{_sql(fn)} OVER ({partition}ORDER BY {SEQ} ROWS BETWEEN {n - 1} PRECEDING AND CURRENT ROW)"
+            )
+        elif name == "lag":
+            expr = f"{_sql(fn)} OVER ({partition}ORDER BY {SEQ})"
+        else:
+            expr = (
+                f"{_sql(fn)} OVER ({partition}ORDER BY {SEQ} ROWS BETWEEN {n - 1} PRECEDING AND CURRENT ROW)"
+            )
+        wins.append(f"{expr} AS __w{i}")
+        w.replace(_col(f"__w{i}"))
+    items = [_expand_star(i) for i in select.expressions]
+    return Query(
+        shape="buffered", alias=_alias, from_sql=from_sql, where_sql=where_sql, key_sql=tuple(keys_sql or ()),
+        key_names=(), aggregates=(), items=tuple(_sql(i) for i in items), having_sql=None,
+        order_sql=None, limit=limit, project_sql="", buffer_rows=buffer_rows,
+        buffer_keys=tuple(keys_sql or ()), buffered_windows=tuple(wins),
+    )  # fmt: skip
+
+
+# ---- generation ---------------------------------------------------------------------------------
+
+
+def generate(q: Query, window: WindowSpec | None, emit: str) -> ShapeSQL:
+    """The SQL statements for the query's shape and emit mode."""
+    late_cond = W.late_condition(window)
+    late = f'SELECT "{q.alias}".* {q.from_sql} WHERE ({q.where_sql}) AND {late_cond}' if window else ""
+    if q.shape == "project":
+        return ShapeSQL(project=q.project_sql, reference=q.project_sql)
+    if q.shape == "buffered":
+        return _buffered_sql(q)
+    if q.shape == "session":
+        return _session_sql(q, window, late)
+    return _aggregate_sql(q, window, emit, late, late_cond)
+
+
+def _aggregate_sql(q: Query, window, emit, late, late_cond) -> ShapeSQL:
+    extra_from, ws, extra_where = _window_relation(window)
+    keys = [f'{k} AS "__k{i}"' for i, k in enumerate(q.key_sql)]
+    group_cols = [f'"__k{i}"' for i in range(len(q.key_sql))] + (["__ws"] if window else [])
+    key_exprs = list(q.key_sql) + ([ws] if window else [])
+    sel_keys = keys + ([f"{ws} AS __ws"] if window else [])
+    parts = [f'{sql} AS "{name}"' for a in q.aggregates for sql, name in zip(a.partial, a.parts)]
+    positions = ", ".join(str(i + 1) for i in range(len(sel_keys)))
+    group_by = f" GROUP BY {positions}" if sel_keys else ""
+    on_time = f"({q.where_sql}) AND NOT {late_cond}{extra_where}"
+    partial = f"SELECT {', '.join(sel_keys + parts)} {q.from_sql}{extra_from} WHERE {on_time}{group_by}"
+
+    closed = f"{W.window_end(window)} <= $WM" if window else "TRUE"
+    combined = _combine_sql(q.aggregates, group_cols, "__state", closed)
+    finals = ", ".join(group_cols + [f'{a.final} AS "{a.id}"' for a in q.aggregates])
+    emit_sql = _final_select(q, f"SELECT {finals} FROM ({combined})")
+    evict = f"DELETE FROM __state WHERE {closed}" if window else ""
+    state_update = _combine_sql(q.aggregates, group_cols, "__state")
+    changes = ""
+    if emit == "changes":
+        part_by = f"PARTITION BY {', '.join(key_exprs)} " if key_exprs else ""
+        running = [f'{sql} AS "{name}"' for a in q.aggregates for sql, name in zip(a.partial_w, a.parts)]
+        b = (
+            f"SELECT {', '.join(sel_keys + [SEQ] + running)} {q.from_sql}{extra_from} WHERE {on_time} "
+            f"WINDOW __w AS ({part_by}ORDER BY {SEQ} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+        )
+        on = " AND ".join(f"s.{c} IS NOT DISTINCT FROM b.{c}" for c in group_cols) or "TRUE"
+        merged = [f'{m} AS "{p}"' for a in q.aggregates for m, p in zip(a.merge_sql("s", "b"), a.parts)]
+        m = f"SELECT {', '.join([f'b.{c}' for c in group_cols] + [f'b.{SEQ}'] + merged)} FROM ({b}) b LEFT JOIN __state s ON {on}"
+        fin = ", ".join(group_cols + [SEQ] + [f'{a.final} AS "{a.id}"' for a in q.aggregates])
+        changes = _final_select(q, f"SELECT {fin} FROM ({m})", order=SEQ)
+    return ShapeSQL(
+        partial=partial, late=late, emit=emit_sql, changes=changes, state_update=state_update,
+        evict=evict, reference=q.project_sql,
+    )  # fmt: skip
+
+
+def _combine_sql(aggs: tuple[AggSpec, ...], group_cols: list[str], table: str, where: str = "TRUE") -> str:
+    """Merge the partial rows of ``table`` per group (the combine forms, after any pre-windows)."""
+    part = ", ".join(group_cols) if group_cols else "NULL"
+    pre = "".join(f", {sql.format(part=part)} AS {col}" for a in aggs for col, sql in a.pre)
+    combs = [f'{c} AS "{p}"' for a in aggs for c, p in zip(a.combine, a.parts)]
+    group_by = f" GROUP BY {', '.join(group_cols)}" if group_cols else ""
+    return f"SELECT {', '.join(group_cols + combs)} FROM (SELECT *{pre} FROM {table} WHERE {where}) AS __p{group_by}"
+
+
+def _final_select(q: Query, rel: str, order: str | None = None) -> str:
+    sql = f"SELECT {', '.join(q.items)} FROM ({rel}) AS __f"
+    if q.having_sql:
+        sql += f" WHERE {q.having_sql}"
+    if order:
+        sql += f" ORDER BY {order}"
+    elif q.order_sql:
+        sql += f" {q.order_sql}"
+    return sql
+
+
+def _session_sql(q: Query, window: WindowSpec, late: str) -> ShapeSQL:
+    keys = [exp.maybe_parse(k, dialect="duckdb") for k in q.key_sql]
+    insert = f'SELECT "{q.alias}".* {q.from_sql} WHERE ({q.where_sql}) AND NOT {W.late_condition(window)}'
+    sessions = _sessionize("__sbuf", keys, window)
+    group = ", ".join([*q.key_sql, "__ss", "__se"])
+    items = ", ".join(q.items)
+    emit = f"SELECT {items} FROM ({sessions}) WHERE __se <= $WM GROUP BY {group}"
+    if q.having_sql:
+        emit += f" HAVING {q.having_sql}"
+    if q.order_sql:
+        emit += f" {q.order_sql}"
+    keep = (
+        f"SELECT * EXCLUDE (__ss, __se, __sid, _window_start, _window_end) FROM ({sessions}) WHERE __se > $WM"
+    )
+    return ShapeSQL(
+        late=late, buffer_insert=insert, session_emit=emit, session_keep=keep, reference=q.project_sql
+    )
+
+
+def _buffered_sql(q: Query) -> ShapeSQL:
+    rows = f'SELECT "{q.alias}".*, NULL::BIGINT AS __rn, FALSE AS __old {q.from_sql} WHERE {q.where_sql}'
+    union = f"SELECT * FROM __rbuf UNION ALL BY NAME {rows}"
+    inner = f"SELECT *, {', '.join(q.buffered_windows)} FROM ({union})"
+    project = f"SELECT {', '.join(q.items)} FROM ({inner}) AS __u WHERE NOT __old ORDER BY {SEQ}"
+    part = f"PARTITION BY {', '.join(q.buffer_keys)} " if q.buffer_keys else ""
+    rn = f"coalesce(first_value(__rn) OVER ({part}ORDER BY {SEQ}), 1) - 1 + row_number() OVER ({part}ORDER BY {SEQ})"
+    keep = (
+        f"SELECT * REPLACE ({rn} AS __rn, TRUE AS __old) FROM ({union}) "
+        f"QUALIFY row_number() OVER ({part}ORDER BY {SEQ} DESC) <= {q.buffer_rows}"
+    )
+    return ShapeSQL(project=project, buffer_insert=rows, state_update=keep)

@@ -1,0 +1,420 @@
+"""The V1 processor: one job, one DuckDB connection, Arrow micro-batches end to end.
+
+A reader thread pulls batches from the source into a small bounded queue (backpressure: the source
+is not read while the queue is full) so decoding overlaps with DuckDB's work. The job thread
+coalesces batches into micro-batches (``max_batch_size`` rows or ``batch_timeout``, whichever comes
+first) because each DuckDB call has a fixed cost of about a millisecond; adds the arrival sequence,
+event time and the watermark each row saw; and runs the shape's SQL from the plan. Aggregation
+state lives in temporary tables of the job's connection.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..connectors.base import OFFSET_COL, PARTITION_COL, PartitionEnd, SourceContext, _arange
+from ..errors import DataError, JobError, SqlError
+from .watermark import NEG_INF, WatermarkTracker, event_time_us
+
+_END = object()
+COMPACT_MIN_ROWS = 200_000
+
+
+def run_job(processor, job) -> None:
+    """Entry point used by every processor until V2 has its own engine."""
+    if job.executor is None:
+        job.prepare()
+    job.executor.run()
+
+
+class V1Executor:
+    """Runs one :class:`~velosql.plan.planner.StreamPlan` on one DuckDB connection."""
+
+    def __init__(self, job) -> None:
+        self.job = job
+        self.plan = job.plan
+        self.sql = job.plan.sql
+        self.metrics = job.metrics_data
+        self.opts = job.plan.job_options
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self.tracker = WatermarkTracker(job.plan.time.lateness_us, job.plan.time.idle_timeout_us)
+        self.seq = 0
+        self.rejects: list[tuple] = []
+        self.rejects_lock = threading.Lock()
+        self.min_open_end: int | None = None
+        self.state_rows = 0
+        self.compacted_rows = 0
+        self.emitted_rows = 0
+        self.stopped_by_limit = False
+
+    # ---- setup ----------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Open the source, bind the SQL to its schema and open the sinks; raise on any error."""
+        plan = self.plan
+        self.con = self.job.engine._job_connection()
+        self.source = self.job.engine._make_source(plan)
+        self.ctx = SourceContext(stop=self.job.stop_event, reject_fn=self._reject)
+        self.source.open(self.ctx)
+        try:
+            self._bind()
+            self.sinks = self.job.engine._make_sinks(plan, self.con)
+            for sink in self.sinks:
+                sink.open(self.out_schema)
+        except BaseException:
+            self.source.close()
+            raise
+
+    def _bind(self) -> None:
+        plan, sql = self.plan, self.sql
+        empty = self._internal(self.source.schema.empty_table(), observe=False)
+        self.con.register("__in", empty)
+        try:
+            if plan.shape == "aggregate":
+                self._exec(f"CREATE OR REPLACE TEMP TABLE __state AS {sql.partial} LIMIT 0")
+                reference = sql.reference
+                self._exec(sql.emit.replace("$WM", "0")).fetchall()
+                if sql.changes:
+                    self._exec(sql.changes).fetchall()
+            elif plan.shape == "session":
+                self._exec(f"CREATE OR REPLACE TEMP TABLE __sbuf AS {sql.buffer_insert} LIMIT 0")
+                reference = sql.reference
+                self._exec(sql.session_emit.replace("$WM", "0")).fetchall()
+            elif plan.shape == "buffered":
+                self._exec(f"CREATE OR REPLACE TEMP TABLE __rbuf AS {sql.buffer_insert} LIMIT 0")
+                reference = sql.project
+            else:
+                reference = sql.project
+            out = self._exec(reference).to_arrow_table()
+            self.out_schema = out.schema
+            self.out_names = out.schema.names
+            if plan.windowed:
+                late = self._exec(self._late_select()).to_arrow_table().schema
+                self._create_table(plan.late_table, late)
+            self._create_table(
+                plan.dlq_table,
+                pa.schema(
+                    [
+                        ("source", pa.string()),
+                        ("location", pa.string()),
+                        ("error", pa.string()),
+                        ("raw", pa.string()),
+                        ("recorded_at", pa.timestamp("us")),
+                    ]
+                ),
+            )
+        finally:
+            self.con.unregister("__in")
+
+    def _late_select(self) -> str:
+        return (
+            "SELECT * EXCLUDE (__seq, __et, __wm), make_timestamp(__et) AS _event_time, "
+            f"make_timestamp(__wm) AS _watermark FROM ({self.sql.late})"
+        )
+
+    def _create_table(self, name: str, schema: pa.Schema) -> None:
+        self.con.register("__empty", schema.empty_table())
+        self.con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM __empty').fetchall()
+        self.con.unregister("__empty")
+
+    def _exec(self, sql: str):
+        try:
+            return self.con.sql(sql)
+        except duckdb.Error as exc:
+            raise SqlError(f"{_first_line(exc)}", self.plan.location) from None
+
+    # ---- per-batch preparation ------------------------------------------------------------------
+
+    def _internal(self, table: pa.Table, observe: bool = True) -> pa.Table:
+        """Add ``__seq`` and, for windowed plans, ``__et`` and ``__wm`` to a micro-batch."""
+        n = table.num_rows
+        table = table.append_column("__seq", pc.add(_arange(n), pa.scalar(self.seq, pa.int64())))
+        self.seq += n
+        if not self.plan.windowed:
+            return table
+        col = self.plan.time.column
+        if col is None:
+            et = pa.repeat(pa.scalar(time.time_ns() // 1000, pa.int64()), n)
+        else:
+            if col not in table.column_names:
+                match = [c for c in table.column_names if c.lower() == col.lower()]
+                if not match:
+                    raise SqlError(
+                        f"event-time column {col!r} is not a column of source {self.plan.source.name!r} "
+                        f"(columns: {', '.join(c for c in table.column_names if not c.startswith('_'))})",
+                        self.plan.location,
+                    )
+                col = match[0]
+            et = event_time_us(table[col], self.plan.time.format, col)
+        if observe and et.null_count:
+            table, et = self._reject_null_time(table, et, col)
+        wm = (
+            self.tracker.observe(et, table[PARTITION_COL].combine_chunks())
+            if observe
+            else pa.repeat(pa.scalar(NEG_INF, pa.int64()), n)
+        )
+        return table.append_column("__et", et).append_column("__wm", wm)
+
+    def _reject_null_time(self, table: pa.Table, et: pa.Array, col: str):
+        bad = pc.is_null(et)
+        rows = table.filter(bad)
+        for part, off in zip(rows[PARTITION_COL].to_pylist(), rows[OFFSET_COL].to_pylist()):
+            self._reject(
+                f"{self.plan.source.name} partition {part} offset {off}",
+                f"event-time column {col!r} is NULL",
+                None,
+            )
+        keep = pc.invert(bad)
+        return table.filter(keep), et.filter(keep)
+
+    def _reject(self, location: str, error: str, raw: str | None) -> None:
+        strategy = self.opts.get("failure_strategy", "SendToDLQ")
+        if strategy == "FailBatch":
+            raise DataError(f"{location}: {error}")
+        with self.rejects_lock:
+            self.rejects.append((self.plan.source.name, location, error, raw))
+        if strategy == "LogAndContinue":
+            import logging
+
+            logging.getLogger("velosql").warning("%s: %s", location, error)
+
+    def _flush_rejects(self) -> None:
+        with self.rejects_lock:
+            rows, self.rejects = self.rejects, []
+        if not rows:
+            return
+        table = pa.table(
+            {
+                "source": [r[0] for r in rows],
+                "location": [r[1] for r in rows],
+                "error": [r[2] for r in rows],
+                "raw": [r[3] for r in rows],
+            }
+        )
+        self.con.register("__rejects", table)
+        self.con.execute(
+            f'INSERT INTO "{self.plan.dlq_table}" SELECT *, now()::TIMESTAMP FROM __rejects'
+        ).fetchall()
+        self.con.unregister("__rejects")
+        self.metrics.dead_letters += len(rows)
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        q: queue.Queue = queue.Queue(maxsize=4)
+        abort = threading.Event()
+        reader = threading.Thread(target=self._read, args=(q, abort), daemon=True, name="velosql-reader")
+        reader.start()
+        max_rows = int(self.opts.get("max_batch_size") or 262144)
+        timeout = (self.opts.get("batch_timeout") or 200_000) / 1e6
+        pending: list[pa.RecordBatch] = []
+        rows = 0
+        first_at = 0.0
+        try:
+            while True:
+                wait = max(0.001, timeout - (time.monotonic() - first_at)) if pending else timeout
+                t0 = time.monotonic()
+                try:
+                    item = q.get(timeout=wait)
+                except queue.Empty:
+                    item = None
+                self.metrics.waiting_seconds += time.monotonic() - t0
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, pa.RecordBatch):
+                    if not pending:
+                        first_at = time.monotonic()
+                    pending.append(item)
+                    rows += item.num_rows
+                    if rows >= max_rows:
+                        self._process(pending)
+                        pending, rows = [], 0
+                elif isinstance(item, PartitionEnd):
+                    if pending:
+                        self._process(pending)
+                        pending, rows = [], 0
+                    self.tracker.end_partition(item.partition)
+                else:  # idle tick
+                    if pending and time.monotonic() - first_at >= timeout:
+                        self._process(pending)
+                        pending, rows = [], 0
+                    elif self.plan.windowed and self.tracker.idle_timeout:
+                        self._after_watermark(self.tracker.advance())
+                self._flush_rejects()
+                if self.stopped_by_limit:
+                    break
+            if pending:
+                self._process(pending)
+            self._flush_rejects()
+            self._finish()
+        finally:
+            abort.set()
+            if self.stopped_by_limit:
+                self.job.stop_event.set()
+            reader.join(timeout=5)
+            for sink in getattr(self, "sinks", []):
+                try:
+                    sink.close()
+                except Exception:  # noqa: BLE001 - first error wins; closing the rest matters more
+                    pass
+            self.source.close()
+
+    def _read(self, q: queue.Queue, abort: threading.Event) -> None:
+        def put(item) -> bool:
+            while not abort.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            for item in self.source.read():
+                if not put(item) or abort.is_set():
+                    return
+            put(_END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the job thread
+            put(exc if isinstance(exc, Exception) else JobError(str(exc)))
+
+    def _process(self, batches: list[pa.RecordBatch]) -> None:
+        t0 = time.monotonic()
+        table = pa.Table.from_batches(batches)
+        self.metrics.records_in += table.num_rows
+        self.metrics.batches += 1
+        table = self._internal(table)
+        self.con.register("__in", table)
+        try:
+            shape = self.plan.shape
+            if shape == "project":
+                self._write(self.con.sql(self.sql.project).to_arrow_table())
+            elif shape == "buffered":
+                self._write(self.con.sql(self.sql.project).to_arrow_table())
+                self.con.execute(f"CREATE OR REPLACE TEMP TABLE __rbuf AS {self.sql.state_update}").fetchall()
+            elif shape == "aggregate":
+                self._late()
+                if self.sql.changes:
+                    self._write(self.con.sql(self.sql.changes).to_arrow_table())
+                self._insert_partials(table)
+                if self.sql.changes:
+                    self._compact()
+            else:
+                self._late()
+                self.con.execute(f"INSERT INTO __sbuf {self.sql.buffer_insert}").fetchall()
+        except duckdb.Error as exc:
+            raise JobError(f"job {self.plan.name!r}: {_first_line(exc)}") from None
+        finally:
+            self.con.unregister("__in")
+        if self.plan.windowed:
+            self.metrics.watermark = self.tracker.watermark
+            self._after_watermark(self.tracker.watermark)
+        self.metrics.busy_seconds += time.monotonic() - t0
+
+    def _late(self) -> None:
+        if not self.plan.windowed:
+            return
+        late = self.con.sql(self._late_select()).to_arrow_table()
+        if late.num_rows:
+            self.metrics.late_rows += late.num_rows
+            if self.opts.get("late.data.strategy") != "drop":
+                self.con.register("__late", late)
+                self.con.execute(f'INSERT INTO "{self.plan.late_table}" SELECT * FROM __late').fetchall()
+                self.con.unregister("__late")
+
+    def _insert_partials(self, table: pa.Table) -> None:
+        n = self.con.execute(f"INSERT INTO __state {self.sql.partial}").fetchall()[0][0]
+        self.state_rows += n
+        if self.plan.window is not None and n:
+            low = pc.min(table["__et"]).as_py()
+            if low is not None:
+                end = _min_window_end(self.plan.window, low)
+                self.min_open_end = end if self.min_open_end is None else min(self.min_open_end, end)
+        if not self.sql.changes and self.state_rows > max(COMPACT_MIN_ROWS, 4 * self.compacted_rows):
+            self._compact()
+
+    def _compact(self) -> None:
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE __state AS {self.sql.state_update}").fetchall()
+        self.state_rows = self.compacted_rows = self.con.execute("SELECT count(*) FROM __state").fetchall()[
+            0
+        ][0]
+
+    def _after_watermark(self, wm: int) -> None:
+        """Emit and forget what the watermark closed."""
+        if self.plan.shape == "aggregate" and self.plan.window is not None:
+            if self.min_open_end is None or self.min_open_end > wm:
+                return
+            if not self.sql.changes:
+                self._emit(self.sql.emit.replace("$WM", str(wm)))
+            self.con.execute(self.sql.evict.replace("$WM", str(wm))).fetchall()
+            low = self.con.execute("SELECT min(__ws) FROM __state").fetchall()[0][0]
+            self.min_open_end = None if low is None else low + self.plan.window.size_us
+            self.state_rows = self.con.execute("SELECT count(*) FROM __state").fetchall()[0][0]
+        elif self.plan.shape == "session":
+            if wm == NEG_INF:
+                return
+            self._emit(self.sql.session_emit.replace("$WM", str(wm)))
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE __sbuf AS {self.sql.session_keep.replace('$WM', str(wm))}"
+            ).fetchall()
+
+    def _finish(self) -> None:
+        """End of input (or stop): the final watermark closes every window and group."""
+        wm = self.tracker.finish()
+        self.metrics.watermark = wm
+        if self.plan.shape == "aggregate":
+            if self.plan.window is None:
+                if not self.sql.changes:
+                    self._emit(self.sql.emit.replace("$WM", str(wm)))
+            else:
+                self.min_open_end = NEG_INF
+                self._after_watermark(wm)
+        elif self.plan.shape == "session":
+            self._after_watermark(wm)
+        for sink in self.sinks:
+            sink.flush()
+
+    def _emit(self, sql: str) -> None:
+        try:
+            self._write(self.con.sql(sql).to_arrow_table())
+        except duckdb.Error as exc:
+            raise JobError(f"job {self.plan.name!r}: {_first_line(exc)}") from None
+
+    def _write(self, out: pa.Table) -> None:
+        if out.num_rows == 0:
+            return
+        out = out.rename_columns(self.out_names)
+        if out.schema != self.out_schema:
+            out = out.cast(self.out_schema)
+        limit = self.plan.limit
+        if limit is not None:
+            room = limit - self.emitted_rows
+            if out.num_rows >= room:
+                out = out.slice(0, room)
+                self.stopped_by_limit = True
+        self.emitted_rows += out.num_rows
+        for sink in self.sinks:
+            sink.write(out)
+        self.metrics.records_out += out.num_rows
+
+
+def _min_window_end(window, et: int) -> int:
+    if window.kind == "tumbling":
+        start = et - ((et % window.size_us) + window.size_us) % window.size_us
+        return start + window.size_us
+    a = window.advance_us
+    t = et - window.size_us
+    earliest = t - ((t % a) + a) % a + a
+    return earliest + window.size_us
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,114 @@
+"""Event time and watermarks, computed a batch at a time with pyarrow.
+
+The watermark of a job is the minimum over its active source partitions of the largest event time
+seen in that partition, minus the allowed lateness, and it never goes back. It is judged per row in
+arrival order: the watermark row *i* sees is the one rows *0 … i-1* set. That is what makes lateness,
+and so every result, independent of how the input happens to be split into batches.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import DataError
+
+NEG_INF = -(2**63)
+POS_INF = 2**63 - 1
+_UNITS = {"epoch_millis": 1_000, "epoch_seconds": 1_000_000, "epoch_micros": 1}
+
+
+def event_time_us(column: pa.ChunkedArray | pa.Array, fmt: str | None, name: str) -> pa.Array:
+    """A column's event time as int64 microseconds since the epoch (nulls stay null).
+
+    Timestamps and dates convert directly; integers are epoch milliseconds unless ``fmt`` says
+    ``epoch_seconds``/``epoch_micros``; strings are ISO-8601 unless ``fmt`` is a strftime pattern.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    t = column.type
+    try:
+        if pa.types.is_timestamp(t):
+            us = column.cast(pa.timestamp("us", t.tz)) if t.unit != "us" else column
+            return us.view(pa.int64()) if hasattr(us, "view") else us.cast(pa.int64())
+        if pa.types.is_date(t):
+            return column.cast(pa.timestamp("us")).cast(pa.int64())
+        if pa.types.is_integer(t) or pa.types.is_floating(t):
+            factor = _UNITS.get((fmt or "epoch_millis").lower())
+            if factor is None:
+                raise DataError(f"event.time.format {fmt!r} does not apply to numeric column {name!r}")
+            return pc.multiply(column, factor).cast(pa.int64())
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            if fmt and fmt.lower() not in ("iso8601", "iso_8601"):
+                return pc.strptime(column, format=fmt, unit="us").cast(pa.int64())
+            return column.cast(pa.timestamp("us")).cast(pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataError(f"cannot read event time from column {name!r} ({t}): {exc}") from None
+    raise DataError(f"column {name!r} of type {t} cannot be an event time")
+
+
+class WatermarkTracker:
+    """Per-partition maxima, idle detection and the monotone job watermark."""
+
+    def __init__(self, lateness_us: int, idle_timeout_us: int | None = None) -> None:
+        self.lateness = lateness_us
+        self.idle_timeout = idle_timeout_us / 1e6 if idle_timeout_us else None
+        self.max_by_partition: dict[int, int] = {}
+        self.last_seen: dict[int, float] = {}
+        self.watermark = NEG_INF
+
+    def _active(self, now: float) -> dict[int, int]:
+        if self.idle_timeout is None:
+            return self.max_by_partition
+        return {
+            p: m for p, m in self.max_by_partition.items() if now - self.last_seen[p] <= self.idle_timeout
+        }
+
+    def observe(self, et: pa.Array, partition: pa.Array) -> pa.Array:
+        """Record a batch; return the watermark each row saw (int64, before the row itself)."""
+        n = len(et)
+        now = time.monotonic()
+        active = self._active(now)
+        present = pc.unique(partition).to_pylist()
+        running = []
+        for p in present:
+            mask = pc.equal(partition, p)
+            run = pc.fill_null_forward(pc.cumulative_max(pc.if_else(mask, et, None), skip_nulls=True))
+            prior = self.max_by_partition.get(p)
+            if prior is not None:
+                run = pc.max_element_wise(pc.fill_null(run, prior), prior)
+            last = run[n - 1].as_py() if n else None
+            # exclusive prefix: the value before row i is the running value at i - 1
+            first = pa.array([prior], pa.int64())
+            running.append(pa.concat_arrays([first, run.slice(0, n - 1)]) if n else first.slice(0, 0))
+            if last is not None:
+                self.max_by_partition[p] = last
+            self.last_seen[p] = now
+        others = [m for p, m in active.items() if p not in present]
+        arrays = running + ([pa.repeat(pa.scalar(min(others), pa.int64()), n)] if others else [])
+        if not arrays:
+            return pa.repeat(pa.scalar(self.watermark, pa.int64()), n)
+        low = arrays[0] if len(arrays) == 1 else pc.min_element_wise(*arrays, skip_nulls=True)
+        candidate = pc.fill_null(pc.subtract(low, self.lateness), self.watermark)
+        seen = pc.max_element_wise(pc.cumulative_max(candidate), self.watermark)
+        self.advance(now)
+        return seen
+
+    def advance(self, now: float | None = None) -> int:
+        """Recompute the job watermark after a batch, or on an idle poll (idle partitions drop out)."""
+        active = self._active(time.monotonic() if now is None else now)
+        if active:
+            self.watermark = max(self.watermark, min(active.values()) - self.lateness)
+        return self.watermark
+
+    def end_partition(self, partition: int) -> None:
+        """A finished partition no longer holds the watermark back."""
+        self.max_by_partition.pop(partition, None)
+        self.last_seen.pop(partition, None)
+
+    def finish(self) -> int:
+        """End of input: every window closes."""
+        self.watermark = POS_INF
+        return self.watermark
