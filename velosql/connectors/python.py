@@ -40,8 +40,9 @@ def to_arrow(data: object, where: str) -> pa.Table:
 class Channel:
     """A named stream of pushed data shared by the jobs that read it."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, max_pending: int = 64) -> None:
         self.name = name
+        self.max_pending = max_pending
         self.schema: pa.Schema | None = None
         self._entries: list[pa.Table] = []
         self._base = 0  # index of _entries[0] in the whole log
@@ -54,6 +55,10 @@ class Channel:
         """Append records; returns how many. Their schema must match the first push's."""
         table = to_arrow(data, f"push to {self.name!r}")
         with self._cond:
+            # Backpressure: while jobs read this channel, a producer waits for them to catch up
+            # instead of growing memory without bound.
+            while self._readers and len(self._entries) >= self.max_pending and not self._closed:
+                self._cond.wait(0.1)
             if self._closed:
                 raise DataError(f"source {self.name!r} was closed; no more data can be pushed")
             if self.schema is None:
@@ -111,6 +116,7 @@ class Channel:
             while self._base < low and self._entries:
                 self._entries.pop(0)
                 self._base += 1
+            self._cond.notify_all()
             return table
 
 

@@ -1,0 +1,30 @@
+"""SQL front end: the Velosql dialect, the script parser and the typed statements it produces."""
+
+from .dialect import Velosql
+from .parser import parse_one, parse_script
+from .statements import (
+    CreateStream,
+    Describe,
+    DropStream,
+    DuckDBStatement,
+    Explain,
+    ShowJobs,
+    ShowStreams,
+    Statement,
+    WindowSpec,
+)
+
+__all__ = [
+    "CreateStream",
+    "Describe",
+    "DropStream",
+    "DuckDBStatement",
+    "Explain",
+    "ShowJobs",
+    "ShowStreams",
+    "Statement",
+    "Velosql",
+    "WindowSpec",
+    "parse_one",
+    "parse_script",
+]

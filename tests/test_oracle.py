@@ -1,0 +1,266 @@
+"""The invariant: a streaming query's final result equals the same query as DuckDB batch SQL.
+
+Random data, random batch splits, random micro-batch sizes and arrival shuffled within the allowed
+lateness; every query shape and the non-decomposable aggregates; V1 and V2 processor configs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from decimal import Decimal
+
+import duckdb
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from velosql.testing import run_stream
+
+PROCESSORS = ["v1", "v2:3"]
+BASE = dt.datetime(2024, 1, 1)
+LATENESS_S = 30
+
+SETTINGS = settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+
+
+@st.composite
+def streams(draw, max_rows=60, shuffle=True):
+    """(arrival-ordered table, batch splits, micro-batch size) with disorder within the lateness."""
+    n = draw(st.integers(0, max_rows))
+    keys = st.sampled_from(["a", "b", "c", "d", None])
+    rows = []
+    t = 0
+    for _ in range(n):
+        t += draw(st.integers(0, 40))
+        rows.append(
+            {
+                "k": draw(keys),
+                "x": draw(st.one_of(st.none(), st.integers(-50, 50))),
+                "y": draw(st.floats(-1000, 1000, allow_nan=False, width=32)),
+                "s": draw(st.sampled_from(["p", "q", "r", None])),
+                "t": t,
+            }
+        )
+    if shuffle:
+        # Arrival order sorted by event time plus a delay in [0, lateness]: no row is ever behind
+        # the watermark of the rows that arrived before it.
+        jitter = [draw(st.integers(0, LATENESS_S)) for _ in rows]
+        order = sorted(range(n), key=lambda i: (rows[i]["t"] + jitter[i], i))
+        rows = [rows[i] for i in order]
+    table = pa.table(
+        {
+            "k": pa.array([r["k"] for r in rows], pa.string()),
+            "x": pa.array([r["x"] for r in rows], pa.int64()),
+            "y": pa.array([r["y"] for r in rows], pa.float64()),
+            "s": pa.array([r["s"] for r in rows], pa.string()),
+            "ts": pa.array([BASE + dt.timedelta(seconds=r["t"]) for r in rows], pa.timestamp("us")),
+        }
+    )
+    splits = draw(st.lists(st.integers(1, max(1, n - 1)), max_size=6))
+    batch = draw(st.sampled_from([1, 3, 7, 50, 262144]))
+    return table, splits, batch
+
+
+def oracle(sql: str, table: pa.Table) -> list[tuple]:
+    """The query as DuckDB batch SQL over the arrival-ordered input (``seq`` = arrival order)."""
+    con = duckdb.connect(config={"threads": 1})
+    seq = pa.array(range(table.num_rows), pa.int64())
+    con.register("t", table.append_column("seq", seq))
+    return con.sql(sql).fetchall()
+
+
+def _norm(v):
+    if isinstance(v, Decimal):
+        return float(v)
+    if isinstance(v, float) and math.isnan(v):
+        return "nan"
+    if isinstance(v, list):
+        return tuple(_norm(x) for x in v)
+    return v
+
+
+def _key(row):
+    return tuple((x is None, str(type(x)), x if not isinstance(x, float) else round(x, 6)) for x in row)
+
+
+def assert_rows_equal(actual: list[tuple], expected: list[tuple], ordered: bool = False) -> None:
+    a = [tuple(_norm(v) for v in r) for r in actual]
+    e = [tuple(_norm(v) for v in r) for r in expected]
+    if not ordered:
+        a.sort(key=_key)
+        e.sort(key=_key)
+    assert len(a) == len(e), f"{len(a)} rows streamed, {len(e)} batch\nstreamed={a}\nbatch={e}"
+    for ra, re in zip(a, e):
+        assert len(ra) == len(re)
+        for va, ve in zip(ra, re):
+            if isinstance(va, float) or isinstance(ve, float):
+                assert va is not None and ve is not None, f"{ra} != {re}"
+                assert math.isclose(va, ve, rel_tol=1e-9, abs_tol=1e-6), f"{ra} != {re}"
+            else:
+                assert va == ve, f"{ra} != {re}\nstreamed={a}\nbatch={e}"
+
+
+def streamed(sql: str, table, splits, batch, processor) -> list[tuple]:
+    sep = " WITH (" if " WITH (" not in sql else None
+    opts = (
+        f"'o.type' = 'python', 'max_batch_size' = {batch}, 'watermark.max_out_of_orderness' = '{LATENESS_S}s'"
+    )
+    sql = sql + (f"{sep}{opts})" if sep else "")
+    out = run_stream(sql, table, splits=splits, processor=processor)
+    return [tuple(r.values()) for r in out.to_pylist()]
+
+
+@pytest.mark.parametrize("processor", PROCESSORS)
+@SETTINGS
+@given(data=streams())
+def test_filter_and_projection(processor, data):
+    table, splits, batch = data
+    got = streamed("CREATE STREAM o AS SELECT k, x * 2 AS x2, upper(s) AS s, y FROM t WHERE x > 0 OR k = 'a'",
+                   table, splits, batch, processor)  # fmt: skip
+    want = oracle("SELECT k, x * 2 AS x2, upper(s) AS s, y FROM t WHERE x > 0 OR k = 'a' ORDER BY seq", table)
+    assert_rows_equal(got, want, ordered=True)
+
+
+GROUP_AGGS = (
+    "count(*) AS n, count(x) AS nx, sum(x) AS sx, avg(y) AS ay, min(y) AS lo, max(x) AS hi, "
+    "count(DISTINCT x) AS dx, median(x) AS mx, stddev_samp(y) AS sd, var_pop(y) AS vp, "
+    "quantile_cont(y, 0.25) AS q1, mode(s) IS NOT NULL AS has_mode, bool_or(x > 10) AS big"
+)
+
+
+@pytest.mark.parametrize("processor", PROCESSORS)
+@SETTINGS
+@given(data=streams())
+def test_group_by_emit_final(processor, data):
+    table, splits, batch = data
+    got = streamed(f"CREATE STREAM o AS SELECT k, {GROUP_AGGS} FROM t GROUP BY k EMIT FINAL",
+                   table, splits, batch, processor)  # fmt: skip
+    want = oracle(f"SELECT k, {GROUP_AGGS} FROM t GROUP BY k", table)
+    assert_rows_equal(got, want)
+
+
+@pytest.mark.parametrize("processor", PROCESSORS)
+@SETTINGS
+@given(data=streams())
+def test_order_dependent_aggregates_follow_arrival(processor, data):
+    table, splits, batch = data
+    got = streamed(
+        "CREATE STREAM o AS SELECT k, first(x) AS f, last(y) AS l, string_agg(s, '|') AS sa, list(x) AS lx "
+        "FROM t GROUP BY k EMIT FINAL", table, splits, batch, processor)  # fmt: skip
+    want = oracle(
+        "SELECT k, first(x ORDER BY seq), last(y ORDER BY seq), string_agg(s, '|' ORDER BY seq), "
+        "list(x ORDER BY seq) FROM t GROUP BY k", table)  # fmt: skip
+    assert_rows_equal(got, want)
+
+
+@pytest.mark.parametrize("processor", PROCESSORS)
+@SETTINGS
+@given(data=streams())
+def test_having_and_expressions_over_aggregates(processor, data):
+    table, splits, batch = data
+    sql = ("SELECT upper(k) AS uk, count(*) * 10 AS n10, sum(x) / nullif(count(x), 0) AS mean_x FROM t "
+           "WHERE y > -500 GROUP BY upper(k) HAVING count(*) > 2")  # fmt: skip
+    got = streamed(f"CREATE STREAM o AS {sql} EMIT FINAL", table, splits, batch, processor)
+    assert_rows_equal(got, oracle(sql, table))
+
+
+@pytest.mark.parametrize("processor", PROCESSORS)
+@SETTINGS
+@given(data=streams())
+def test_global_aggregate(processor, data):
+    table, splits, batch = data
+    sql = "SELECT count(*) AS n, sum(y) AS sy, max(ts) AS last_ts FROM t"
+    got = streamed(f"CREATE STREAM o AS {sql} EMIT FINAL", table, splits, batch, processor)
+    assert_rows_equal(got, oracle(sql, table))
+
+
+WINDOW_AGGS = "count(*) AS n, sum(x) AS sx, avg(y) AS ay, median(y) AS my, count(DISTINCT s) AS ds"
+
+
+@pytest.mark.parametrize("processor", PROCESSORS)
+@SETTINGS
+@given(data=streams(), size=st.sampled_from([30, 60, 90]))
+def test_tumbling_windows(processor, data, size):
+    table, splits, batch = data
+    got = streamed(
+        f"CREATE STREAM o AS SELECT k, _window_start, _window_end, {WINDOW_AGGS} FROM t GROUP BY k "
+        f"WINDOW TUMBLING(ts, {size}s) EMIT FINAL", table, splits, batch, processor)  # fmt: skip
+    want = oracle(
+        f"SELECT k, time_bucket(INTERVAL '{size} seconds', ts, TIMESTAMP '1970-01-01') AS ws, "
+        f"ws + INTERVAL '{size} seconds', {WINDOW_AGGS} FROM t GROUP BY k, ws", table)  # fmt: skip
+    assert_rows_equal(got, want)
+
+
+@pytest.mark.parametrize("processor", PROCESSORS)
+@SETTINGS
+@given(data=streams(), shape=st.sampled_from([(60, 30), (90, 30), (60, 60), (50, 20)]))
+def test_sliding_windows(processor, data, shape):
+    table, splits, batch = data
+    size, adv = shape
+    got = streamed(
+        f"CREATE STREAM o AS SELECT k, _window_start, count(*) AS n, sum(x) AS sx FROM t GROUP BY k "
+        f"WINDOW SLIDING(ts, {size}s, {adv}s) EMIT FINAL", table, splits, batch, processor)  # fmt: skip
+    want = oracle(
+        f"""WITH w AS (
+              SELECT t.*, to_timestamp(ws) AS ws FROM t,
+              unnest(generate_series((floor(epoch(ts) / {adv}) * {adv})::BIGINT - {-(-size // adv) * adv},
+                                     (floor(epoch(ts) / {adv}) * {adv})::BIGINT, {adv})) AS g(ws)
+              WHERE ws > epoch(ts) - {size} AND ws <= epoch(ts))
+            SELECT k, ws::TIMESTAMP, count(*), sum(x) FROM w GROUP BY k, ws""", table)  # fmt: skip
+    assert_rows_equal(got, want)
+
+
+@pytest.mark.parametrize("processor", PROCESSORS)
+@SETTINGS
+@given(data=streams(), gap=st.sampled_from([20, 45, 100]))
+def test_session_windows(processor, data, gap):
+    table, splits, batch = data
+    got = streamed(
+        f"CREATE STREAM o AS SELECT k, _window_start, _window_end, count(*) AS n, max(y) AS hi FROM t "
+        f"GROUP BY k WINDOW SESSION(ts, {gap}s) EMIT FINAL", table, splits, batch, processor)  # fmt: skip
+    # A session ends when the next row of its key is at least `gap` later; it closes gap after its last row.
+    want = oracle(
+        f"""WITH b AS (SELECT *, CASE WHEN epoch(ts) - lag(epoch(ts)) OVER (PARTITION BY k ORDER BY ts, seq) >= {gap}
+                                  THEN 1 ELSE 0 END AS brk FROM t),
+                 s AS (SELECT *, sum(brk) OVER (PARTITION BY k ORDER BY ts, seq) AS sid FROM b)
+            SELECT k, min(ts), max(ts) + INTERVAL '{gap} seconds', count(*), max(y) FROM s GROUP BY k, sid""",
+        table,
+    )  # fmt: skip
+    assert_rows_equal(got, want)
+
+
+@pytest.mark.parametrize("processor", PROCESSORS)
+@SETTINGS
+@given(data=streams(shuffle=False))
+def test_emit_changes_are_running_values(processor, data):
+    table, splits, batch = data
+    got = streamed(
+        "CREATE STREAM o AS SELECT k, count(*) AS n, sum(x) AS sx, min(y) AS lo, avg(y) AS ay, "
+        "count(DISTINCT s) AS ds, string_agg(s, ',') AS sa FROM t GROUP BY k EMIT CHANGES",
+        table, splits, batch, processor)  # fmt: skip
+    w = "OVER (PARTITION BY k ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+    want = oracle(
+        f"SELECT k, count(*) {w}, sum(x) {w}, min(y) {w}, avg(y) {w}, count(DISTINCT s) {w}, "
+        f"string_agg(s, ',') {w} FROM t ORDER BY seq", table)  # fmt: skip
+    assert_rows_equal(got, want, ordered=True)
+
+
+@pytest.mark.parametrize("processor", PROCESSORS)
+@SETTINGS
+@given(data=streams(shuffle=False), n=st.sampled_from([1, 2, 5]))
+def test_rows_window_buffer(processor, data, n):
+    table, splits, batch = data
+    got = streamed(
+        f"CREATE STREAM o AS SELECT k, x, LAG(x, 1) OVER (ROWS WINDOW BUFFER {n} ROWS PARTITION BY k ORDER BY ts) AS px, "
+        f"SUM(x) OVER (ROWS WINDOW BUFFER {n} ROWS PARTITION BY k ORDER BY ts) AS sx, "
+        f"ROW_NUMBER() OVER (ROWS WINDOW BUFFER {n} ROWS PARTITION BY k ORDER BY ts) AS rn FROM t",
+        table, splits, batch, processor)  # fmt: skip
+    frame = f"ROWS BETWEEN {n - 1} PRECEDING AND CURRENT ROW"
+    want = oracle(
+        f"SELECT k, x, LAG(x, 1) OVER (PARTITION BY k ORDER BY seq), sum(x) OVER (PARTITION BY k ORDER BY seq {frame}), "
+        f"row_number() OVER (PARTITION BY k ORDER BY seq) FROM t ORDER BY seq", table)  # fmt: skip
+    assert_rows_equal(got, want, ordered=True)
