@@ -133,7 +133,13 @@ class Engine:
                 raise SqlError(str(exc), p.location) from None
             job = Job(p, self, JobProcessorFactory.create(cfg))
             self._jobs[p.name] = job
-        job.prepare()
+        try:
+            job.prepare()
+        except BaseException:
+            with self._lock:
+                if self._jobs.get(p.name) is job:
+                    del self._jobs[p.name]
+            raise
         return job
 
     def _run_other(self, stmt: Statement):
@@ -170,13 +176,13 @@ class Engine:
     def _processor_for(self, p: StreamPlan) -> JobProcessorConfig:
         return resolve_processor(p.processor, cli=self.default_processor, config_path=self.config_path)
 
-    def explain(self, sql: str) -> str:
-        """The plan of each streaming statement of ``sql`` as text."""
-        texts = [
-            explain_text(self._plan(s), self._processor_for(self._plan(s)), None)
-            for s in parse_script(sql)
-            if isinstance(s, CreateStream)
-        ]
+    def explain(self, sql: str, *, file: str | None = None) -> str:
+        """The plan of each streaming statement of ``sql`` (from ``file``, for error places) as text."""
+        texts = []
+        for stmt in parse_script(sql, file):
+            if isinstance(stmt, CreateStream):
+                p = self._plan(stmt)
+                texts.append(explain_text(p, self._processor_for(p), None))
         return "\n\n".join(texts)
 
     # ---- jobs -----------------------------------------------------------------------------------
@@ -270,7 +276,7 @@ class Engine:
             "SELECT count(*) FROM (SELECT table_name AS n FROM duckdb_tables() UNION ALL "
             "SELECT view_name FROM duckdb_views()) WHERE lower(n) = ?",
             [name],
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         if found:
             return "table"
         raise SqlError(

@@ -301,9 +301,10 @@ def convert(opt: Option, value: object, key: str, location: Location | None = No
         if opt.kind == "str":
             return str(value)
         if opt.kind == "int":
-            if isinstance(value, bool):
+            text = str(value).strip()
+            if isinstance(value, bool) or not text.lstrip("-").isdigit():
                 raise ValueError
-            return int(str(value).strip())
+            return int(text)
         if opt.kind == "bool":
             if isinstance(value, bool):
                 return value

@@ -230,9 +230,15 @@ def _convert_scope(scope: str, scoped: dict, conn_type: str | None, owner: str) 
     for name, (value, key, loc) in scoped.items():
         opt = opts.find(scope, name)
         if opt is None:
+            allowed = sorted(
+                o.name
+                for o in opts.OPTIONS
+                if o.scope == scope and (o.types is None or conn_type is None or conn_type in o.types)
+            )
+            kind = f"{conn_type} " if conn_type else ""
             raise OptionError(
-                f"unknown WITH key {key!r} for {scope} {owner!r}: allowed keys are "
-                + ", ".join(f"'{owner}.{n}'" for n in opts.names(scope)),
+                f"unknown WITH key {key!r} for {kind}{scope} {owner!r}: allowed keys are "
+                + ", ".join(f"'{owner}.{n}'" for n in allowed),
                 loc,
             )
         if opt.types is not None and conn_type is not None and conn_type not in opt.types:

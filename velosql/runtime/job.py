@@ -80,7 +80,7 @@ class Job:
         self.executor = None
         self._thread: threading.Thread | None = None
         self._done = threading.Event()
-        self.idle_since: float | None = None
+        self.limit_reached = False
 
     def prepare(self) -> None:
         from .v1 import V1Executor
@@ -97,7 +97,8 @@ class Job:
     def _run(self) -> None:
         try:
             self.processor.run(self)
-            self.status = STOPPED if self.stop_event.is_set() else FINISHED
+            stopped = self.stop_event.is_set() and not self.limit_reached
+            self.status = STOPPED if stopped else FINISHED
         except BaseException as exc:  # noqa: BLE001 - reported through status/wait()
             self.error = exc
             self.status = FAILED

@@ -61,7 +61,11 @@ class V1Executor:
         self.con = self.job.engine._job_connection()
         self.source = self.job.engine._make_source(plan)
         self.ctx = SourceContext(stop=self.job.stop_event, reject_fn=self._reject)
-        self.source.open(self.ctx)
+        try:
+            self.source.open(self.ctx)
+        except DataError as exc:
+            # Name the statement too: the WITH clause is where the user fixes a bad path.
+            raise DataError(f"{plan.location}: {exc}") from None
         try:
             self._bind()
             self.sinks = self.job.engine._make_sinks(plan, self.con)
@@ -258,6 +262,7 @@ class V1Executor:
         finally:
             abort.set()
             if self.stopped_by_limit:
+                self.job.limit_reached = True
                 self.job.stop_event.set()
             reader.join(timeout=5)
             for sink in getattr(self, "sinks", []):
@@ -300,14 +305,14 @@ class V1Executor:
                 self._write(self.con.sql(self.sql.project).to_arrow_table())
                 self.con.execute(f"CREATE OR REPLACE TEMP TABLE __rbuf AS {self.sql.state_update}").fetchall()
             elif shape == "aggregate":
-                self._late()
+                self._late(table)
                 if self.sql.changes:
                     self._write(self.con.sql(self.sql.changes).to_arrow_table())
                 self._insert_partials(table)
                 if self.sql.changes:
                     self._compact()
             else:
-                self._late()
+                self._late(table)
                 self.con.execute(f"INSERT INTO __sbuf {self.sql.buffer_insert}").fetchall()
         except duckdb.Error as exc:
             raise JobError(f"job {self.plan.name!r}: {_first_line(exc)}") from None
@@ -318,8 +323,8 @@ class V1Executor:
             self._after_watermark(self.tracker.watermark)
         self.metrics.busy_seconds += time.monotonic() - t0
 
-    def _late(self) -> None:
-        if not self.plan.windowed:
+    def _late(self, table: pa.Table) -> None:
+        if not self.plan.windowed or not _any_late(self.plan.window, table["__et"], table["__wm"]):
             return
         late = self.con.sql(self._late_select()).to_arrow_table()
         if late.num_rows:
@@ -402,7 +407,27 @@ class V1Executor:
         self.emitted_rows += out.num_rows
         for sink in self.sinks:
             sink.write(out)
+            # Readers of a file sink (tail -f, another job) see results as they are produced.
+            sink.flush()
         self.metrics.records_out += out.num_rows
+
+
+def _any_late(window, et: pa.ChunkedArray, wm: pa.ChunkedArray) -> bool:
+    """Vectorised pre-check of the late condition, so the late-row query runs only when needed."""
+    if window.kind == "session":
+        return bool(pc.any(pc.less(et, wm)).as_py())
+    if window.kind == "tumbling":
+        start = pc.subtract(et, _posmod(et, window.size_us))
+    else:  # the earliest sliding window holding et starts after et - size
+        base = pc.subtract(et, window.size_us)
+        start = pc.add(pc.subtract(base, _posmod(base, window.advance_us)), window.advance_us)
+    return bool(pc.any(pc.less_equal(pc.add(start, window.size_us), wm)).as_py())
+
+
+def _posmod(values, m: int):
+    """values mod m in [0, m) with integer kernels (pyarrow's divide truncates toward zero)."""
+    rem = pc.subtract(values, pc.multiply(pc.divide(values, m), m))
+    return pc.add(rem, pc.multiply(pc.cast(pc.less(rem, 0), pa.int64()), m))
 
 
 def _min_window_end(window, et: int) -> int:

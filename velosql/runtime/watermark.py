@@ -71,11 +71,16 @@ class WatermarkTracker:
         n = len(et)
         now = time.monotonic()
         active = self._active(now)
-        present = pc.unique(partition).to_pylist()
+        bounds = pc.min_max(partition)
+        lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+        # One partition in the batch (the common case) needs no masking.
+        present = [lo] if lo == hi else pc.unique(partition).to_pylist()
         running = []
         for p in present:
-            mask = pc.equal(partition, p)
-            run = pc.fill_null_forward(pc.cumulative_max(pc.if_else(mask, et, None), skip_nulls=True))
+            masked = et if lo == hi else pc.if_else(pc.equal(partition, p), et, None)
+            run = pc.cumulative_max(masked, skip_nulls=True)
+            if run.null_count:
+                run = pc.fill_null_forward(run)
             prior = self.max_by_partition.get(p)
             if prior is not None:
                 run = pc.max_element_wise(pc.fill_null(run, prior), prior)

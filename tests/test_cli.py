@@ -1,0 +1,272 @@
+"""The ``velosql`` command, run as a real program (``python -m velosql``) in a scratch directory."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 60  # seconds a command may take before the test gives up on it
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r")
+SUMMARY = re.compile(
+    r"^velosql: job (\w+) (\w+): (\d+) records in, (\d+) out, (\d+) late, (\d+) dead letters, "
+    r"[0-9.]+s \((\d+) rows/s\)$"
+)
+
+TRADES = "ts,sym,price\n2024-01-01 10:00:00,A,1.5\n2024-01-01 10:00:30,B,2\n2024-01-01 10:01:10,A,3\n"
+# Per-minute totals of a watched file: the 10:01 window is still open when the job is stopped.
+PER_MINUTE = """\
+CREATE STREAM per_min AS
+SELECT sym, COUNT(*) AS n, SUM(price) AS total, _window_start AS ws FROM trades
+GROUP BY sym
+WINDOW TUMBLING(ts, 1m)
+EMIT FINAL
+WITH ('trades.type' = 'file_source', 'trades.path' = 'trades.csv', 'trades.watch' = 'true',
+      'trades.poll_interval' = '50ms',
+      'per_min.type' = 'file_sink', 'per_min.path' = 'per_min.csv');
+"""
+PER_MINUTE_ROWS = [
+    "sym,n,total,ws",
+    "A,1,1.5,2024-01-01T10:00:00",
+    "A,1,3,2024-01-01T10:01:00",
+    "B,1,2,2024-01-01T10:00:00",
+]
+
+
+def doubled(src: str = "in.csv", out: str = "out.csv", extra: str = "") -> str:
+    return f"""\
+CREATE STREAM hello_world AS
+SELECT id, v * 2 AS v2 FROM src
+WITH ('src.type' = 'file_source', 'src.path' = '{src}', 'src.schema' = 'id INTEGER, v INTEGER',
+      'hello_world.type' = 'file_sink', 'hello_world.path' = '{out}'{extra});
+"""
+
+
+def env(**extra: str) -> dict[str, str]:
+    """The environment of the program: this checkout importable, no ambient processor config."""
+    e = {k: v for k, v in os.environ.items() if k not in ("PROCESSOR_CONFIG", "VELOSQL_CONFIG")}
+    e["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    e.update(extra)
+    return e
+
+
+def velosql(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "velosql", *args],
+        cwd=cwd,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def rows(path: Path) -> list[str]:
+    """The header line, then the rows in sorted order (the order rows are written in is not fixed)."""
+    header, *body = path.read_text().splitlines()
+    return [header, *sorted(body)]
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, code: int, *fragments: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    (tmp_path / "in.csv").write_text("id,v\n1,10\n2,20\n3,40\n")
+    path = tmp_path / "app.sql"
+    path.write_text(doubled())
+    return path
+
+
+# ---- success ------------------------------------------------------------------------------------
+
+
+def test_run_writes_the_sink_and_exits_0(tmp_path, app):
+    result = velosql(tmp_path, "run", "app.sql")
+    assert result.returncode == 0, result.stderr
+    assert rows(tmp_path / "out.csv") == ["id,v2", "1,20", "2,40", "3,80"]
+    assert result.stdout == ""
+
+
+def test_piped_run_prints_one_summary_line_per_job(tmp_path, app):
+    app.write_text(doubled() + doubled(out="out2.csv").replace("hello_world", "second"))
+    result = velosql(tmp_path, "run", "app.sql")
+    assert result.returncode == 0, result.stderr
+    summaries = [SUMMARY.match(line) for line in result.stderr.splitlines()]
+    assert all(summaries), result.stderr
+    assert [m.group(1, 2, 3, 4, 5, 6) for m in summaries] == [
+        ("hello_world", "Finished", "3", "3", "0", "0"),
+        ("second", "Finished", "3", "3", "0", "0"),
+    ]
+
+
+def test_relative_paths_resolve_against_the_working_directory(tmp_path, app):
+    (tmp_path / "apps").mkdir()
+    app.rename(tmp_path / "apps" / "app.sql")
+    result = velosql(tmp_path, "run", "apps/app.sql", "--processor", "v2:2")
+    assert result.returncode == 0, result.stderr
+    assert rows(tmp_path / "out.csv") == ["id,v2", "1,20", "2,40", "3,80"]
+
+
+def test_until_idle_ends_a_watched_job(tmp_path):
+    (tmp_path / "trades.csv").write_text(TRADES)
+    (tmp_path / "app.sql").write_text(PER_MINUTE)
+    result = velosql(tmp_path, "run", "app.sql", "--until-idle", "1")
+    assert result.returncode == 0, result.stderr
+    assert rows(tmp_path / "per_min.csv") == PER_MINUTE_ROWS
+    assert SUMMARY.match(result.stderr.strip()).group(1, 2, 3) == ("per_min", "Stopped", "3")
+
+
+# ---- errors before anything runs: exit 2, no traceback ------------------------------------------
+
+
+def test_syntax_error_names_file_line_and_column(tmp_path, app):
+    app.write_text("CREATE STREAM x AS\nSELECT id FROM src\nWHERE id = = 1\nWITH ('src.path' = 'in.csv');\n")
+    result = velosql(tmp_path, "run", "app.sql")
+    assert_clean_error(result, 2, "velosql: error: app.sql:")
+    assert re.search(r"app\.sql:\d+:\d+: ", result.stderr), result.stderr
+
+
+def test_unknown_with_key_is_named(tmp_path, app):
+    app.write_text(doubled().replace("'src.schema'", "'src.shema'"))
+    result = velosql(tmp_path, "run", "app.sql")
+    assert_clean_error(result, 2, "app.sql:3:", "'src.shema'")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_unknown_processor_string(tmp_path, app):
+    result = velosql(tmp_path, "run", "app.sql", "--processor", "v9")
+    assert_clean_error(result, 2, "--processor", "v9")
+
+
+def test_missing_script(tmp_path):
+    assert_clean_error(velosql(tmp_path, "run", "nope.sql"), 2, "nope.sql")
+
+
+def test_bad_config_file(tmp_path, app):
+    (tmp_path / "velosql.yaml").write_text("processor:\n  architecture: v7\n")
+    result = velosql(tmp_path, "run", "app.sql", "--config", "velosql.yaml")
+    assert_clean_error(result, 2, "velosql: error: velosql.yaml: processor.architecture", "v7")
+
+
+# ---- errors while running: exit 1 -----------------------------------------------------------------
+
+
+def test_malformed_row_with_fail_batch_fails_the_job(tmp_path, app):
+    (tmp_path / "in.csv").write_text("id,v\n1,10\nx,20\n3,40\n")
+    app.write_text(doubled(extra=", failure_strategy = 'FailBatch'"))
+    result = velosql(tmp_path, "run", "app.sql")
+    assert_clean_error(result, 1, "velosql: error: in.csv:3:")
+    assert SUMMARY.match(result.stderr.splitlines()[0]).group(1, 2) == ("hello_world", "Error")
+
+
+# ---- signals: the jobs stop cleanly and flush --------------------------------------------------
+
+
+def read_pty(master: int, proc: subprocess.Popen, until: re.Pattern | None, seen: list[str]) -> str:
+    """Read the program's terminal into ``seen`` until ``until`` matches it (ANSI codes removed)
+    or, when ``until`` is None, until the program has exited and its terminal is drained."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        text = ANSI.sub("", "".join(seen))
+        if until is not None and until.search(text):
+            return text
+        ready, _, _ = select.select([master], [], [], 0.1)
+        chunk = read_chunk(master) if ready else b""
+        if chunk:
+            seen.append(chunk.decode("utf-8", "replace"))
+        elif proc.poll() is not None:
+            if until is None:
+                return text
+            pytest.fail(f"velosql exited ({proc.returncode}) before showing {until.pattern!r}:\n{text}")
+    proc.kill()
+    pytest.fail(f"timed out reading velosql's terminal:\n{ANSI.sub('', ''.join(seen))}")
+
+
+def read_chunk(master: int) -> bytes:
+    try:
+        return os.read(master, 65536)
+    except OSError as exc:  # EIO: the program exited and its end of the terminal is closed
+        if exc.errno != errno.EIO:
+            raise
+        return b""
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_a_watched_job_and_flushes(tmp_path, signum, code):
+    (tmp_path / "trades.csv").write_text(TRADES)
+    (tmp_path / "app.sql").write_text(PER_MINUTE)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "velosql", "run", "app.sql"],
+        cwd=tmp_path,
+        env=env(TERM="xterm", COLUMNS="200"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+    )
+    os.close(slave)
+    seen: list[str] = []
+    try:
+        # The live display on the terminal shows when all three rows have been read.
+        read_pty(master, proc, re.compile(r"per_min\s+Running\s+3\s"), seen)
+        proc.send_signal(signum)
+        text = read_pty(master, proc, None, seen)
+        assert proc.wait(TIMEOUT) == code, text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert "Traceback" not in text
+    assert re.search(r"velosql: job per_min Stopped: 3 records in, 3 out", text), text
+    # EMIT FINAL flushed the window that was still open when the signal came.
+    assert rows(tmp_path / "per_min.csv") == PER_MINUTE_ROWS
+
+
+# ---- explain, version, help ---------------------------------------------------------------------
+
+
+def test_explain_prints_the_plan(tmp_path):
+    (tmp_path / "trades.csv").write_text(TRADES)
+    (tmp_path / "app.sql").write_text(PER_MINUTE)
+    result = velosql(tmp_path, "explain", "app.sql", "--processor", "v2:3")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "STREAM per_min  (app.sql:1:1)" in out
+    assert re.search(r"source:\s+trades \[file_source\]", out)
+    assert re.search(r"window:\s+TUMBLING 1m", out)
+    assert "aggregates:" in out and "COUNT(*)" in out and "SUM(price)" in out
+    assert re.search(r"processor:\s+V2 \(Multi-partition: 3", out)
+    assert not (tmp_path / "per_min.csv").exists()
+
+
+def test_explain_error_exits_2(tmp_path, app):
+    app.write_text(doubled().replace("'src.schema'", "'src.shema'"))
+    assert_clean_error(velosql(tmp_path, "explain", "app.sql"), 2, "app.sql:3:", "'src.shema'")
+
+
+def test_version(tmp_path):
+    result = velosql(tmp_path, "--version")
+    assert result.returncode == 0
+    assert re.fullmatch(r"velosql \d+\.\d+\.\d+\S*\n", result.stdout)
+
+
+def test_no_subcommand_prints_help(tmp_path):
+    result = velosql(tmp_path)
+    assert result.returncode == 0
+    assert "Usage: velosql" in result.stdout
+    assert "run" in result.stdout and "explain" in result.stdout
