@@ -249,3 +249,47 @@ def test_stop_emits_open_state_and_ends_the_job(engine):
     job.stop()
     assert job.status == "Stopped"
     assert sorted(engine.sql("SELECT * FROM c").fetchall()) == [("a", 2), ("b", 1)]
+
+
+class FlakySink:
+    """A real sink wrapper that fails its first ``failures`` writes."""
+
+    def __init__(self, failures):
+        self.failures, self.tables = failures, []
+
+    def open(self, schema):
+        pass
+
+    def write(self, table):
+        if self.failures:
+            self.failures -= 1
+            raise OSError("disk unavailable")
+        self.tables.append(table)
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+    def describe(self):
+        return "flaky sink"
+
+
+@pytest.mark.parametrize("failures, ok", [(2, True), (5, False)])
+def test_retry_with_backoff_retries_sink_writes(engine, monkeypatch, failures, ok):
+    sink = FlakySink(failures)
+    monkeypatch.setattr(engine, "_make_sinks", lambda plan, con: [sink])
+    engine.push("t", {"v": [1, 2]})
+    engine.close_source("t")
+    job = engine.execute(
+        "CREATE STREAM o AS SELECT v FROM t WITH (failure_strategy = 'RetryWithBackoff', "
+        "max_retries = 3, retry_backoff = '1ms')"
+    )
+    if ok:
+        job.wait(30)
+        assert pa.concat_tables(sink.tables).to_pydict() == {"v": [1, 2]}
+        assert job.metrics()["sink_retries"] == 2
+    else:
+        with pytest.raises(velosql.JobError, match="failed after 4 attempts: disk unavailable"):
+            job.wait(30)

@@ -28,6 +28,7 @@ class Metrics:
     batches: int = 0
     late_rows: int = 0
     dead_letters: int = 0
+    sink_retries: int = 0
     watermark: int | None = None
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
@@ -43,6 +44,7 @@ class Metrics:
             "batches": self.batches,
             "late_rows": self.late_rows,
             "dead_letters": self.dead_letters,
+            "sink_retries": self.sink_retries,
             "watermark": _format_wm(wm),
             "elapsed_seconds": round(elapsed, 3),
             "records_per_second": round(self.records_in / elapsed) if elapsed > 0 else 0,

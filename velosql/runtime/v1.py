@@ -406,10 +406,30 @@ class V1Executor:
                 self.stopped_by_limit = True
         self.emitted_rows += out.num_rows
         for sink in self.sinks:
-            sink.write(out)
-            # Readers of a file sink (tail -f, another job) see results as they are produced.
-            sink.flush()
+            self._deliver(sink, out)
         self.metrics.records_out += out.num_rows
+
+    def _deliver(self, sink, out: pa.Table) -> None:
+        """Write and flush one result table; under RetryWithBackoff retry failures, doubling the wait."""
+        retry = self.opts.get("failure_strategy") == "RetryWithBackoff"
+        attempts = int(self.opts.get("max_retries") or 0) + 1 if retry else 1
+        delay = (self.opts.get("retry_backoff") or 100_000) / 1e6
+        for attempt in range(1, attempts + 1):
+            try:
+                sink.write(out)
+                # Readers of a file sink (tail -f, another job) see results as they are produced.
+                sink.flush()
+                return
+            except Exception as exc:  # noqa: BLE001 - any sink failure is retried or reported
+                if attempt == attempts:
+                    raise JobError(
+                        f"job {self.plan.name!r}: writing {out.num_rows} rows to {sink.describe()} failed"
+                        f"{f' after {attempts} attempts' if attempts > 1 else ''}: {exc}"
+                    ) from exc
+                self.metrics.sink_retries += 1
+                if self.job.stop_event.wait(delay):
+                    delay = 0
+                delay *= 2
 
 
 def _any_late(window, et: pa.ChunkedArray, wm: pa.ChunkedArray) -> bool:
