@@ -99,7 +99,7 @@ def analyse(select: exp.Select, source: exp.Table, window: WindowSpec | None, lo
         return _analyse_grouped(select, alias, from_sql, where_sql, window, loc, limit)
     if windows_fn:
         return _analyse_buffered(select, windows_fn, from_sql, where_sql, loc, limit, alias)
-    items = [_expand_star(i) for i in select.expressions]
+    items = [_expand_star(i, (*SYSTEM, SEQ)) for i in select.expressions]
     project = f"SELECT {', '.join(_sql(i) for i in items)} {from_sql} WHERE {where_sql}"
     order = select.args.get("order")
     return Query(
@@ -109,14 +109,14 @@ def analyse(select: exp.Select, source: exp.Table, window: WindowSpec | None, lo
     )  # fmt: skip
 
 
-def _expand_star(item: exp.Expression) -> exp.Expression:
+def _expand_star(item: exp.Expression, hidden: tuple[str, ...]) -> exp.Expression:
     """``*`` → ``* EXCLUDE (system and internal columns)``: batch SQL over the input has none."""
     star = item.this if isinstance(item, exp.Column) and isinstance(item.this, exp.Star) else item
     if not isinstance(star, exp.Star):
         return item
     excluded = list(star.args.get("except_") or [])
     names = {c.name.lower() for c in excluded}
-    excluded += [_col(c) for c in INTERNAL if c not in names]
+    excluded += [_col(c) for c in hidden if c not in names]
     star.set("except_", excluded)
     return item
 
@@ -354,7 +354,8 @@ def _analyse_buffered(select, windows_fn, from_sql, where_sql, loc, limit, _alia
             )
         wins.append(f"{expr} AS __w{i}")
         w.replace(_col(f"__w{i}"))
-    items = [_expand_star(i) for i in select.expressions]
+    hidden = (*SYSTEM, SEQ, "__rn", "__old", *(f"__w{i}" for i in range(len(wins))))
+    items = [_expand_star(i, hidden) for i in select.expressions]
     return Query(
         shape="buffered", alias=_alias, from_sql=from_sql, where_sql=where_sql, key_sql=tuple(keys_sql or ()),
         key_names=(), aggregates=(), items=tuple(_sql(i) for i in items), having_sql=None,
