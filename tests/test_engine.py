@@ -293,3 +293,16 @@ def test_retry_with_backoff_retries_sink_writes(engine, monkeypatch, failures, o
     else:
         with pytest.raises(velosql.JobError, match="failed after 4 attempts: disk unavailable"):
             job.wait(30)
+
+
+def test_python_source_needs_data_or_a_declared_schema_before_deploy(engine):
+    with pytest.raises(velosql.DataError, match="has no schema yet"):
+        engine.execute("CREATE STREAM s AS SELECT k FROM t WITH ('t.type' = 'python')")
+    job = engine.execute(
+        "CREATE STREAM s AS SELECT k, v + 1 AS w FROM t GROUP BY ALL EMIT FINAL "
+        "WITH ('t.type' = 'python', 't.schema' = 'k VARCHAR, v INTEGER')"
+    )
+    engine.push("t", [{"k": "a", "v": 1}])
+    engine.close_source("t")
+    job.wait(30)
+    assert engine.sql("SELECT * FROM s").fetchall() == [("a", 2)]

@@ -259,8 +259,13 @@ class Engine:
 
             return FileSource(spec.name, spec.options)
         if stype == "python":
+            declared = spec.options.get("schema")
+            if declared:
+                from .connectors.files_formats import schema_from_sql
+
+                declared = schema_from_sql(declared, f"{spec.name}.schema")
             return PythonSource(
-                spec.name, self.channel(spec.name), spec.options.get("poll_interval") or 200_000
+                spec.name, self.channel(spec.name), spec.options.get("poll_interval") or 200_000, declared
             )
         if stype == "table":
             table = spec.options.get("table") or spec.name

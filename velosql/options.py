@@ -102,8 +102,9 @@ OPTIONS: tuple[Option, ...] = (
         "str",
         None,
         "Column names and DuckDB types, overriding inference, e.g. "
-        "`'station VARCHAR, temperature DOUBLE'`. Required to name the columns of a "
-        "headerless CSV (otherwise `column0`, `column1`, …).",
+        "`'station VARCHAR, temperature DOUBLE'`. Names the columns of a headerless CSV "
+        "(otherwise `column0`, `column1`, …); lets a python source be deployed before any push.",
+        types=("file_source", "file_source_mmap", "python"),
     ),
     _src("batch_size", "int", 65536, "Rows per batch read from the source."),
     _src(
@@ -154,8 +155,9 @@ OPTIONS: tuple[Option, ...] = (
         "type",
         "enum",
         "duckdb_table",
-        "Connector of the sink. Results always also land in a "
-        "DuckDB table of the stream's name unless `type = 'python'`.",
+        "Connector of the sink; by default a table of the stream's name in the engine's "
+        "database. A `CREATE TABLE` result is also kept there as a table with the latest row "
+        "per key, whatever its sink.",
         SINK_TYPES,
         None,
     ),
@@ -195,10 +197,12 @@ OPTIONS: tuple[Option, ...] = (
         "failure_strategy",
         "enum",
         "SendToDLQ",
-        "What happens to a record that cannot be read or "
-        "processed: `SendToDLQ` and `LogAndContinue` store it in the `<stream>__dlq` table and "
+        "What happens to a record that cannot be decoded (unparseable row, wrong type, NULL "
+        "event time): `SendToDLQ` and `LogAndContinue` store it in the `<stream>__dlq` table and "
         "go on (LogAndContinue also logs it); `FailBatch` stops the job with an error naming the "
-        "record; `RetryWithBackoff` retries failing sink writes, then behaves like SendToDLQ.",
+        "record. `RetryWithBackoff` stores bad records like SendToDLQ and retries a failing sink "
+        "write `max_retries` times before failing the job. An error in the query itself (e.g. a "
+        "failing CAST) fails the job under every strategy.",
         FAILURE_STRATEGIES,
     ),
     _job("max_retries", "int", 3, "Sink write retries under `RetryWithBackoff`."),

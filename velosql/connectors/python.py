@@ -81,10 +81,11 @@ class Channel:
             self._closed = True
             self._cond.notify_all()
 
-    def wait_schema(self, stop: threading.Event) -> pa.Schema | None:
+    def declare(self, schema: pa.Schema) -> pa.Schema:
+        """Fix the schema before any push (later pushes are cast to it); returns the schema in force."""
         with self._cond:
-            while self.schema is None and not self._closed and not stop.is_set():
-                self._cond.wait(0.05)
+            if self.schema is None:
+                self.schema = schema
             return self.schema
 
     def register(self) -> int:
@@ -125,8 +126,11 @@ class PythonSource(Source):
 
     bounded = False
 
-    def __init__(self, name: str, channel: Channel, poll_interval_us: int = 200_000) -> None:
+    def __init__(
+        self, name: str, channel: Channel, poll_interval_us: int = 200_000, schema: pa.Schema | None = None
+    ) -> None:
         self.name, self.channel = name, channel
+        self.declared = schema
         self.poll = poll_interval_us / 1e6
         self._rid: int | None = None
         self._offset = 0
@@ -134,10 +138,14 @@ class PythonSource(Source):
 
     def open(self, ctx: SourceContext) -> None:
         self.ctx = ctx
-        self._rid = self.channel.register()
-        schema = self.channel.wait_schema(ctx.stop)
+        schema = self.channel.declare(self.declared) if self.declared is not None else self.channel.schema
         if schema is None:
-            raise DataError(f"python source {self.name!r} ended before any data was pushed")
+            # The plan is bound to the source's schema before the job starts, so it must be known.
+            raise DataError(
+                f"python source {self.name!r} has no schema yet: push data to it before deploying, "
+                f"or declare its columns with '{self.name}.schema' = 'col TYPE, …'"
+            )
+        self._rid = self.channel.register()
         self._schema = schema
 
     @property

@@ -195,6 +195,21 @@ class Velosql(DuckDB):
                 return this
             return super()._parse_alias(this, explicit=explicit)
 
+        def _parse_group(self, skip_group_by_token: bool = False):
+            # `GROUP BY ALL EMIT FINAL`: DuckDB's grammar would read EMIT as a grouping expression.
+            after_all = self._index + 2
+            if (
+                not skip_group_by_token
+                and self._match(TokenType.GROUP_BY, advance=False)
+                and self._next
+                and self._next.token_type == TokenType.ALL
+                and after_all < len(self._tokens)
+                and self._tokens[after_all].text.upper() == "EMIT"
+            ):
+                self._advance(2)
+                return self.expression(exp.Group(all=True))
+            return super()._parse_group(skip_group_by_token)
+
         def _parse_table_hints(self):
             # DuckDB has no table hints; `FROM t WITH (…)` is our trailing property list.
             if self._match(TokenType.WITH, advance=False):
