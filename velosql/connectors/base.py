@@ -117,14 +117,20 @@ class Sink(ABC):
         return type(self).__name__
 
 
-_ARANGE = pa.array(range(1 << 16), pa.int64())
+_ARANGE: pa.Array | None = None
 
 
 def _arange(n: int) -> pa.Array:
-    """0..n-1 as int64 without a per-element Python loop (a cached array, doubled when short)."""
+    """0..n-1 as int64 without a per-element Python loop (a cached array, grown when short).
+
+    Built with compute kernels: converting a Python range would import pandas through pyarrow's
+    conversion shim, which costs more than the rest of ``import velosql``.
+    """
     global _ARANGE
-    while len(_ARANGE) < n:
-        _ARANGE = pa.concat_arrays([_ARANGE, pc.add(_ARANGE, len(_ARANGE))])
+    if _ARANGE is None or len(_ARANGE) < n:
+        size = max(n, 1 << 16)
+        ones = pa.repeat(pa.scalar(1, pa.int64()), size)
+        _ARANGE = pc.subtract(pc.cumulative_sum(ones), pa.scalar(1, pa.int64()))
     return _ARANGE.slice(0, n)
 
 
