@@ -38,8 +38,8 @@ WITH ('trades.type' = 'file_source', 'trades.path' = 'trades.csv', 'trades.watch
 PER_MINUTE_ROWS = [
     "sym,n,total,ws",
     "A,1,1.5,2024-01-01T10:00:00",
-    "A,1,3,2024-01-01T10:01:00",
-    "B,1,2,2024-01-01T10:00:00",
+    "A,1,3.0,2024-01-01T10:01:00",
+    "B,1,2.0,2024-01-01T10:00:00",
 ]
 
 

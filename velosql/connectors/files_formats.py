@@ -1,0 +1,401 @@
+"""How the file connectors recognise formats and decode blocks of lines into Arrow.
+
+A text file (CSV or JSON lines) is read as blocks of whole lines. Each block is decoded by one
+vectorised pyarrow call; only when that call fails is the block bisected along line boundaries to
+isolate the bad lines (:func:`decode_lines`), so per-line Python runs only on the error path.
+
+Records are lines: a CSV value may not contain a newline, even quoted. That keeps a stray quote
+from swallowing the rest of a file and lets a watched file be read up to its last complete line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.json as pjson
+
+from ..errors import DataError, OptionError
+from ..options import find
+
+# Canonical formats: "json" is read and written as JSON lines, like "jsonl".
+_CANONICAL = {"csv": "csv", "csv_no_header": "csv_no_header", "json": "jsonl", "jsonl": "jsonl",
+              "parquet": "parquet"}  # fmt: skip
+ALLOWED_FORMATS = tuple(_CANONICAL)
+EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".json": "jsonl", ".jsonl": "jsonl", ".ndjson": "jsonl",
+              ".parquet": "parquet", ".pq": "parquet"}  # fmt: skip
+
+_PARSE_BLOCK = 1 << 20  # pyarrow's unit of parallel parsing inside one block
+_TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary())
+
+
+def format_of(path: str) -> str | None:
+    """The canonical format a file's extension implies, or None."""
+    return EXTENSIONS.get(os.path.splitext(path)[1].lower())
+
+
+def resolve_format(fmt: str | None, path: str) -> str:
+    """``fmt`` (any spelling in :data:`ALLOWED_FORMATS`) or the one ``path``'s extension implies.
+
+    Raises:
+        DataError: the format is unknown, or not given and the extension implies none.
+    """
+    if fmt is not None:
+        canonical = _CANONICAL.get(str(fmt).strip().lower())
+        if canonical is None:
+            raise DataError(f"unsupported file format {fmt!r}: allowed formats are {_allowed()}")
+        return canonical
+    canonical = format_of(path)
+    if canonical is None:
+        raise DataError(
+            f"cannot tell the format of {path!r} from its extension: set the format option to one of "
+            f"{_allowed()} (known extensions: {', '.join(EXTENSIONS)})"
+        )
+    return canonical
+
+
+def _allowed() -> str:
+    return ", ".join(repr(f) for f in ALLOWED_FORMATS)
+
+
+def option(options: dict, scope: str, key: str) -> object:
+    """``options[key]``, or the default :data:`velosql.options.OPTIONS` declares for it."""
+    if key in options:
+        return options[key]
+    opt = find(scope, key)
+    return opt.default if opt else None
+
+
+def single_char(value: object, key: str, allow_empty: bool) -> str | None:
+    """A one-character CSV option (``'\\t'`` written as two characters, or ``'tab'``, means a tab).
+
+    Raises:
+        OptionError: the value is longer (or empty, unless ``allow_empty``: then None).
+    """
+    if value is None:
+        return None
+    text = {"\\t": "\t", "tab": "\t"}.get(str(value), str(value))
+    if len(text) == 1 or (allow_empty and text == ""):
+        return text or None
+    raise OptionError(f"invalid value {value!r} for {key!r}: expected one character")
+
+
+def schema_from_sql(text: str, key: str) -> pa.Schema:
+    """Arrow schema of DuckDB column definitions such as ``'station VARCHAR, temperature DOUBLE'``.
+
+    DuckDB itself parses the text (an empty table in a private in-memory database), so every DuckDB
+    type name, alias and parameterised type is understood exactly as the engine understands it.
+
+    Raises:
+        OptionError: the text is not a list of column definitions; ``key`` names the option.
+    """
+    con = duckdb.connect()
+    try:
+        con.execute(f"CREATE TABLE velosql_schema ({text})")
+        schema = con.sql("SELECT * FROM velosql_schema").to_arrow_table().schema
+    except duckdb.Error as exc:
+        raise OptionError(
+            f"invalid value {text!r} for {key!r}: {str(exc).splitlines()[0]}; expected column names with "
+            "DuckDB types, e.g. 'station VARCHAR, temperature DOUBLE'"
+        ) from None
+    finally:
+        con.close()
+    return pa.schema([pa.field(f.name, _readable(f.type)) for f in schema])
+
+
+def _readable(t: pa.DataType) -> pa.DataType:
+    """The type the readers produce for ``t``: one string type for text, enums as their values."""
+    if pa.types.is_dictionary(t):
+        return _readable(t.value_type)
+    if t in (pa.large_string(), pa.null()) or str(t) == "string_view":
+        return pa.string()
+    return t
+
+
+def normalise(schema: pa.Schema) -> pa.Schema:
+    """Inferred schema → the one fixed for the rest of the stream.
+
+    A column of nulls becomes text, and timestamps microseconds (pyarrow infers seconds from
+    ``10:00:00`` and would then refuse a later ``10:00:00.5``).
+    """
+    fields = []
+    for f in schema:
+        t = _readable(f.type)
+        fields.append(pa.field(f.name, pa.timestamp("us", t.tz) if pa.types.is_timestamp(t) else t))
+    return pa.schema(fields)
+
+
+def unreadable_fields(decoder, schema: pa.Schema) -> list[pa.Field]:
+    """The fields of ``schema`` the decoder's pyarrow reader cannot convert to (e.g. INTERVAL)."""
+    bad = []
+    for f in schema:
+        decoder.fix(pa.schema([f]))
+        try:
+            decoder.decode(decoder.probe, arrow_copy(decoder.probe), 0, len(decoder.probe))
+        except pa.ArrowNotImplementedError:
+            bad.append(f)
+    return bad
+
+
+def arrow_copy(data: bytes) -> pa.Buffer:
+    """``data`` copied into memory Arrow owns, for pyarrow's threaded readers.
+
+    A threaded reader may drop its input on a worker thread after it returned. When the input wraps
+    a Python object (``pa.py_buffer``), that needs the GIL, and at interpreter exit the worker is
+    killed while holding C++ frames: the process aborts (seen in about 1 run in 50). A copy of an
+    8 MiB block costs about 1 ms.
+    """
+    out = pa.BufferOutputStream()
+    out.write(data)
+    return out.getvalue()
+
+
+class BadLine(NamedTuple):
+    """A line that could not be decoded: where it starts in the block's bytes, why, and its text."""
+
+    start: int
+    error: str
+    raw: str
+
+
+class BlockError(Exception):
+    """A block of lines did not decode as a whole (the message is pyarrow's, made readable)."""
+
+
+def _convert_options(**kwargs) -> pcsv.ConvertOptions:
+    # As DuckDB reads CSV: only an empty field is NULL (also for text; a quoted "" is an empty
+    # string), so that values such as 'NA' or 'null' stay text.
+    return pcsv.ConvertOptions(
+        null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False, **kwargs
+    )
+
+
+class CsvDecoder:
+    """Decodes blocks of CSV lines into tables of a fixed schema with pyarrow's CSV reader."""
+
+    probe = b"\n"  # a line every schema decodes (see unreadable_fields)
+
+    def __init__(self, delimiter: str, quote: str | None, escape: str | None) -> None:
+        self.quote = quote.encode() if quote else b""
+        self.parse_options = pcsv.ParseOptions(
+            delimiter=delimiter,
+            quote_char=quote or False,
+            escape_char=escape or False,
+            double_quote=escape is None,
+            newlines_in_values=False,
+        )
+        self.schema: pa.Schema | None = None
+
+    def header(self, line: bytes) -> list[str]:
+        """Column names from a header line (quoting and delimiter applied as for data)."""
+        ro = pcsv.ReadOptions(use_threads=False)
+        return pcsv.read_csv(
+            pa.BufferReader(arrow_copy(line)), read_options=ro, parse_options=self.parse_options
+        ).column_names
+
+    def infer(self, sample: bytes, names: list[str] | None) -> pa.Schema:
+        """Column types pyarrow infers from ``sample`` (malformed rows ignored); names given or ``columnN``."""
+        po = pcsv.ParseOptions(
+            delimiter=self.parse_options.delimiter,
+            quote_char=self.parse_options.quote_char,
+            escape_char=self.parse_options.escape_char,
+            double_quote=self.parse_options.double_quote,
+            invalid_row_handler=lambda row: "skip",
+        )
+        ro = pcsv.ReadOptions(column_names=names, autogenerate_column_names=names is None, use_threads=False)
+        table = pcsv.read_csv(
+            pa.BufferReader(arrow_copy(sample)),
+            read_options=ro,
+            parse_options=po,
+            convert_options=_convert_options(),
+        )
+        fields = (
+            table.schema if names else [pa.field(f"column{i}", f.type) for i, f in enumerate(table.schema)]
+        )
+        return normalise(pa.schema(fields))
+
+    def fix(self, schema: pa.Schema) -> None:
+        """Fix the schema every later block is decoded to."""
+        self.schema = schema
+        self._read_options = pcsv.ReadOptions(column_names=schema.names, block_size=_PARSE_BLOCK)
+        self._convert_options = _convert_options(column_types={f.name: f.type for f in schema})
+        self._text_columns = [i for i, f in enumerate(schema) if f.type in _TEXT_TYPES]
+
+    def decode(self, data: bytes, buf: pa.Buffer, start: int, end: int) -> pa.Table:
+        """Decode ``data[start:end]`` (whole lines, the last ending with a newline); ``buf`` holds ``data``.
+
+        Raises:
+            BlockError: a line has the wrong number of fields, a value does not convert to its
+                column's type, or a quoted value is not closed on its line.
+        """
+        try:
+            table = pcsv.read_csv(
+                pa.BufferReader(buf.slice(start, end - start)),
+                read_options=self._read_options,
+                parse_options=self.parse_options,
+                convert_options=self._convert_options,
+            )
+        except pa.ArrowInvalid as exc:
+            raise BlockError(self._message(str(exc))) from None
+        # An unclosed quote makes pyarrow take the following newline(s) into the value; values can
+        # never hold a newline otherwise, so looking for one (only when a quote occurs) finds them.
+        if self.quote and self._text_columns and data.find(self.quote, start, end) != -1:
+            for i in self._text_columns:
+                if pc.any(pc.match_substring(table.column(i), "\n")).as_py():
+                    raise BlockError("unterminated quoted value")
+        return table
+
+    def explain(self, line: bytes, error: str) -> str:
+        """The message for one bad line: an unclosed quote is named as such."""
+        if self.quote and line.count(self.quote) % 2:
+            return "unterminated quoted value"
+        return error
+
+    def _message(self, text: str) -> str:
+        text = text.split("\n")[0]
+        m = re.match(r"CSV parse error: Expected (\d+) columns, got (\d+)", text)
+        if m:
+            return f"expected {m.group(1)} fields, got {m.group(2)}"
+        m = re.match(r"In CSV column #(\d+): (?:Row #\d+: )?CSV conversion error to (.+?): (.*)", text)
+        if m and self.schema is not None:
+            name = self.schema.names[int(m.group(1))]
+            return f"column {name!r}: cannot convert to {m.group(2)}: {m.group(3)}"
+        return text
+
+
+class JsonDecoder:
+    """Decodes blocks of JSON lines with pyarrow's JSON reader (fields not in the schema are ignored)."""
+
+    quote = b""
+    probe = b"{}\n"
+    schema: pa.Schema | None = None
+    _dates: list[int] = []
+
+    def infer(self, sample: bytes) -> pa.Schema:
+        """Field types inferred from the decodable lines of ``sample``; ISO date-times become timestamps."""
+        if not sample.endswith(b"\n"):
+            sample += b"\n"
+        tables = [t for t in decode_lines(self, sample) if isinstance(t, pa.Table)]
+        fields: dict[str, pa.Field] = {}
+        for table in tables:
+            for f in table.schema:
+                fields.setdefault(f.name, f)
+        return _timestamps_in_strings(normalise(pa.schema(list(fields.values()))), tables)
+
+    def fix(self, schema: pa.Schema) -> None:
+        """Fix the schema every later block is decoded to."""
+        self.schema = schema
+        # pyarrow's JSON reader takes dates only as numbers: read ISO text and cast it afterwards.
+        self._dates = [i for i, f in enumerate(schema) if pa.types.is_date(f.type)]
+        self._read_schema = pa.schema(
+            [pa.field(f.name, pa.string()) if i in self._dates else f for i, f in enumerate(schema)]
+        )
+
+    def decode(self, data: bytes, buf: pa.Buffer, start: int, end: int) -> pa.Table:
+        """Decode ``data[start:end]`` (whole JSON lines); ``buf`` holds ``data``.
+
+        Raises:
+            BlockError: a line is not a JSON object or a value does not fit its field's type.
+        """
+        buf = buf.slice(start, end - start)
+        if self.schema is None:
+            po = pjson.ParseOptions(unexpected_field_behavior="infer")
+        else:
+            po = pjson.ParseOptions(explicit_schema=self._read_schema, unexpected_field_behavior="ignore")
+        size = len(buf)
+        # A line longer than pyarrow's block size cannot be parsed in parallel chunks.
+        for block_size in (_PARSE_BLOCK if size > 2 * _PARSE_BLOCK else size + 1, size + 1):
+            try:
+                ro = pjson.ReadOptions(block_size=block_size)
+                table = pjson.read_json(pa.BufferReader(buf), read_options=ro, parse_options=po)
+                break
+            except pa.ArrowInvalid as exc:
+                if "straddling" not in str(exc) or block_size > size:
+                    raise BlockError(_json_message(str(exc))) from None
+        if self.schema is None:
+            return table
+        if table.schema.names != self.schema.names:
+            table = table.select(self.schema.names)
+        for i in self._dates:
+            f = self.schema.field(i)
+            try:
+                table = table.set_column(i, f, pc.cast(table.column(i), f.type))
+            except pa.ArrowInvalid as exc:
+                raise BlockError(f"field {f.name!r}: cannot convert to {f.type}: {exc}") from None
+        return table
+
+    def explain(self, line: bytes, error: str) -> str:
+        return error
+
+
+def _json_message(text: str) -> str:
+    text = re.sub(r" in row \d+$", "", text.split("\n")[0])
+    return re.sub(r"Column\(/?([^)]*)\)", lambda m: f"field {m.group(1) or '(top level)'!r}", text)
+
+
+_DATETIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}"
+
+
+def _timestamps_in_strings(schema: pa.Schema, tables: list[pa.Table]) -> pa.Schema:
+    """String fields whose sampled values are all ISO date-times become ``timestamp[us]``."""
+    fields = []
+    for f in schema:
+        cols = [t.column(f.name) for t in tables if f.name in t.column_names]
+        values = [c.drop_null() for c in cols if c.type == pa.string()]
+        if f.type == pa.string() and values and len(values) == len(cols) and sum(map(len, values)):
+            col = pa.chunked_array(values, pa.string())
+            if pc.all(pc.match_substring_regex(col, _DATETIME)).as_py():
+                try:
+                    pc.cast(col, pa.timestamp("us"))
+                    f = pa.field(f.name, pa.timestamp("us"))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    pass
+        fields.append(f)
+    return pa.schema(fields)
+
+
+def decode_lines(
+    decoder, data: bytes, start: int = 0, end: int | None = None, buf: pa.Buffer | None = None
+) -> Iterator[pa.Table | BadLine]:
+    """Decode ``data[start:end]``, whole lines each ending with a newline, in order.
+
+    Fast path: one vectorised call for the whole block. When it fails, the block is bisected at line
+    boundaries until every failing piece is a single line; those are yielded as :class:`BadLine`,
+    the pieces around them as tables. Line numbers are left to the caller: counting newlines costs
+    as much as a fifth of the decoding, so it is done only when a line is bad. ``buf``: ``data``
+    as an Arrow-owned buffer (see :func:`arrow_copy`), made here when not given.
+    """
+    buf = arrow_copy(data) if buf is None else buf
+    stack = [(start, len(data) if end is None else end)]
+    while stack:
+        lo, hi = stack.pop()
+        if lo >= hi:
+            continue  # pyarrow refuses empty input
+        try:
+            table = decoder.decode(data, buf, lo, hi)
+        except BlockError as exc:
+            mid = _middle_line_start(data, lo, hi)
+            if mid is None:
+                raw = data[lo:hi]
+                text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                yield BadLine(lo, decoder.explain(raw, str(exc)), text)
+                continue
+            stack.append((mid, hi))
+            stack.append((lo, mid))
+        else:
+            yield table
+
+
+def _middle_line_start(data: bytes, lo: int, hi: int) -> int | None:
+    """Start of a line near the middle of ``data[lo:hi]``, or None when it holds one line."""
+    half = (lo + hi) // 2
+    nl = data.find(b"\n", half, hi - 1)
+    if nl == -1:
+        nl = data.rfind(b"\n", lo, half)
+    return None if nl == -1 else nl + 1

@@ -1,0 +1,453 @@
+"""FileSource: CSV, JSON lines and Parquet files read as a stream of Arrow record batches."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import DataError, OptionError
+from .base import SYSTEM_COLUMNS, PartitionEnd, Source, SourceContext, with_system_columns
+from .files_formats import (
+    BadLine,
+    CsvDecoder,
+    JsonDecoder,
+    decode_lines,
+    format_of,
+    option,
+    resolve_format,
+    schema_from_sql,
+    single_char,
+    unreadable_fields,
+)
+
+_READ_BLOCK = 8 << 20  # bytes decoded per pyarrow call: measured fastest between 4 and 32 MiB
+_SAMPLE = 1 << 20  # bytes of data the column types are inferred from
+
+
+def _family(fmt: str | None) -> str | None:
+    return "csv" if fmt == "csv_no_header" else fmt
+
+
+@dataclass
+class _File:
+    """Reading position in one file (one source partition)."""
+
+    path: str
+    partition: int
+    to_skip: int = 0  # lines still to skip at the start (skip_lines, then the header)
+    pos: int = 0  # bytes consumed: the start of the first line not decoded yet
+    line: int = 0  # lines before byte line_pos (counted lazily, see _count_lines)
+    line_pos: int = 0
+    offset: int = 0  # records consumed, decoded or rejected: the next record's _offset
+    done: bool = False  # Parquet: read completely
+    failed_size: int = -1  # Parquet, watched: file size when it last failed to open
+
+
+class _Batches:
+    """Re-cuts decoded pieces into batches of exactly ``size`` rows (a flush may leave fewer)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._pieces: deque[pa.RecordBatch] = deque()
+        self._rows = 0
+
+    def add(self, piece: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+        self._pieces.append(piece)
+        self._rows += piece.num_rows
+        while self._rows >= self.size:
+            yield self._take(self.size)
+
+    def flush(self) -> Iterator[pa.RecordBatch]:
+        if self._rows:
+            yield self._take(self._rows)
+
+    def _take(self, n: int) -> pa.RecordBatch:
+        out, need = [], n
+        while need:
+            piece = self._pieces[0]
+            if piece.num_rows <= need:
+                out.append(self._pieces.popleft())
+                need -= piece.num_rows
+            else:
+                out.append(piece.slice(0, need))
+                self._pieces[0] = piece.slice(need)
+                need = 0
+        self._rows -= n
+        return out[0] if len(out) == 1 else pa.Table.from_batches(out).combine_chunks().to_batches()[0]
+
+
+class FileSource(Source):
+    """Reads a file, a glob or a directory of CSV, JSON-lines or Parquet files.
+
+    Each file is one source partition (``_partition`` = its index in name order, ``_offset`` = the
+    record's 0-based index in the file; a rejected record uses up its offset). Every file's
+    batches are followed by :class:`PartitionEnd`. Column types come from the ``schema`` option or
+    are inferred from the first MiB of data, then stay fixed: a later value that does not convert
+    is a bad record. Bad records go to :meth:`SourceContext.reject` as ``path:line``.
+
+    With ``watch``, the source is unbounded: after the existing data it polls every
+    ``poll_interval`` for complete lines appended to the files and for new files, yielding ``None``
+    on each idle poll, until ``ctx.stop`` is set.
+
+    Args:
+        name: the source's name in the query (the FROM identifier).
+        options: the source's WITH options without the ``<name>.`` prefix, values converted
+            (durations in microseconds); a missing key takes its default from ``OPTIONS``.
+    """
+
+    def __init__(self, name: str, options: dict) -> None:
+        self.name = name
+        opt = lambda key: option(options, "source", key)  # noqa: E731
+        self._path = opt("path")
+        self._format_option = opt("format")
+        self._delimiter = single_char(opt("delimiter"), f"{name}.delimiter", allow_empty=False) or ","
+        self._quote = single_char(opt("quote"), f"{name}.quote", allow_empty=True)
+        self._escape = single_char(opt("escape"), f"{name}.escape", allow_empty=True)
+        self._has_headers = bool(opt("has_headers"))
+        self._skip_lines = self._count(opt("skip_lines"), "skip_lines")
+        self._max_records = (
+            None if opt("max_records") is None else self._count(opt("max_records"), "max_records")
+        )
+        self._batch_size = self._count(opt("batch_size"), "batch_size", minimum=1)
+        self._schema_text = opt("schema")
+        self._watch = bool(opt("watch"))
+        self._poll_s = (opt("poll_interval") or 500_000) / 1_000_000
+        self.bounded = not self._watch
+        self._format: str | None = None
+        self._schema: pa.Schema | None = None
+        self._files: list[_File] = []
+        self._known: set[str] = set()
+
+    def _count(self, value: object, key: str, minimum: int = 0) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise OptionError(
+                f"invalid value {value!r} for '{self.name}.{key}': expected an integer >= {minimum}"
+            )
+        return value
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+
+    def open(self, ctx: SourceContext) -> None:
+        """Find the files, fix the format and the schema (inferring it if not given).
+
+        Raises:
+            DataError: no path, no matching file (unless watching a directory or glob with a
+                ``schema``), an unknown format, or no data to infer the columns from.
+        """
+        self._ctx = ctx
+        paths = self._find_files()
+        if self._format == "csv_no_header":
+            self._has_headers = False
+        self._files, self._known = [], set()
+        for path in paths:
+            self._add_file(path)
+        if self._format == "parquet":
+            self._decoder = None
+        elif self._format == "jsonl":
+            self._decoder = JsonDecoder()
+        else:
+            self._decoder = CsvDecoder(self._delimiter, self._quote, self._escape)
+        user = self._user_schema()
+        clash = [n for n in user.names if n in SYSTEM_COLUMNS]
+        if clash:
+            raise DataError(f"{self._path}: column {clash[0]!r} has the name of a system column; rename it")
+        if self._decoder is not None:
+            unreadable = unreadable_fields(self._decoder, user)
+            if unreadable:
+                f = unreadable[0]
+                raise OptionError(
+                    f"invalid type {f.type} of column {f.name!r} in '{self.name}.schema': the "
+                    f"{self._format} reader cannot produce it; read it as VARCHAR and cast it in the query"
+                )
+            self._decoder.fix(user)
+        self._user = user
+        self._schema = with_system_columns(_empty(user), 0, 0).schema
+        self._batches = _Batches(self._batch_size)
+        self._remaining = self._max_records
+        self._exhausted = self._max_records == 0
+
+    @property
+    def schema(self) -> pa.Schema:
+        """User columns then ``_partition`` and ``_offset``; available once :meth:`open` returned."""
+        if self._schema is None:
+            raise RuntimeError(f"file source {self.name!r} is not open")
+        return self._schema
+
+    def read(self) -> Iterator[pa.RecordBatch | PartitionEnd | None]:
+        """Batches of about ``batch_size`` rows; see the class docstring for the order of events."""
+        stop = self._ctx.stop
+        if self._exhausted:
+            return
+        if not self._watch:
+            for f in self._files:
+                yield from self._drain(f, final=True)
+                if stop.is_set():
+                    return
+                yield PartitionEnd(f.partition)
+                if self._exhausted:
+                    return
+            return
+        while not stop.is_set():
+            progressed = False
+            self._discover()
+            for f in list(self._files):
+                for item in self._drain(f, final=False):
+                    progressed = True
+                    yield item
+                if self._exhausted:
+                    yield PartitionEnd(f.partition)
+                    return
+                if stop.is_set():
+                    return
+            if not progressed:
+                yield None
+                stop.wait(self._poll_s)
+
+    def describe(self) -> str:
+        """E.g. ``file_source csv data/*.csv (3 files), watching every 0.5s``."""
+        fmt = self._format or self._format_option or format_of(str(self._path)) or "?"
+        text = f"file_source {fmt} {self._path}"
+        if self._path and (os.path.isdir(self._path) or glob.has_magic(self._path)):
+            n = len(self._files) if self._schema is not None else len(self._list())
+            text += f" ({n} file{'' if n == 1 else 's'})"
+        if self._watch:
+            text += f", watching every {self._poll_s:g}s"
+        return text
+
+    # ---- files ------------------------------------------------------------------------------------
+
+    def _find_files(self) -> list[str]:
+        """The files to read now; fixes ``self._format``."""
+        if not self._path:
+            raise DataError(f"file source {self.name!r} has no path: set '{self.name}.path'")
+        if self._format_option is not None:
+            self._format = resolve_format(self._format_option, self._path)
+        paths = self._list()
+        pattern = os.path.isdir(self._path) or glob.has_magic(self._path)
+        if not paths and not (self._watch and self._schema_text and pattern):
+            raise DataError(f"file source {self.name!r}: no file matches path {self._path!r}")
+        self._format = self._format or self._resolve_format(paths)
+        return paths
+
+    def _list(self) -> list[str]:
+        """Files the path names now, sorted by name (hidden files left out)."""
+        path = self._path
+        if os.path.isdir(path):
+            candidates = [os.path.join(path, n) for n in sorted(os.listdir(path)) if format_of(n)]
+        elif glob.has_magic(path):
+            candidates = sorted(glob.glob(path, recursive=True))
+        else:
+            return [path] if os.path.isfile(path) else []
+        found = [p for p in candidates if os.path.isfile(p) and not os.path.basename(p).startswith(".")]
+        if self._format is not None and (self._format_option is None or os.path.isdir(path)):
+            found = [p for p in found if _family(format_of(p)) == _family(self._format)]
+        return found
+
+    def _resolve_format(self, paths: list[str]) -> str:
+        """The format the files' extensions imply; they must agree."""
+        formats = {format_of(p) for p in paths}
+        if len(formats) > 1 and None not in formats:
+            raise DataError(
+                f"{self._path!r} matches files of several formats ({', '.join(sorted(formats))}): "
+                f"set '{self.name}.format' or narrow the path"
+            )
+        unknown = [p for p in paths if format_of(p) is None]
+        return resolve_format(None, unknown[0] if unknown else paths[0] if paths else self._path)
+
+    def _add_file(self, path: str) -> _File:
+        """Start reading ``path`` as the next partition."""
+        f = _File(path, len(self._files), to_skip=self._skip_lines + self._header_lines)
+        self._files.append(f)
+        self._known.add(path)
+        return f
+
+    @property
+    def _header_lines(self) -> int:
+        return 1 if self._has_headers and _family(self._format) == "csv" else 0
+
+    def _discover(self) -> None:
+        """Add the files that appeared since the last look, as new partitions."""
+        for path in self._list():
+            if path not in self._known:
+                self._add_file(path)
+
+    # ---- schema -----------------------------------------------------------------------------------
+
+    def _user_schema(self) -> pa.Schema:
+        if self._schema_text:
+            return schema_from_sql(self._schema_text, f"{self.name}.schema")
+        if self._format == "parquet":
+            try:
+                return pq.read_schema(self._files[0].path).remove_metadata()
+            except (OSError, pa.ArrowInvalid) as exc:
+                raise DataError(f"{self._files[0].path}: cannot read the Parquet file: {exc}") from None
+        names = None
+        for f in self._files:
+            header, sample = self._sample(f)
+            if names is None and header:
+                names = self._decoder.header(header)
+            if sample:
+                if self._format == "jsonl":
+                    return self._decoder.infer(sample)
+                return self._decoder.infer(sample, names)
+        if names is not None:
+            # A header and no rows yet: nothing to infer types from, so every column is text.
+            return pa.schema([(n, pa.string()) for n in names])
+        raise DataError(
+            f"file source {self.name!r}: {self._path!r} holds no data to infer the columns from; "
+            f"set '{self.name}.schema', e.g. 'station VARCHAR, temperature DOUBLE'"
+        )
+
+    def _sample(self, f: _File) -> tuple[bytes | None, bytes]:
+        """The header line (if the format has one) and up to ~1 MiB of whole data lines of ``f``."""
+        with open(f.path, "rb") as fh:
+            data = fh.read(_SAMPLE)
+            at_eof = not fh.read(1)
+        if at_eof and not self._watch and data and not data.endswith(b"\n"):
+            data += b"\n"
+        pos = 0
+        for _ in range(self._skip_lines):
+            pos = data.find(b"\n", pos) + 1
+            if pos == 0:
+                return None, b""
+        header = None
+        if self._header_lines:
+            nl = data.find(b"\n", pos)
+            if nl == -1:
+                return None, b""
+            header, pos = data[pos : nl + 1], nl + 1
+        return header, data[pos : data.rfind(b"\n") + 1]
+
+    # ---- reading ----------------------------------------------------------------------------------
+
+    def _drain(self, f: _File, final: bool) -> Iterator[pa.RecordBatch]:
+        """Everything ``f`` holds now; ``final``: the file is complete (its last line may lack a newline)."""
+        if self._format == "parquet":
+            yield from self._drain_parquet(f)
+        else:
+            yield from self._drain_text(f, final)
+        # Batches never span two files or two polls, so appended rows are not held back.
+        yield from self._batches.flush()
+
+    def _drain_text(self, f: _File, final: bool) -> Iterator[pa.RecordBatch]:
+        try:
+            if os.path.getsize(f.path) <= f.pos:
+                return
+        except OSError:  # a watched file was removed: nothing more to read from it
+            return
+        with open(f.path, "rb") as fh:
+            fh.seek(f.pos)
+            want = _READ_BLOCK
+            while not self._exhausted and not self._ctx.stop.is_set():
+                chunk = fh.read(want)
+                if not chunk:
+                    return
+                at_eof = len(chunk) < want
+                end = chunk.rfind(b"\n") + 1
+                block_pos = f.pos
+                if at_eof and final and end < len(chunk):
+                    f.pos += len(chunk)
+                    chunk += b"\n"
+                    end = len(chunk)
+                elif end == 0:
+                    if at_eof:
+                        return  # only an incomplete line: wait for its newline
+                    want *= 2  # a line longer than the block
+                    fh.seek(f.pos)
+                    continue
+                else:
+                    f.pos += end
+                    fh.seek(f.pos)
+                want = _READ_BLOCK
+                yield from self._decode(f, chunk, end, block_pos)
+                if at_eof:
+                    return
+
+    def _decode(self, f: _File, data: bytes, end: int, block_pos: int) -> Iterator[pa.RecordBatch]:
+        """Decode ``data[:end]``, whole lines that start at byte ``block_pos`` of ``f``."""
+        start = 0
+        if f.to_skip:
+            self._count_lines(f, data, block_pos, 0)
+            while f.to_skip and start < end:
+                start = data.find(b"\n", start, end) + 1
+                f.line += 1
+                f.to_skip -= 1
+            f.line_pos = block_pos + start
+        for item in decode_lines(self._decoder, data, start, end):
+            if isinstance(item, BadLine):
+                self._count_lines(f, data, block_pos, item.start)
+                self._ctx.reject(f"{f.path}:{f.line + 1}", item.error, item.raw)
+                f.offset += 1
+            else:
+                yield from self._emit(f, item)
+                if self._exhausted:
+                    return
+
+    def _count_lines(self, f: _File, data: bytes, block_pos: int, upto: int) -> None:
+        """Bring ``f.line`` up to byte ``upto`` of the block; only needed to name a bad line."""
+        if f.line_pos < block_pos:
+            # Earlier blocks were not counted when they decoded cleanly: read them again.
+            with open(f.path, "rb") as fh:
+                fh.seek(f.line_pos)
+                while f.line_pos < block_pos:
+                    chunk = fh.read(min(_READ_BLOCK, block_pos - f.line_pos))
+                    if not chunk:
+                        break
+                    f.line += chunk.count(b"\n")
+                    f.line_pos += len(chunk)
+            f.line_pos = block_pos
+        f.line += data.count(b"\n", f.line_pos - block_pos, upto)
+        f.line_pos = block_pos + upto
+
+    def _emit(self, f: _File, table: pa.Table) -> Iterator[pa.RecordBatch]:
+        if self._remaining is not None:
+            if table.num_rows >= self._remaining:
+                table = table.slice(0, self._remaining)
+                self._exhausted = True
+            self._remaining -= table.num_rows
+        for batch in table.to_batches():
+            if batch.num_rows:
+                piece = with_system_columns(batch, f.partition, f.offset)
+                f.offset += batch.num_rows
+                yield from self._batches.add(piece)
+
+    def _drain_parquet(self, f: _File) -> Iterator[pa.RecordBatch]:
+        if f.done:
+            return
+        try:
+            pf = pq.ParquetFile(f.path)
+        except (OSError, pa.ArrowInvalid) as exc:
+            size = os.path.getsize(f.path) if os.path.exists(f.path) else -1
+            if self._watch and size != f.failed_size:
+                f.failed_size = size  # may still be being written: look again at the next poll
+                return
+            f.done = True
+            self._ctx.reject(f.path, f"cannot read the Parquet file: {exc}", None)
+            return
+        f.done = True
+        names = self._user.names
+        missing = [n for n in names if n not in pf.schema_arrow.names]
+        if missing:
+            raise DataError(
+                f"{f.path}: Parquet file has no column {missing[0]!r} (it has {pf.schema_arrow.names})"
+            )
+        for batch in pf.iter_batches(batch_size=self._batch_size, columns=names):
+            try:
+                table = pa.Table.from_batches([batch]).cast(self._user)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise DataError(
+                    f"{f.path}: Parquet columns do not convert to the source schema: {exc}"
+                ) from None
+            yield from self._emit(f, table)
+            if self._exhausted or self._ctx.stop.is_set():
+                return
+
+
+def _empty(schema: pa.Schema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in schema], schema=schema)
