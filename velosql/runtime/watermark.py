@@ -96,8 +96,13 @@ class WatermarkTracker:
         if not arrays:
             return pa.repeat(pa.scalar(self.watermark, pa.int64()), n)
         low = arrays[0] if len(arrays) == 1 else pc.min_element_wise(*arrays, skip_nulls=True)
-        candidate = pc.fill_null(pc.subtract(low, self.lateness), self.watermark)
-        seen = pc.max_element_wise(pc.cumulative_max(candidate), self.watermark)
+        candidate = pc.subtract(low, self.lateness)
+        if candidate.null_count:
+            candidate = pc.fill_null(candidate, self.watermark)
+        if len(arrays) > 1:
+            # A partition seen for the first time can lower the minimum; the watermark never goes back.
+            candidate = pc.cumulative_max(candidate)
+        seen = pc.max_element_wise(candidate, self.watermark)
         self.advance(now)
         return seen
 
