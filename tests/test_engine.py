@@ -306,3 +306,26 @@ def test_python_source_needs_data_or_a_declared_schema_before_deploy(engine):
     engine.close_source("t")
     job.wait(30)
     assert engine.sql("SELECT * FROM s").fetchall() == [("a", 2)]
+
+
+def test_pushed_partition_column_is_the_source_partition(engine):
+    # Two upstream partitions; the watermark is their minimum, so partition 1 (behind) holds it back
+    # and no row of partition 1 is late although partition 0 is far ahead.
+    t = trades([("A", 1, 0), ("B", 2, 300), ("A", 3, 10), ("B", 4, 310), ("A", 5, 20)])
+    t = t.append_column("_partition", pa.array([1, 0, 1, 0, 1], pa.int32()))
+    engine.push("tr", t)
+    engine.close_source("tr")
+    job = engine.execute(
+        "CREATE STREAM w AS SELECT symbol, COUNT(*) AS n, MIN(_partition) AS p FROM tr GROUP BY symbol "
+        "WINDOW TUMBLING(ts, 1m) EMIT FINAL"
+    )
+    job.wait(30)
+    assert job.metrics()["late_rows"] == 0
+    assert sorted(engine.sql("SELECT symbol, n, p FROM w").fetchall()) == [("A", 3, 1), ("B", 2, 0)]
+    star = engine.execute(
+        "CREATE STREAM s2 AS SELECT * FROM tr2 WITH ('tr2.type' = 'python', 'tr2.schema' = 'x INTEGER, _partition INTEGER')"
+    )
+    engine.push("tr2", {"x": [1], "_partition": [3]})
+    engine.close_source("tr2")
+    star.wait(30)
+    assert engine.sql("SELECT * FROM s2").fetchall() == [(1,)]

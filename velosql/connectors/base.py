@@ -135,9 +135,25 @@ def _arange(n: int) -> pa.Array:
 
 
 def with_system_columns(batch: pa.RecordBatch, partition: int, first_offset: int) -> pa.RecordBatch:
-    """Append ``_partition`` and ``_offset`` to a batch of user columns (vectorised)."""
+    """Append ``_partition`` and ``_offset`` to a batch of user columns (vectorised).
+
+    A batch that already carries ``_partition`` (data partitioned upstream, e.g. by key) keeps its
+    values, cast to int32; likewise a carried ``_offset`` is kept as int64.
+    """
     n = batch.num_rows
-    part = pa.repeat(pa.scalar(partition, pa.int32()), n)
-    offsets = pc.add(_arange(n), pa.scalar(first_offset, pa.int64()))
-    schema = batch.schema.append(pa.field(PARTITION_COL, pa.int32())).append(pa.field(OFFSET_COL, pa.int64()))
-    return pa.RecordBatch.from_arrays([*batch.columns, part, offsets], schema=schema)
+    arrays, fields = [], []
+    for name, col in zip(batch.schema.names, batch.columns):
+        if name not in SYSTEM_COLUMNS:
+            arrays.append(col)
+            fields.append(batch.schema.field(name))
+    names = batch.schema.names
+    if PARTITION_COL in names:
+        part = batch.column(PARTITION_COL).cast(pa.int32())
+    else:
+        part = pa.repeat(pa.scalar(partition, pa.int32()), n)
+    if OFFSET_COL in names:
+        offsets = batch.column(OFFSET_COL).cast(pa.int64())
+    else:
+        offsets = pc.add(_arange(n), pa.scalar(first_offset, pa.int64()))
+    schema = pa.schema([*fields, pa.field(PARTITION_COL, pa.int32()), pa.field(OFFSET_COL, pa.int64())])
+    return pa.RecordBatch.from_arrays([*arrays, part, offsets], schema=schema)
