@@ -267,26 +267,45 @@ def test_rows_window_buffer(processor, data, n):
     assert_rows_equal(got, want, ordered=True)
 
 
-def _on_time(table: pa.Table, size_s: int, lateness_s: int) -> list[bool]:
-    """Per-row reference of lateness for tumbling windows: the watermark a row sees is the largest
-    event time that arrived before it minus the lateness; the row is late once its window ended."""
+def _on_time(
+    table: pa.Table, size_s: int, lateness_s: int, partitions: list[int] | None = None
+) -> list[bool]:
+    """Per-row reference of lateness for tumbling windows.
+
+    Each source partition's watermark is the largest event time it delivered minus the lateness;
+    the job's watermark is the minimum over the partitions seen so far and never goes back. A row
+    sees the watermark its predecessors set and is late once its window ended before it.
+    """
+    best: dict[int, int] = {}
     wm = None
     keep = []
-    for ts in table.column("ts").to_pylist():
+    for i, ts in enumerate(table.column("ts").to_pylist()):
         t = int((ts - dt.datetime(1970, 1, 1)).total_seconds())
         end = t - t % size_s + size_s
         keep.append(wm is None or end > wm)
-        wm = t - lateness_s if wm is None else max(wm, t - lateness_s)
+        p = partitions[i] if partitions else 0
+        best[p] = max(best.get(p, t), t)
+        low = min(best.values()) - lateness_s
+        wm = low if wm is None else max(wm, low)
     return keep
 
 
 @pytest.mark.parametrize("processor", PROCESSORS)
 @SETTINGS
-@given(data=streams(), size=st.sampled_from([20, 60]), late_s=st.sampled_from([0, 5]))
-def test_late_rows_are_judged_per_row_whatever_the_batching(processor, data, size, late_s):
+@given(
+    data=streams(),
+    size=st.sampled_from([20, 60]),
+    late_s=st.sampled_from([0, 5]),
+    parts=st.one_of(st.none(), st.lists(st.integers(0, 3), min_size=200, max_size=200)),
+)
+def test_late_rows_are_judged_per_row_whatever_the_batching(processor, data, size, late_s, parts):
     """Disorder up to 30 s against a lateness of 0 or 5 s: some rows are late. The stream's result is
-    the batch result over exactly the on-time rows, and the late table holds exactly the others."""
+    the batch result over exactly the on-time rows, and the late table holds exactly the others.
+    With ``parts``, the rows come from up to four upstream partitions (a ``_partition`` column)."""
     table, splits, batch = data
+    partitions = parts[: table.num_rows] if parts else None
+    if partitions is not None:
+        table = table.append_column("_partition", pa.array(partitions, pa.int32()))
     sql = (
         f"CREATE STREAM o AS SELECT k, _window_start, count(*) AS n, sum(x) AS sx FROM t GROUP BY k "
         f"WINDOW TUMBLING(ts, {size}s) EMIT FINAL WITH ('o.type' = 'python', max_batch_size = {batch}, "
@@ -305,8 +324,10 @@ def test_late_rows_are_judged_per_row_whatever_the_batching(processor, data, siz
         late = engine.sql("SELECT x, ts FROM o__late ORDER BY _offset").fetchall()
     finally:
         engine.close()
-    keep = _on_time(table, size, late_s)
+    keep = _on_time(table, size, late_s, partitions)
     on_time = table.filter(pa.array(keep, pa.bool_()))
+    if partitions is not None:
+        on_time = on_time.drop_columns(["_partition"])
     want = oracle(
         f"SELECT k, time_bucket(INTERVAL '{size} seconds', ts, TIMESTAMP '1970-01-01') AS ws, count(*), "
         f"sum(x) FROM t GROUP BY k, ws", on_time)  # fmt: skip

@@ -56,6 +56,7 @@ class ShapeSQL:
 
     project: str = ""
     partial: str = ""
+    partial_all: str = ""  # the partial without the late-row filter, for batches with no late row
     late: str = ""
     emit: str = ""
     changes: str = ""
@@ -391,6 +392,7 @@ def _aggregate_sql(q: Query, window, emit, late, late_cond) -> ShapeSQL:
     group_by = f" GROUP BY {positions}" if sel_keys else ""
     on_time = f"({q.where_sql}) AND NOT {late_cond}{extra_where}"
     partial = f"SELECT {', '.join(sel_keys + parts)} {q.from_sql}{extra_from} WHERE {on_time}{group_by}"
+    partial_all = f"SELECT {', '.join(sel_keys + parts)} {q.from_sql}{extra_from} WHERE ({q.where_sql}){extra_where}{group_by}"
 
     closed = f"{W.window_end(window)} <= $WM" if window else "TRUE"
     combined = _combine_sql(q.aggregates, group_cols, "__state", closed)
@@ -412,7 +414,7 @@ def _aggregate_sql(q: Query, window, emit, late, late_cond) -> ShapeSQL:
         fin = ", ".join(group_cols + [SEQ] + [f'{a.final} AS "{a.id}"' for a in q.aggregates])
         changes = _final_select(q, f"SELECT {fin} FROM ({m})", order=SEQ)
     return ShapeSQL(
-        partial=partial, late=late, emit=emit_sql, changes=changes, state_update=state_update,
+        partial=partial, partial_all=partial_all, late=late, emit=emit_sql, changes=changes, state_update=state_update,
         evict=evict, reference=q.project_sql,
     )  # fmt: skip
 

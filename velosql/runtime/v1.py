@@ -305,10 +305,10 @@ class V1Executor:
                 self._write(self.con.sql(self.sql.project).to_arrow_table())
                 self.con.execute(f"CREATE OR REPLACE TEMP TABLE __rbuf AS {self.sql.state_update}").fetchall()
             elif shape == "aggregate":
-                self._late(table)
+                late = self._late(table)
                 if self.sql.changes:
                     self._write(self.con.sql(self.sql.changes).to_arrow_table())
-                self._insert_partials(table)
+                self._insert_partials(table, late)
                 if self.sql.changes:
                     self._compact()
             else:
@@ -323,9 +323,10 @@ class V1Executor:
             self._after_watermark(self.tracker.watermark)
         self.metrics.busy_seconds += time.monotonic() - t0
 
-    def _late(self, table: pa.Table) -> None:
+    def _late(self, table: pa.Table) -> bool:
+        """Store the batch's late rows; False when it has none (checked without DuckDB)."""
         if not self.plan.windowed or not _any_late(self.plan.window, table["__et"], table["__wm"]):
-            return
+            return False
         late = self.con.sql(self._late_select()).to_arrow_table()
         if late.num_rows:
             self.metrics.late_rows += late.num_rows
@@ -333,9 +334,11 @@ class V1Executor:
                 self.con.register("__late", late)
                 self.con.execute(f'INSERT INTO "{self.plan.late_table}" SELECT * FROM __late').fetchall()
                 self.con.unregister("__late")
+        return True
 
-    def _insert_partials(self, table: pa.Table) -> None:
-        n = self.con.execute(f"INSERT INTO __state {self.sql.partial}").fetchall()[0][0]
+    def _insert_partials(self, table: pa.Table, late: bool = True) -> None:
+        partial = self.sql.partial if late else self.sql.partial_all
+        n = self.con.execute(f"INSERT INTO __state {partial}").fetchall()[0][0]
         self.state_rows += n
         if self.plan.window is not None and n:
             low = pc.min(table["__et"]).as_py()
@@ -359,9 +362,8 @@ class V1Executor:
             if not self.sql.changes:
                 self._emit(self.sql.emit.replace("$WM", str(wm)))
             self.con.execute(self.sql.evict.replace("$WM", str(wm))).fetchall()
-            low = self.con.execute("SELECT min(__ws) FROM __state").fetchall()[0][0]
+            low, self.state_rows = self.con.execute("SELECT min(__ws), count(*) FROM __state").fetchall()[0]
             self.min_open_end = None if low is None else low + self.plan.window.size_us
-            self.state_rows = self.con.execute("SELECT count(*) FROM __state").fetchall()[0][0]
         elif self.plan.shape == "session":
             if wm == NEG_INF:
                 return
