@@ -75,34 +75,45 @@ class WatermarkTracker:
         lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
         # One partition in the batch (the common case) needs no masking.
         present = [lo] if lo == hi else pc.unique(partition).to_pylist()
+        if n == 0:
+            return pa.array([], pa.int64())
+        # Inclusive running maximum of every partition at every row; a partition not seen yet is
+        # +inf so the minimum ignores it. The watermark row i saw is the minimum at row i - 1.
+        # What row 0 saw: the maxima before this batch of the partitions that count.
+        before = [self.max_by_partition[p] for p in present if p in self.max_by_partition]
+        before += [m for p, m in active.items() if p not in present]
         running = []
+        new_partition = False
         for p in present:
-            masked = et if lo == hi else pc.if_else(pc.equal(partition, p), et, None)
-            run = pc.cumulative_max(masked, skip_nulls=True)
-            if run.null_count:
-                run = pc.fill_null_forward(run)
             prior = self.max_by_partition.get(p)
-            if prior is not None:
-                run = pc.max_element_wise(pc.fill_null(run, prior), prior)
-            last = run[n - 1].as_py() if n else None
-            # exclusive prefix: the value before row i is the running value at i - 1
-            first = pa.array([prior], pa.int64())
-            running.append(pa.concat_arrays([first, run.slice(0, n - 1)]) if n else first.slice(0, 0))
-            if last is not None:
-                self.max_by_partition[p] = last
+            # Other partitions' rows are replaced by this partition's prior maximum (or -inf), so
+            # one cumulative max gives its running maximum including what came before the batch.
+            fill = NEG_INF if prior is None else prior
+            if lo == hi:
+                run = pc.cumulative_max(et)
+                if prior is not None:
+                    run = pc.max_element_wise(run, prior)
+            else:
+                run = pc.cumulative_max(pc.if_else(pc.equal(partition, p), et, fill))
+            if prior is None:
+                new_partition = True
+                if lo != hi:
+                    run = pc.if_else(pc.equal(run, NEG_INF), POS_INF, run)
+            self.max_by_partition[p] = run[n - 1].as_py()
             self.last_seen[p] = now
+            running.append(run)
         others = [m for p, m in active.items() if p not in present]
-        arrays = running + ([pa.repeat(pa.scalar(min(others), pa.int64()), n)] if others else [])
-        if not arrays:
-            return pa.repeat(pa.scalar(self.watermark, pa.int64()), n)
-        low = arrays[0] if len(arrays) == 1 else pc.min_element_wise(*arrays, skip_nulls=True)
-        candidate = pc.subtract(low, self.lateness)
-        if candidate.null_count:
-            candidate = pc.fill_null(candidate, self.watermark)
-        if len(arrays) > 1:
+        if others:
+            running.append(pa.repeat(pa.scalar(min(others), pa.int64()), n))
+        low = running[0] if len(running) == 1 else pc.min_element_wise(*running)
+        if new_partition and len(running) > 1:
             # A partition seen for the first time can lower the minimum; the watermark never goes back.
-            candidate = pc.cumulative_max(candidate)
-        seen = pc.max_element_wise(candidate, self.watermark)
+            low = pc.cumulative_max(low)
+        first = pa.array([min(before) if before else POS_INF], pa.int64())
+        shifted = pa.concat_arrays([first, low.slice(0, n - 1)])
+        # +inf means no partition had delivered anything yet: the watermark stays where it was.
+        shifted = pc.if_else(pc.equal(shifted, POS_INF), self.watermark, pc.subtract(shifted, self.lateness))
+        seen = pc.max_element_wise(shifted, self.watermark)
         self.advance(now)
         return seen
 
