@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import options
 from .planner import StreamPlan
 
 
@@ -14,9 +15,13 @@ def _duration(us: int | None) -> str:
     return f"{us}us"
 
 
-def _options(opts: dict) -> str:
-    shown = {k: v for k, v in opts.items() if v not in (None, False, "") and k != "schema"}
-    return ", ".join(f"{k}={v}" for k, v in sorted(shown.items()))
+def _options(values: dict, scope: str) -> str:
+    shown = {k: v for k, v in values.items() if v not in (None, False, "") and k != "schema"}
+    parts = []
+    for key, value in sorted(shown.items()):
+        opt = options.find(scope, key)
+        parts.append(f"{key}={_duration(value) if opt and opt.kind == 'duration' else value}")
+    return ", ".join(parts)
 
 
 def explain_text(plan: StreamPlan, processor, job=None) -> str:
@@ -24,7 +29,7 @@ def explain_text(plan: StreamPlan, processor, job=None) -> str:
     lines = [f"{plan.kind.upper()} {plan.name}  ({plan.location})"]
     src = plan.source
     lines.append(
-        f"  source:      {src.name} [{src.type or 'python/table (resolved at deploy)'}] {_options(src.options)}"
+        f"  source:      {src.name} [{src.type or 'python/table (resolved at deploy)'}] {_options(src.options, 'source')}"
     )
     t = plan.time
     if plan.window is not None:
@@ -63,7 +68,7 @@ def explain_text(plan: StreamPlan, processor, job=None) -> str:
     lines.append(f"  emit:        {emit}")
     for s in plan.sinks:
         key = f" keyed by {', '.join(s.key)}" if s.key else ""
-        lines.append(f"  sink:        {s.name} [{s.type}]{key} {_options(s.options)}".rstrip())
+        lines.append(f"  sink:        {s.name} [{s.type}]{key} {_options(s.options, 'sink')}".rstrip())
     lines.append(
         f"  dead letters: {plan.dlq_table} (failure_strategy={plan.job_options.get('failure_strategy')})"
     )
