@@ -33,6 +33,12 @@ EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".json": "jsonl", ".jsonl": "jsonl",
 
 _PARSE_BLOCK = 1 << 20  # pyarrow's unit of parallel parsing inside one block
 _TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary())
+_DICT_TEXT = pa.dictionary(pa.int32(), pa.string())
+
+
+def _values(chunk: pa.Array) -> pa.Array:
+    """The distinct text of a dictionary-encoded chunk (or the chunk itself)."""
+    return chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk
 
 
 def format_of(path: str) -> str | None:
@@ -220,11 +226,19 @@ class CsvDecoder:
         )
         return normalise(pa.schema(fields))
 
+    @staticmethod
+    def decoded_schema(schema: pa.Schema) -> pa.Schema:
+        """The schema of the decoded batches: text columns dictionary-encoded (see :meth:`fix`)."""
+        return pa.schema([pa.field(f.name, _DICT_TEXT if f.type == pa.string() else f.type) for f in schema])
+
     def fix(self, schema: pa.Schema) -> None:
         """Fix the schema every later block is decoded to."""
         self.schema = schema
         self._read_options = pcsv.ReadOptions(column_names=schema.names, block_size=_PARSE_BLOCK)
-        self._convert_options = _convert_options(column_types={f.name: f.type for f in schema})
+        # Text decodes dictionary-encoded: parsing costs the same, and DuckDB groups and joins on
+        # dictionary vectors about 3x faster than on plain strings (1BRC: 51 -> 18 ms per 2M rows).
+        types = {f.name: _DICT_TEXT if f.type == pa.string() else f.type for f in schema}
+        self._convert_options = _convert_options(column_types=types)
         self._text_columns = [i for i, f in enumerate(schema) if f.type in _TEXT_TYPES]
 
     def decode(self, data: bytes, buf: pa.Buffer, start: int, end: int) -> pa.Table:
@@ -247,7 +261,7 @@ class CsvDecoder:
         # never hold a newline otherwise, so looking for one (only when a quote occurs) finds them.
         if self.quote and self._text_columns and data.find(self.quote, start, end) != -1:
             for i in self._text_columns:
-                if pc.any(pc.match_substring(table.column(i), "\n")).as_py():
+                if any(pc.any(pc.match_substring(_values(c), "\n")).as_py() for c in table.column(i).chunks):
                     raise BlockError("unterminated quoted value")
         return table
 
@@ -287,6 +301,12 @@ class JsonDecoder:
             for f in table.schema:
                 fields.setdefault(f.name, f)
         return _timestamps_in_strings(normalise(pa.schema(list(fields.values()))), tables)
+
+    @staticmethod
+    @staticmethod
+    def decoded_schema(schema: pa.Schema) -> pa.Schema:
+        """JSON lines decode to the schema as it is."""
+        return schema
 
     def fix(self, schema: pa.Schema) -> None:
         """Fix the schema every later block is decoded to."""

@@ -167,7 +167,8 @@ class FileSource(Source):
                 )
             self._decoder.fix(user)
         self._user = user
-        self._schema = with_system_columns(_empty(user), 0, 0).schema
+        decoded = self._decoder.decoded_schema(user) if self._decoder is not None else user
+        self._schema = with_system_columns(_empty(decoded), 0, 0).schema
         self._batches = _Batches(self._batch_size)
         self._remaining = self._max_records
         self._exhausted = self._max_records == 0

@@ -28,6 +28,8 @@ def event_time_us(column: pa.ChunkedArray | pa.Array, fmt: str | None, name: str
     """
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
     t = column.type
     try:
         if pa.types.is_timestamp(t):
