@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 from decimal import Decimal
 
 import duckdb
@@ -23,8 +24,11 @@ PROCESSORS = ["v1", "v2:3"]
 BASE = dt.datetime(2024, 1, 1)
 LATENESS_S = 30
 
+# VELOSQL_EXAMPLES=200 for a deeper local run; CI keeps the suite within its time budget.
 SETTINGS = settings(
-    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=int(os.environ.get("VELOSQL_EXAMPLES", "20")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
 
@@ -334,3 +338,35 @@ def test_late_rows_are_judged_per_row_whatever_the_batching(processor, data, siz
     assert_rows_equal(got, want)
     expected_late = [(r["x"], r["ts"]) for r, k in zip(table.to_pylist(), keep) if not k]
     assert late == expected_late
+
+
+@pytest.mark.parametrize("processor", PROCESSORS)
+@SETTINGS
+@given(data=streams(shuffle=False))
+def test_running_count_sum_avg_take_the_fast_path_and_match(processor, data):
+    """COUNT/SUM/AVG over integers per key run without DuckDB's window sort; same rows as batch SQL."""
+    table, splits, batch = data
+    engine = velosql.connect(processor=processor)
+    try:
+        bounds = [0, *sorted(s for s in set(splits) if 0 < s < table.num_rows), table.num_rows]
+        for lo, hi in zip(bounds, bounds[1:]):
+            engine.push("t", table.slice(lo, hi - lo))
+        if table.num_rows == 0:
+            engine.push("t", table)
+        engine.close_source("t")
+        job = engine.execute(
+            "CREATE STREAM o AS SELECT k, count(*) AS n, count(x) AS nx, sum(x) AS sx, avg(x) AS ax, "
+            "sum(x) * 2 + count(*) AS mix FROM t WHERE y > -900 GROUP BY k HAVING count(*) > 1 "
+            f"WITH ('o.type' = 'python', max_batch_size = {batch})"
+        )
+        job.wait(60)
+        assert job.executor.running
+        got = [tuple(r.values()) for r in engine.pull("o").to_pylist()]
+    finally:
+        engine.close()
+    w = "OVER (PARTITION BY k ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+    want = oracle(
+        f"SELECT k, n, c, s, a, m FROM (SELECT seq, k, count(*) {w} AS n, count(x) {w} AS c, sum(x) {w} AS s, "
+        f"avg(x) {w} AS a, sum(x) {w} * 2 + count(*) {w} AS m FROM t WHERE y > -900) WHERE n > 1 ORDER BY seq",
+        table)  # fmt: skip
+    assert_rows_equal(got, want, ordered=True)

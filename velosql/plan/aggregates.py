@@ -17,6 +17,7 @@ proportional to the values of open groups.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from sqlglot import exp
@@ -40,6 +41,10 @@ class AggSpec:
     merge: tuple[str, ...]
     final: str
     pre: tuple[tuple[str, str], ...] = ()  # (column, window SQL with {part}) computed before combine
+    # What the running (EMIT CHANGES) fast path needs to know: "count_star", "count", "sum" or
+    # "avg" over ``arg`` with no FILTER or DISTINCT; None when the aggregate is anything else.
+    running: str | None = None
+    arg: str | None = None
 
     def merge_sql(self, a: str, b: str) -> list[str]:
         """The merge expressions with ``a``/``b`` as the relation prefixes of the two states."""
@@ -138,6 +143,15 @@ def decompose(node: exp.Expression, index: int, location=None) -> AggSpec:
     star = bool(args) and isinstance(args[0], exp.Star)
     x = args[0].sql("duckdb") if args and not star else None
     extra = [a.sql("duckdb") for a in args[1:]]
+    spec = _decompose(name, index, call, conds, x, extra, distinct, star, location)
+    running = None
+    if not conds and not distinct and not extra:
+        running = {"count": "count_star" if x is None else "count", "sum": "sum", "avg": "avg",
+                   "mean": "avg"}.get(name)  # fmt: skip
+    return dataclasses.replace(spec, running=running, arg=x)
+
+
+def _decompose(name, index, call, conds, x, extra, distinct, star, location) -> AggSpec:
     p = f"__a{index}"
     build = _Builder(p, index, call, conds)
 

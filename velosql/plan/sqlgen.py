@@ -60,6 +60,8 @@ class ShapeSQL:
     late: str = ""
     emit: str = ""
     changes: str = ""
+    running_input: str = ""  # EMIT CHANGES fast path: keys, __seq and arguments of the batch's rows
+    running_output: str = ""  # … and the change rows from their running partials (__b)
     state_update: str = ""
     evict: str = ""
     buffer_insert: str = ""
@@ -400,7 +402,7 @@ def _aggregate_sql(q: Query, window, emit, late, late_cond) -> ShapeSQL:
     emit_sql = _final_select(q, f"SELECT {finals} FROM ({combined})")
     evict = f"DELETE FROM __state WHERE {closed}" if window else ""
     state_update = _combine_sql(q.aggregates, group_cols, "__state")
-    changes = ""
+    changes = running_input = running_output = ""
     if emit == "changes":
         part_by = f"PARTITION BY {', '.join(key_exprs)} " if key_exprs else ""
         running = [f'{sql} AS "{name}"' for a in q.aggregates for sql, name in zip(a.partial_w, a.parts)]
@@ -410,11 +412,23 @@ def _aggregate_sql(q: Query, window, emit, late, late_cond) -> ShapeSQL:
         )
         on = " AND ".join(f"s.{c} IS NOT DISTINCT FROM b.{c}" for c in group_cols) or "TRUE"
         merged = [f'{m} AS "{p}"' for a in q.aggregates for m, p in zip(a.merge_sql("s", "b"), a.parts)]
-        m = f"SELECT {', '.join([f'b.{c}' for c in group_cols] + [f'b.{SEQ}'] + merged)} FROM ({b}) b LEFT JOIN __state s ON {on}"
+        cols = ", ".join([f"b.{c}" for c in group_cols] + [f"b.{SEQ}"] + merged)
         fin = ", ".join(group_cols + [SEQ] + [f'{a.final} AS "{a.id}"' for a in q.aggregates])
-        changes = _final_select(q, f"SELECT {fin} FROM ({m})", order=SEQ)
+
+        def changes_over(rows: str) -> str:
+            m = f"SELECT {cols} FROM {rows} b LEFT JOIN __state s ON {on}"
+            return _final_select(q, f"SELECT {fin} FROM ({m})", order=SEQ)
+
+        changes = changes_over(f"({b})")
+        if window is None and len(q.key_sql) == 1 and all(a.running for a in q.aggregates):
+            # Running COUNT/SUM/AVG: the runtime computes the running partials of __in's rows
+            # (velosql.runtime.running) from these inputs and hands them back as __b.
+            args = [f'{a.arg} AS "__x{i}"' for i, a in enumerate(q.aggregates) if a.arg is not None]
+            running_input = f"SELECT {', '.join([*keys, SEQ, *args])} {q.from_sql} WHERE {on_time}"
+            running_output = changes_over("__b")
     return ShapeSQL(
-        partial=partial, partial_all=partial_all, late=late, emit=emit_sql, changes=changes, state_update=state_update,
+        partial=partial, partial_all=partial_all, late=late, running_input=running_input,
+        running_output=running_output, emit=emit_sql, changes=changes, state_update=state_update,
         evict=evict, reference=q.project_sql,
     )  # fmt: skip
 

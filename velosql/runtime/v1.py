@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from ..connectors.base import OFFSET_COL, PARTITION_COL, PartitionEnd, SourceContext, _arange
 from ..errors import DataError, JobError, SqlError
+from . import running
 from .watermark import NEG_INF, WatermarkTracker, event_time_us
 
 _END = object()
@@ -52,6 +53,7 @@ class V1Executor:
         self.compacted_rows = 0
         self.emitted_rows = 0
         self.stopped_by_limit = False
+        self.running = False  # EMIT CHANGES through the pyarrow running-aggregate fast path
 
     # ---- setup ----------------------------------------------------------------------------------
 
@@ -86,6 +88,9 @@ class V1Executor:
                 self._exec(sql.emit.replace("$WM", "0")).fetchall()
                 if sql.changes:
                     self._exec(sql.changes).fetchall()
+                if sql.running_input:
+                    inputs = self._exec(sql.running_input).to_arrow_table().schema
+                    self.running = running.supported(plan.aggregates, inputs)
             elif plan.shape == "session":
                 self._exec(f"CREATE OR REPLACE TEMP TABLE __sbuf AS {sql.buffer_insert} LIMIT 0")
                 reference = sql.reference
@@ -306,7 +311,9 @@ class V1Executor:
                 self.con.execute(f"CREATE OR REPLACE TEMP TABLE __rbuf AS {self.sql.state_update}").fetchall()
             elif shape == "aggregate":
                 late = self._late(table)
-                if self.sql.changes:
+                if self.running:
+                    self._running_changes()
+                elif self.sql.changes:
                     self._write(self.con.sql(self.sql.changes).to_arrow_table())
                 self._insert_partials(table, late)
                 if self.sql.changes:
@@ -322,6 +329,17 @@ class V1Executor:
             self.metrics.watermark = self.tracker.watermark
             self._after_watermark(self.tracker.watermark)
         self.metrics.busy_seconds += time.monotonic() - t0
+
+    def _running_changes(self) -> None:
+        """EMIT CHANGES of running COUNT/SUM/AVG without DuckDB's window sort (see running.py)."""
+        rows = self.con.sql(self.sql.running_input).to_arrow_table()
+        if rows.num_rows == 0:
+            return
+        self.con.register("__b", running.running_partials(rows, self.plan.aggregates))
+        try:
+            self._write(self.con.sql(self.sql.running_output).to_arrow_table())
+        finally:
+            self.con.unregister("__b")
 
     def _late(self, table: pa.Table) -> bool:
         """Store the batch's late rows; False when it has none (checked without DuckDB)."""
