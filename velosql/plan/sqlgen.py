@@ -415,8 +415,12 @@ def _aggregate_sql(q: Query, window, emit, late, late_cond) -> ShapeSQL:
         cols = ", ".join([f"b.{c}" for c in group_cols] + [f"b.{SEQ}"] + merged)
         fin = ", ".join(group_cols + [SEQ] + [f'{a.final} AS "{a.id}"' for a in q.aggregates])
 
+        # The state may hold several partial rows per group (compaction is amortised), so the
+        # change rows join the state combined per group.
+        state = f"({_combine_sql(q.aggregates, group_cols, '__state')})"
+
         def changes_over(rows: str) -> str:
-            m = f"SELECT {cols} FROM {rows} b LEFT JOIN __state s ON {on}"
+            m = f"SELECT {cols} FROM {rows} b LEFT JOIN {state} s ON {on}"
             return _final_select(q, f"SELECT {fin} FROM ({m})", order=SEQ)
 
         changes = changes_over(f"({b})")

@@ -25,6 +25,7 @@ from .watermark import NEG_INF, WatermarkTracker, event_time_us
 
 _END = object()
 COMPACT_MIN_ROWS = 200_000
+COMPACT_MIN_ROWS_CHANGES = 16_384
 
 
 def run_job(processor, job) -> None:
@@ -316,8 +317,6 @@ class V1Executor:
                 elif self.sql.changes:
                     self._write(self.con.sql(self.sql.changes).to_arrow_table())
                 self._insert_partials(table, late)
-                if self.sql.changes:
-                    self._compact()
             else:
                 self._late(table)
                 self.con.execute(f"INSERT INTO __sbuf {self.sql.buffer_insert}").fetchall()
@@ -363,7 +362,9 @@ class V1Executor:
             if low is not None:
                 end = _min_window_end(self.plan.window, low)
                 self.min_open_end = end if self.min_open_end is None else min(self.min_open_end, end)
-        if not self.sql.changes and self.state_rows > max(COMPACT_MIN_ROWS, 4 * self.compacted_rows):
+        # EMIT CHANGES reads the (combined) state every batch, so it keeps the state smaller.
+        floor = COMPACT_MIN_ROWS_CHANGES if self.sql.changes else COMPACT_MIN_ROWS
+        if self.state_rows > max(floor, 4 * self.compacted_rows):
             self._compact()
 
     def _compact(self) -> None:
