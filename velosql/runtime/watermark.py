@@ -51,6 +51,18 @@ def event_time_us(column: pa.ChunkedArray | pa.Array, fmt: str | None, name: str
     raise DataError(f"column {name!r} of type {t} cannot be an event time")
 
 
+_REVERSED: list = [pa.array([], pa.int64())]
+
+
+def _reversed_range(n: int) -> pa.Array:
+    """``[n-1, n-2, … 0]`` (int64); the last one is kept, batches tend to have the same size."""
+    rev = _REVERSED[0]
+    if len(rev) != n:
+        rev = pc.cumulative_sum(pa.repeat(pa.scalar(-1, pa.int64()), n), start=pa.scalar(n, pa.int64()))
+        _REVERSED[0] = rev
+    return rev
+
+
 class WatermarkTracker:
     """Per-partition maxima, idle detection and the monotone job watermark."""
 
@@ -69,16 +81,38 @@ class WatermarkTracker:
         }
 
     def observe(self, et: pa.Array, partition: pa.Array) -> pa.Array:
-        """Record a batch; return the watermark each row saw (int64, before the row itself)."""
+        """Record a batch; return the watermark each row saw (int64, before the row itself).
+
+        Row ``i`` sees ``max(wm, max(L(-1) … L(i-1)) - lateness)``: ``wm`` is the job watermark
+        before the batch, ``L(j)`` the minimum, over the partitions that count after row ``j``, of
+        the largest event time each delivered so far (``L(-1)``: before the batch). The partitions
+        that count are those present in the batch that delivered something earlier, the active
+        (not idle) ones that are not in it, and a partition new to the tracker from its first row
+        on. Afterwards the job watermark is what a next row would see, so splitting a batch in two
+        changes nothing.
+        """
         n = len(et)
         now = time.monotonic()
         active = self._active(now)
         bounds = pc.min_max(partition)
         lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
-        # One partition in the batch (the common case) needs no masking.
-        present = [lo] if lo == hi else pc.unique(partition).to_pylist()
         if n == 0:
             return pa.array([], pa.int64())
+        seen = None
+        if lo != hi and self._sortable(et, partition):
+            seen = self._observe_sorted(et, partition, now, active)
+        if seen is None:
+            seen = self._observe_masked(et, partition, now, active, lo, hi)
+        # What the last row saw still holds after it: the watermark never goes back.
+        self.watermark = max(self.watermark, seen[n - 1].as_py())
+        return seen
+
+    def _observe_masked(self, et, partition, now: float, active: dict, lo: int, hi: int) -> pa.Array:
+        """:meth:`observe` with one masked pass per partition: for a batch of one partition (the
+        common case: no masking needed), and for what :meth:`_observe_sorted` does not take (nulls,
+        event times or maxima at ±inf)."""
+        n = len(et)
+        present = [lo] if lo == hi else pc.unique(partition).to_pylist()
         # Inclusive running maximum of every partition at every row; a partition not seen yet is
         # +inf so the minimum ignores it. The watermark row i saw is the minimum at row i - 1.
         # What row 0 saw: the maxima before this batch of the partitions that count.
@@ -93,10 +127,10 @@ class WatermarkTracker:
             fill = NEG_INF if prior is None else prior
             if lo == hi:
                 run = pc.cumulative_max(et)
-                if prior is not None:
-                    run = pc.max_element_wise(run, prior)
             else:
                 run = pc.cumulative_max(pc.if_else(pc.equal(partition, p), et, fill))
+            if prior is not None:
+                run = pc.max_element_wise(run, prior)
             if prior is None:
                 new_partition = True
                 if lo != hi:
@@ -116,6 +150,65 @@ class WatermarkTracker:
         # +inf means no partition had delivered anything yet: the watermark stays where it was.
         shifted = pc.if_else(pc.equal(shifted, POS_INF), self.watermark, pc.subtract(shifted, self.lateness))
         seen = pc.max_element_wise(shifted, self.watermark)
+        self.advance(now)
+        return seen
+
+    def _sortable(self, et: pa.Array, partition: pa.Array) -> bool:
+        """Whether :meth:`_observe_sorted` can take the batch (it still declines ±inf event times)."""
+        if not isinstance(et, pa.Array) or not isinstance(partition, pa.Array):
+            return False
+        if et.type != pa.int64() or et.null_count or partition.null_count:
+            return False
+        if not pa.types.is_integer(partition.type):
+            return False
+        # The masked formulation reads -inf as "not seen yet" and +inf as "no watermark"; event times
+        # at ±inf are caught in _observe_sorted, which then declines.
+        return all(NEG_INF < m < POS_INF for m in self.max_by_partition.values())
+
+    def _observe_sorted(self, et: pa.Array, partition: pa.Array, now: float, active: dict) -> pa.Array | None:
+        """:meth:`observe` for a batch of several partitions all known before it, in a few passes.
+
+        Rows are stably sorted by partition, so each partition's running maximum is one cumulative
+        max over its slice, started from its earlier maximum. With ``S(s)`` the running maximum of
+        row ``s``'s partition before row ``s``, the minimum over the partitions before row ``i`` is
+        the minimum of ``S(s)`` over the rows ``s >= i`` and of the partitions' final maxima (the
+        next row of a partition carries its maximum so far, and a partition's rows carry
+        non-decreasing values): one cumulative min over the rows in reverse order. A batch in which
+        a partition appears for the first time can lower that minimum mid-batch; it returns None
+        and takes the masked path.
+        """
+        n = len(et)
+        prior = self.max_by_partition
+        i64 = pa.int64()
+        idx = pc.array_sort_indices(partition).view(i64)  # stable: rows ascending per partition
+        ree = pc.run_end_encode(pc.take(partition, idx), run_end_type=i64)
+        qs, ends = ree.values.to_pylist(), ree.run_ends.to_pylist()
+        if any(q not in prior for q in qs):
+            return None
+        starts = [0, *ends[:-1]]
+        first = {q: idx[a].as_py() for q, a in zip(qs, starts)}
+        present = set(qs)
+        other_min = min((m for q, m in active.items() if q not in present), default=POS_INF)
+        v = pc.take(et, idx)
+        final: dict[int, int] = {}
+        pieces = []
+        for q, a, b in zip(qs, starts, ends):
+            cm = pc.cumulative_max(v.slice(a, b - a), start=pa.scalar(prior[q], i64))
+            final[q] = cm[b - a - 1].as_py()
+            pieces += [pa.array([prior[q]], i64), cm.slice(0, b - a - 1)]
+        # The masked formulation reads +inf as "no watermark": leave such batches to it.
+        if max(final.values()) >= POS_INF:
+            return None
+        # S in reverse row order: position n - 1 - s holds S(s).
+        s_rev = pc.scatter(pa.concat_arrays(pieces), pc.subtract(n - 1, idx))
+        last_low = min([*final.values(), other_min])
+        low = pc.take(pc.cumulative_min(s_rev, start=pa.scalar(last_low, i64)), _reversed_range(n))
+        seen = pc.max_element_wise(
+            pc.subtract(low, pa.scalar(self.lateness, i64)), pa.scalar(self.watermark, i64)
+        )
+        for q in sorted(qs, key=first.__getitem__):
+            self.max_by_partition[q] = final[q]
+            self.last_seen[q] = now
         self.advance(now)
         return seen
 
