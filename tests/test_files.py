@@ -462,6 +462,66 @@ def test_max_records_stops_the_source(tmp_path):
     assert table.num_rows == 0 and events == []
 
 
+def test_blocks_decoded_ahead_keep_order_rejects_and_offsets(tmp_path):
+    # Blocks are decoded several at once on worker threads; rows, offsets and rejects stay in file
+    # order, and nothing past max_records is rejected although later blocks were already decoded.
+    lines = ["k,v"]
+    for i in range(200):
+        lines.append(f"r{i},x" if i % 37 == 5 else f"r{i},{i}")
+    path = tmp_path / "many.csv"
+    write(path, "\n".join(lines))  # no final newline either
+    good = [i for i in range(200) if i % 37 != 5]
+    for max_records, block in [(None, 32), (None, 100), (60, 32), (None, 1 << 20)]:
+        ctx, rejects = collecting_ctx()
+        options = {"schema": "k VARCHAR, v BIGINT", "batch_size": 7}
+        if max_records is not None:
+            options["max_records"] = max_records
+        with mock.patch.object(files_source, "_READ_BLOCK", block):
+            table, _ = read_all(source(path, **options), ctx)
+        kept = good[:max_records] if max_records is not None else good
+        assert table.column("v").to_pylist() == kept
+        assert table.column("_offset").to_pylist() == kept  # a rejected record uses up its offset
+        last = kept[-1]
+        assert [r[0] for r in rejects] == [f"{path}:{i + 2}" for i in range(200) if i % 37 == 5 and i < last]
+        assert all(r[1] == "column 'v': cannot convert to int64: invalid value 'x'" for r in rejects)
+
+
+def test_long_lines_and_quotes_across_small_blocks(tmp_path):
+    path = tmp_path / "long.csv"
+    long_text = "y" * 300
+    write(path, f'k,v\na,1\n"{long_text}",2\nb,"3\n"c,d",4\n"{long_text}",5')
+    ctx, rejects = collecting_ctx()
+    with mock.patch.object(files_source, "_READ_BLOCK", 16):  # lines longer than a block
+        table, _ = read_all(source(path, schema="k VARCHAR, v VARCHAR"), ctx)
+    assert user_rows(table) == [
+        {"k": "a", "v": "1"},
+        {"k": long_text, "v": "2"},
+        {"k": "c,d", "v": "4"},
+        {"k": long_text, "v": "5"},
+    ]
+    assert table.column("_offset").to_pylist() == [0, 1, 3, 4]
+    assert rejects == [(f"{path}:4", "unterminated quoted value", 'b,"3')]
+
+
+def test_decoding_threads_end_with_the_read(tmp_path):
+    write(tmp_path / "a.csv", "v\n" + "".join(f"{i}\n" for i in range(100)))
+    src = source(tmp_path / "a.csv", batch_size=10)
+
+    def decoding() -> bool:
+        return any(t.name.startswith("velosql-src-decode") for t in threading.enumerate())
+
+    src.open(SourceContext())
+    with mock.patch.object(files_source, "_READ_BLOCK", 32):
+        reader = src.read()
+        next(reader)  # a batch out, later blocks still being decoded
+        assert decoding()
+        reader.close()  # abandoned half-way
+        assert not decoding()
+        table, _ = read_all(source(tmp_path / "a.csv", batch_size=10))
+        assert table.num_rows == 100 and not decoding()
+    src.close()
+
+
 # ---- JSON and Parquet sources ---------------------------------------------------------------------
 
 

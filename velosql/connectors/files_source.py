@@ -6,6 +6,7 @@ import glob
 import os
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -15,6 +16,7 @@ from ..errors import DataError, OptionError
 from .base import SYSTEM_COLUMNS, PartitionEnd, Source, SourceContext, with_system_columns
 from .files_formats import (
     BadLine,
+    BlockError,
     CsvDecoder,
     JsonDecoder,
     decode_lines,
@@ -26,12 +28,30 @@ from .files_formats import (
     unreadable_fields,
 )
 
-_READ_BLOCK = 8 << 20  # bytes decoded per pyarrow call: measured fastest between 4 and 32 MiB
+# Bytes of whole lines decoded per pyarrow call. Blocks are decoded several at once, one serial
+# pyarrow call each on a worker thread (see _drain_text); 2-4 MiB measured fastest (1BRC, 2 cores).
+_READ_BLOCK = 4 << 20
+_MAX_WORKERS = 4  # decoding threads per source (at most the CPUs pyarrow sees)
 _SAMPLE = 1 << 20  # bytes of data the column types are inferred from
 
 
 def _family(fmt: str | None) -> str | None:
     return "csv" if fmt == "csv_no_header" else fmt
+
+
+@dataclass
+class _Block:
+    """Whole lines of a file read into Arrow memory: ``buf[start:end]`` is decoded.
+
+    ``pos``: the file offset of ``buf[0]``; ``next_pos``: where the next block starts (a final line
+    without newline got one appended in ``buf``, so ``end`` may pass the file's end by one byte).
+    """
+
+    buf: pa.Buffer
+    start: int
+    end: int
+    pos: int
+    next_pos: int
 
 
 @dataclass
@@ -123,6 +143,7 @@ class FileSource(Source):
         self._schema: pa.Schema | None = None
         self._files: list[_File] = []
         self._known: set[str] = set()
+        self._executor: ThreadPoolExecutor | None = None
 
     def _count(self, value: object, key: str, minimum: int = 0) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -181,7 +202,19 @@ class FileSource(Source):
         return self._schema
 
     def read(self) -> Iterator[pa.RecordBatch | PartitionEnd | None]:
-        """Batches of about ``batch_size`` rows; see the class docstring for the order of events."""
+        """Batches of about ``batch_size`` rows; see the class docstring for the order of events.
+
+        The decoding threads live as long as this iteration: they stop when it ends or is closed
+        (also when the iterator is dropped), on the thread that iterates.
+        """
+        try:
+            yield from self._events()
+        finally:
+            executor, self._executor = self._executor, None
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+
+    def _events(self) -> Iterator[pa.RecordBatch | PartitionEnd | None]:
         stop = self._ctx.stop
         if self._exhausted:
             return
@@ -337,52 +370,122 @@ class FileSource(Source):
         yield from self._batches.flush()
 
     def _drain_text(self, f: _File, final: bool) -> Iterator[pa.RecordBatch]:
+        """Decode the whole lines ``f`` holds from ``f.pos``, several blocks at once on worker threads.
+
+        Blocks are read in order into Arrow memory and their decoding (the vectorised call) is
+        started at once on the source's threads, up to one block more than there are threads; the
+        results are taken in order here, where bad lines are isolated and rejected (per-line work
+        stays on this thread and in file order). Cheaper than pyarrow's own threads inside each
+        block: 1BRC job 0.675 -> 0.59 s (`velosql run`, median of 8 runs, 2 cores).
+        """
         try:
             if os.path.getsize(f.path) <= f.pos:
                 return
         except OSError:  # a watched file was removed: nothing more to read from it
             return
-        with open(f.path, "rb") as fh:
-            fh.seek(f.pos)
-            want = _READ_BLOCK
-            while not self._exhausted and not self._ctx.stop.is_set():
-                chunk = fh.read(want)
-                if not chunk:
-                    return
-                at_eof = len(chunk) < want
-                end = chunk.rfind(b"\n") + 1
-                block_pos = f.pos
-                if at_eof and final and end < len(chunk):
-                    f.pos += len(chunk)
-                    chunk += b"\n"
-                    end = len(chunk)
-                elif end == 0:
-                    if at_eof:
-                        return  # only an incomplete line: wait for its newline
-                    want *= 2  # a line longer than the block
-                    fh.seek(f.pos)
-                    continue
-                else:
-                    f.pos += end
-                    fh.seek(f.pos)
-                want = _READ_BLOCK
-                yield from self._decode(f, chunk, end, block_pos)
-                if at_eof:
-                    return
+        executor, workers = self._decoding_threads()
+        depth = workers + 1
+        pending: deque[tuple[_Block, Future | None]] = deque()
+        with open(f.path, "rb", buffering=0) as fh:
+            blocks = self._read_blocks(f, fh, final)
+            try:
+                while True:
+                    while len(pending) < depth:
+                        block = next(blocks, None)
+                        if block is None:
+                            break
+                        job = None
+                        if block.start < block.end:  # pyarrow refuses empty input
+                            job = executor.submit(_try_decode, self._decoder, block)
+                        pending.append((block, job))
+                    if not pending:
+                        return
+                    block, job = pending.popleft()
+                    f.pos = block.next_pos
+                    if job is not None:
+                        yield from self._decode(f, block, job.result())
+                    if self._exhausted or self._ctx.stop.is_set():
+                        return
+            finally:
+                for _, job in pending:
+                    if job is not None:
+                        job.cancel()
+                blocks.close()
 
-    def _decode(self, f: _File, data: bytes, end: int, block_pos: int) -> Iterator[pa.RecordBatch]:
-        """Decode ``data[:end]``, whole lines that start at byte ``block_pos`` of ``f``."""
+    def _decoding_threads(self) -> tuple[ThreadPoolExecutor, int]:
+        """The decoding threads (started on first use in a :meth:`read`) and how many there are."""
+        workers = max(1, min(_MAX_WORKERS, pa.cpu_count()))
+        if self._executor is None:
+            # Not daemon threads: the interpreter joins them at exit, so none is killed inside pyarrow.
+            self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"velosql-{self.name}-decode")
+        return self._executor, workers
+
+    def _read_blocks(self, f: _File, fh, final: bool) -> Iterator[_Block]:
+        """Blocks of whole lines from ``f.pos`` on; the skipped lines at the file's start are passed over.
+
+        ``final``: the file is complete (its last line may lack a newline). The bytes go straight
+        into Arrow memory (pyarrow's readers may drop their input on a worker thread after they
+        returned, which a buffer wrapping a Python object does not survive; see ``arrow_copy``).
+        """
+        pos = f.pos
+        fh.seek(pos)
+        want = _READ_BLOCK
+        while not self._exhausted and not self._ctx.stop.is_set():
+            # Read no more than the file holds (plus a byte, to see that it ended), and keep a byte
+            # free for a final newline.
+            cap = max(1, min(want, os.fstat(fh.fileno()).st_size - pos + 1))
+            buf = pa.allocate_buffer(cap + 1)
+            view = memoryview(buf).cast("B")
+            n = _read_into(fh, view[:cap])
+            if not n:
+                return
+            at_eof = n < cap
+            end = _after_last_newline(view, n)
+            next_pos = pos + end
+            if at_eof and final and end < n:
+                view[n] = 0x0A  # the file's last line lacks its newline
+                next_pos, end = pos + n, n + 1
+            elif end == 0:
+                if at_eof:
+                    return  # only an incomplete line: wait for its newline
+                want *= 2  # a line longer than the block
+                fh.seek(pos)
+                continue
+            else:
+                fh.seek(next_pos)
+            want = _READ_BLOCK
+            start = self._skip(f, view, end, pos) if f.to_skip else 0
+            del view
+            yield _Block(buf, start, end, pos, next_pos)
+            pos = next_pos
+            if at_eof:
+                return
+
+    def _skip(self, f: _File, view: memoryview, end: int, block_pos: int) -> int:
+        """Pass over the lines still to skip at the block's start; returns where decoding starts.
+
+        Runs when the block is read, ahead of the decoding of the blocks before it: those held
+        only skipped lines (lines are skipped first), so no bad line of theirs is counted later.
+        """
+        data = bytes(view[:end])
+        self._count_lines(f, data, block_pos, 0)
         start = 0
-        if f.to_skip:
-            self._count_lines(f, data, block_pos, 0)
-            while f.to_skip and start < end:
-                start = data.find(b"\n", start, end) + 1
-                f.line += 1
-                f.to_skip -= 1
-            f.line_pos = block_pos + start
-        for item in decode_lines(self._decoder, data, start, end):
+        while f.to_skip and start < end:
+            start = data.find(b"\n", start, end) + 1
+            f.line += 1
+            f.to_skip -= 1
+        f.line_pos = block_pos + start
+        return start
+
+    def _decode(self, f: _File, block: _Block, first: pa.Table | BlockError) -> Iterator[pa.RecordBatch]:
+        """Emit a decoded block; if it did not decode as a whole, isolate and reject its bad lines."""
+        if not isinstance(first, BlockError):
+            yield from self._emit(f, first)
+            return
+        data = block.buf.slice(0, block.end).to_pybytes()
+        for item in decode_lines(self._decoder, data, block.start, block.end, block.buf, failed=True):
             if isinstance(item, BadLine):
-                self._count_lines(f, data, block_pos, item.start)
+                self._count_lines(f, data, block.pos, item.start)
                 self._ctx.reject(f"{f.path}:{f.line + 1}", item.error, item.raw)
                 f.offset += 1
             else:
@@ -450,5 +553,38 @@ class FileSource(Source):
                 return
 
 
+def _try_decode(decoder, block: _Block) -> pa.Table | BlockError:
+    """The vectorised decoding of a whole block (on a worker thread); a failure is returned."""
+    try:
+        return decoder.decode(None, block.buf, block.start, block.end)
+    except BlockError as exc:
+        return exc
+
+
+def _read_into(fh, view: memoryview) -> int:
+    """Fill ``view`` from the unbuffered file ``fh`` (one read may return less); bytes read."""
+    n = 0
+    while n < len(view):
+        got = fh.readinto(view[n:])
+        if not got:
+            break
+        n += got
+    return n
+
+
+def _after_last_newline(view: memoryview, n: int) -> int:
+    """1 + the index of the last newline in ``view[:n]``, 0 if none (only the tail is copied)."""
+    hi = n
+    while hi > 0:
+        lo = max(0, hi - (64 << 10))
+        found = bytes(view[lo:hi]).rfind(b"\n")
+        if found != -1:
+            return lo + found + 1
+        hi = lo
+    return 0
+
+
 def _empty(schema: pa.Schema) -> pa.RecordBatch:
-    return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in schema], schema=schema)
+    # pa.nulls: converting a Python list (pa.array([])) imports pandas through pyarrow's conversion
+    # shim, about 0.15 s of a short job.
+    return pa.RecordBatch.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)
