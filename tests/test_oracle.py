@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import velosql
-from velosql.testing import run_stream
+from velosql.testing import push_split, run_stream
 
 PROCESSORS = ["v1", "v2:3"]
 BASE = dt.datetime(2024, 1, 1)
@@ -317,12 +317,7 @@ def test_late_rows_are_judged_per_row_whatever_the_batching(processor, data, siz
     )
     engine = velosql.connect()
     try:
-        bounds = [0, *sorted(s for s in set(splits) if 0 < s < table.num_rows), table.num_rows]
-        for lo, hi in zip(bounds, bounds[1:]):
-            engine.push("t", table.slice(lo, hi - lo))
-        if table.num_rows == 0:
-            engine.push("t", table)
-        engine.close_source("t")
+        push_split(engine, "t", table, splits)
         engine.execute(sql).wait(60)
         got = [tuple(r.values()) for r in engine.pull("o").to_pylist()]
         late = engine.sql("SELECT x, ts FROM o__late ORDER BY _offset").fetchall()
@@ -348,12 +343,7 @@ def test_running_count_sum_avg_take_the_fast_path_and_match(processor, data):
     table, splits, batch = data
     engine = velosql.connect(processor=processor)
     try:
-        bounds = [0, *sorted(s for s in set(splits) if 0 < s < table.num_rows), table.num_rows]
-        for lo, hi in zip(bounds, bounds[1:]):
-            engine.push("t", table.slice(lo, hi - lo))
-        if table.num_rows == 0:
-            engine.push("t", table)
-        engine.close_source("t")
+        push_split(engine, "t", table, splits)
         job = engine.execute(
             "CREATE STREAM o AS SELECT k, count(*) AS n, count(x) AS nx, sum(x) AS sx, avg(x) AS ax, "
             "sum(x) * 2 + count(*) AS mix FROM t WHERE y > -900 GROUP BY k HAVING count(*) > 1 "

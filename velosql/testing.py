@@ -25,12 +25,7 @@ def run_stream(
     """
     engine = connect(processor=processor)
     try:
-        bounds = [0, *sorted(s for s in set(splits) if 0 < s < data.num_rows), data.num_rows]
-        channel = engine.channel(source)
-        for lo, hi in zip(bounds, bounds[1:]):
-            if hi > lo or data.num_rows == 0:
-                channel.push(data.slice(lo, hi - lo))
-        channel.close()
+        push_split(engine, source, data, splits)
         job = engine.execute(sql)
         job.wait(timeout)
         if not job.done:
@@ -40,3 +35,16 @@ def run_stream(
         return engine.sql(f'SELECT * FROM "{job.name}"').to_arrow_table()
     finally:
         engine.close()
+
+
+def push_split(engine, source: str, data: pa.Table, splits: Sequence[int] = ()) -> None:
+    """Push ``data`` into python source ``source`` as batches cut at ``splits``, then close it.
+
+    An empty table is still pushed once, so the source has a schema.
+    """
+    bounds = [0, *sorted(s for s in set(splits) if 0 < s < data.num_rows), data.num_rows]
+    channel = engine.channel(source)
+    for lo, hi in zip(bounds, bounds[1:]):
+        if hi > lo or data.num_rows == 0:
+            channel.push(data.slice(lo, hi - lo))
+    channel.close()
