@@ -329,3 +329,16 @@ def test_pushed_partition_column_is_the_source_partition(engine):
     engine.close_source("tr2")
     star.wait(30)
     assert engine.sql("SELECT * FROM s2").fetchall() == [(1,)]
+
+
+def test_windows_before_1970_use_floor_not_truncation(engine):
+    # Negative event times take the positive-modulo window start; non-negative ones a faster form.
+    times = [dt.datetime(1969, 12, 31, 23, 59, 10), dt.datetime(1969, 12, 31, 23, 58, 50), BASE]
+    engine.push("tr", pa.table({"v": [1, 2, 3], "ts": pa.array(times, pa.timestamp("us"))}))
+    engine.close_source("tr")
+    engine.execute(
+        "CREATE STREAM w AS SELECT _window_start AS ws, count(*) AS n FROM tr WINDOW TUMBLING(ts, 1m) "
+        "WITH ('watermark.max_out_of_orderness' = '1m')"
+    ).wait(30)
+    got = sorted(engine.sql("SELECT ws, n FROM w").fetchall())
+    assert got == [(dt.datetime(1969, 12, 31, 23, 58), 1), (dt.datetime(1969, 12, 31, 23, 59), 1), (BASE, 1)]

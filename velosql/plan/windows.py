@@ -21,6 +21,15 @@ def tumbling_start(w: WindowSpec) -> str:
     return _floor(ET, w.size_us)
 
 
+def nonnegative_variant(sql: str, w: WindowSpec | None) -> str:
+    """``sql`` with the window start of ``__et`` as plain integer division, which DuckDB computes
+    faster; only valid for a batch whose event times are all >= 0 (DuckDB's ``//`` truncates)."""
+    if w is None or w.kind == "session":
+        return sql
+    step = w.size_us if w.kind == "tumbling" else w.advance_us
+    return sql.replace(_floor(ET, step), f"(({ET} // {step}) * {step})")
+
+
 def sliding_count(w: WindowSpec) -> int:
     """How many sliding windows can contain one instant (an upper bound; extra ones are filtered)."""
     return -(-w.size_us // w.advance_us)

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from ..connectors.base import OFFSET_COL, PARTITION_COL, PartitionEnd, SourceContext, _arange
 from ..errors import DataError, JobError, SqlError
+from ..plan import windows as W
 from . import running
 from .watermark import NEG_INF, WatermarkTracker, event_time_us
 
@@ -355,13 +356,14 @@ class V1Executor:
 
     def _insert_partials(self, table: pa.Table, late: bool = True) -> None:
         partial = self.sql.partial if late else self.sql.partial_all
+        low = pc.min(table["__et"]).as_py() if self.plan.window is not None else None
+        if low is not None and low >= 0:
+            partial = W.nonnegative_variant(partial, self.plan.window)
         n = self.con.execute(f"INSERT INTO __state {partial}").fetchall()[0][0]
         self.state_rows += n
-        if self.plan.window is not None and n:
-            low = pc.min(table["__et"]).as_py()
-            if low is not None:
-                end = _min_window_end(self.plan.window, low)
-                self.min_open_end = end if self.min_open_end is None else min(self.min_open_end, end)
+        if low is not None and n:
+            end = _min_window_end(self.plan.window, low)
+            self.min_open_end = end if self.min_open_end is None else min(self.min_open_end, end)
         # EMIT CHANGES reads the (combined) state every batch, so it keeps the state smaller.
         floor = COMPACT_MIN_ROWS_CHANGES if self.sql.changes else COMPACT_MIN_ROWS
         if self.state_rows > max(floor, 4 * self.compacted_rows):
