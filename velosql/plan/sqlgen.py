@@ -22,7 +22,6 @@ from . import windows as W
 from .aggregates import SEQ, AggSpec, aggregate_name, decompose, is_aggregate
 
 SYSTEM = ("_partition", "_offset")
-INTERNAL = (*SYSTEM, SEQ, W.ET, W.WM)
 WINDOW_COLUMNS = ("_window_start", "_window_end")
 ANALYTIC = {"lag", "row_number", "count", "sum", "avg", "mean", "min", "max", "first_value", "last_value"}
 
@@ -45,9 +44,7 @@ class Query:
     project_sql: str  # the projection (project shape) or the reference query (others)
     buffer_rows: int = 0
     buffer_keys: tuple[str, ...] = ()
-    buffered_items: tuple[str, ...] = ()
     buffered_windows: tuple[str, ...] = ()
-    session_agg_items: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,13 +92,13 @@ def analyse(select: exp.Select, source: exp.Table, window: WindowSpec | None, lo
 
     has_agg = any(is_aggregate(n) for item in select.expressions for n in item.walk())
     group = select.args.get("group")
-    windows_fn = [w for w in select.find_all(exp.Window)]
+    has_windows = select.find(exp.Window) is not None
     if group is not None or has_agg:
-        if windows_fn:
+        if has_windows:
             raise SqlError("window functions (OVER …) cannot be combined with GROUP BY or aggregates", loc)
         return _analyse_grouped(select, alias, from_sql, where_sql, window, loc, limit)
-    if windows_fn:
-        return _analyse_buffered(select, windows_fn, from_sql, where_sql, loc, limit, alias)
+    if has_windows:
+        return _analyse_buffered(select, from_sql, where_sql, loc, limit, alias)
     items = [_expand_star(i, (*SYSTEM, SEQ)) for i in select.expressions]
     project = f"SELECT {', '.join(_sql(i) for i in items)} {from_sql} WHERE {where_sql}"
     order = select.args.get("order")
@@ -310,11 +307,14 @@ def _sessionize(rel: str, keys, window: WindowSpec) -> str:
 # ---- ROWS WINDOW BUFFER -------------------------------------------------------------------------
 
 
-def _analyse_buffered(select, windows_fn, from_sql, where_sql, loc, limit, _alias) -> Query:
-    sizes = set()
-    keys_sql = None
-    rendered = {}
-    for w in windows_fn:
+def _analyse_buffered(select, from_sql, where_sql, loc, limit, alias) -> Query:
+    """``f(…) OVER (ROWS WINDOW BUFFER n ROWS PARTITION BY …)``: each window becomes ``__w<i>``,
+    evaluated over the buffered rows plus the batch in arrival order."""
+    select = select.copy()
+    sizes: list[int] = []
+    keys_sql: list[str] | None = None
+    wins: list[str] = []
+    for i, w in enumerate(list(select.find_all(exp.Window))):
         n = w.meta.get("buffer_rows")
         if n is None:
             raise SqlError(
@@ -322,49 +322,49 @@ def _analyse_buffered(select, windows_fn, from_sql, where_sql, loc, limit, _alia
                 "OVER (ROWS WINDOW BUFFER <n> ROWS PARTITION BY …)",
                 loc,
             )
-        sizes.add(int(n))
         part = [_sql(p) for p in w.args.get("partition_by") or []]
         if keys_sql is not None and part != keys_sql:
             raise SqlError("all ROWS WINDOW BUFFER functions of a query must use the same PARTITION BY", loc)
         keys_sql = part
         fn = w.this
         name = (fn.name if isinstance(fn, exp.Anonymous) else fn.sql("duckdb").split("(")[0]).lower()
-        name = name or (aggregate_name(fn) or "")
         if name not in ANALYTIC and aggregate_name(fn) not in ANALYTIC:
             raise SqlError(
                 f"{fn.sql('duckdb')} is not available over ROWS WINDOW BUFFER: use LAG, ROW_NUMBER, "
                 "FIRST_VALUE, LAST_VALUE, COUNT, SUM, AVG, MIN or MAX",
                 loc,
             )
-        rendered[id(w)] = (name, fn, int(n), part)
-    buffer_rows = max(sizes)
-    partition = f"PARTITION BY {', '.join(keys_sql)} " if keys_sql else ""
-    select = select.copy()
-    wins: list[str] = []
-    for i, w in enumerate(list(select.find_all(exp.Window))):
-        name, fn, n, _ = next(v for v in rendered.values() if _sql(v[1]) == _sql(w.this))
+        sizes.append(int(n))
+        partition = _partition_by(part)
         if name == "row_number":
-            expr = f"(coalesce(first_value(__rn) OVER ({partition}ORDER BY {SEQ}), 1) - 1 + row_number() OVER ({partition}ORDER BY {SEQ}))"
-        elif name in ("lag", "first_value", "last_value") and name != "lag":
-            expr = (
-                f"{_sql(fn)} OVER ({partition}ORDER BY {SEQ} ROWS BETWEEN {n - 1} PRECEDING AND CURRENT ROW)"
-            )
+            expr = f"({_absolute_row_number(partition)})"
         elif name == "lag":
             expr = f"{_sql(fn)} OVER ({partition}ORDER BY {SEQ})"
-        else:
-            expr = (
-                f"{_sql(fn)} OVER ({partition}ORDER BY {SEQ} ROWS BETWEEN {n - 1} PRECEDING AND CURRENT ROW)"
-            )
+        else:  # aggregates and FIRST/LAST_VALUE see the last n rows of their key
+            expr = f"{_sql(fn)} OVER ({partition}ORDER BY {SEQ} ROWS BETWEEN {int(n) - 1} PRECEDING AND CURRENT ROW)"
         wins.append(f"{expr} AS __w{i}")
         w.replace(_col(f"__w{i}"))
     hidden = (*SYSTEM, SEQ, "__rn", "__old", *(f"__w{i}" for i in range(len(wins))))
     items = [_expand_star(i, hidden) for i in select.expressions]
     return Query(
-        shape="buffered", alias=_alias, from_sql=from_sql, where_sql=where_sql, key_sql=tuple(keys_sql or ()),
+        shape="buffered", alias=alias, from_sql=from_sql, where_sql=where_sql, key_sql=tuple(keys_sql or ()),
         key_names=(), aggregates=(), items=tuple(_sql(i) for i in items), having_sql=None,
-        order_sql=None, limit=limit, project_sql="", buffer_rows=buffer_rows,
+        order_sql=None, limit=limit, project_sql="", buffer_rows=max(sizes),
         buffer_keys=tuple(keys_sql or ()), buffered_windows=tuple(wins),
     )  # fmt: skip
+
+
+def _partition_by(keys) -> str:
+    return f"PARTITION BY {', '.join(keys)} " if keys else ""
+
+
+def _absolute_row_number(partition: str) -> str:
+    """ROW_NUMBER over a key's whole history: the first buffered row's number (``__rn``) plus the
+    row's position among the buffered and new rows."""
+    return (
+        f"coalesce(first_value(__rn) OVER ({partition}ORDER BY {SEQ}), 1) - 1 "
+        f"+ row_number() OVER ({partition}ORDER BY {SEQ})"
+    )
 
 
 # ---- generation ---------------------------------------------------------------------------------
@@ -481,8 +481,8 @@ def _buffered_sql(q: Query) -> ShapeSQL:
     union = f"SELECT * FROM __rbuf UNION ALL BY NAME {rows}"
     inner = f"SELECT *, {', '.join(q.buffered_windows)} FROM ({union})"
     project = f"SELECT {', '.join(q.items)} FROM ({inner}) AS __u WHERE NOT __old ORDER BY {SEQ}"
-    part = f"PARTITION BY {', '.join(q.buffer_keys)} " if q.buffer_keys else ""
-    rn = f"coalesce(first_value(__rn) OVER ({part}ORDER BY {SEQ}), 1) - 1 + row_number() OVER ({part}ORDER BY {SEQ})"
+    part = _partition_by(q.buffer_keys)
+    rn = _absolute_row_number(part)
     keep = (
         f"SELECT * REPLACE ({rn} AS __rn, TRUE AS __old) FROM ({union}) "
         f"QUALIFY row_number() OVER ({part}ORDER BY {SEQ} DESC) <= {q.buffer_rows}"

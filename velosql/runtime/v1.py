@@ -10,6 +10,7 @@ state lives in temporary tables of the job's connection.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -25,6 +26,7 @@ from . import running
 from .watermark import NEG_INF, WatermarkTracker, event_time_us
 
 _END = object()
+_log = logging.getLogger("velosql")
 COMPACT_MIN_ROWS = 200_000
 COMPACT_MIN_ROWS_CHANGES = 16_384
 
@@ -191,9 +193,7 @@ class V1Executor:
         with self.rejects_lock:
             self.rejects.append((self.plan.source.name, location, error, raw))
         if strategy == "LogAndContinue":
-            import logging
-
-            logging.getLogger("velosql").warning("%s: %s", location, error)
+            _log.warning("%s: %s", location, error)
 
     def _flush_rejects(self) -> None:
         with self.rejects_lock:
@@ -371,9 +371,8 @@ class V1Executor:
 
     def _compact(self) -> None:
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE __state AS {self.sql.state_update}").fetchall()
-        self.state_rows = self.compacted_rows = self.con.execute("SELECT count(*) FROM __state").fetchall()[
-            0
-        ][0]
+        (self.state_rows,) = self.con.execute("SELECT count(*) FROM __state").fetchall()[0]
+        self.compacted_rows = self.state_rows
 
     def _after_watermark(self, wm: int) -> None:
         """Emit and forget what the watermark closed."""
