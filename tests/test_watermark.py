@@ -8,8 +8,8 @@ The reference spells out what ``observe`` returns for a batch, one row at a time
   row on;
 * ``L(j)`` is the minimum over the partitions that count after row ``j`` of the largest event time
   each delivered so far (earlier batches included);
-* row 0 sees ``max(wm, L(-1) - lateness)`` (``L(-1)``: the minimum before the batch; no partition
-  counting means it sees ``wm``), row ``i > 0`` sees ``max(wm, max(L(0) … L(i-1)) - lateness)``, with
+* row ``i`` sees ``max(wm, max(L(-1) … L(i-1)) - lateness)`` (``L(-1)``: the minimum before the
+  batch; no partition counting means row 0 sees ``wm``), with
   ``wm`` the job watermark before the batch and int64 wrap-around in the subtraction;
 * after the batch every present partition is marked seen now, and the job watermark becomes
   ``max(wm, min over the active partitions - lateness, what the last row saw)``: the watermark
@@ -59,8 +59,8 @@ class Reference:
         present = set(parts)
         counted = {p: m for p, m in self.maxima.items() if p in present}
         counted.update((p, m) for p, m in self._active(now).items() if p not in present)
-        out = [self._sees(min(counted.values()) if counted else None)]
-        best = None
+        best = min(counted.values()) if counted else None
+        out = [self._sees(best)]
         for t, p in zip(et, parts):
             counted[p] = max(counted.get(p, t), t)
             low = min(counted.values())
@@ -203,6 +203,68 @@ def test_observe_matches_the_masked_formulation_even_at_infinity(scenario):
                 assert tracker.advance() == masked.advance()
             assert list(tracker.max_by_partition.items()) == list(masked.max_by_partition.items())
             assert tracker.watermark == masked.watermark
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=scenarios(), margin=st.one_of(st.integers(-60, 60), st.integers(-(2**40), 2**40)))
+def test_observe_unless_on_time_skips_only_batches_without_a_late_row(scenario, margin):
+    """The bounded path gives the exact per-row watermarks, or None only when, by those exact
+    watermarks, no row is late; the tracker's state after each batch is the reference's."""
+    lateness, idle, ops = scenario
+    tracker, ref, now = WatermarkTracker(lateness, idle), Reference(lateness, idle), [1000.0]
+
+    def late(et: list[int], wm: list[int]) -> bool:  # "late": behind the watermark by > margin
+        return any(e + margin < w for e, w in zip(et, wm))
+
+    with _clock(now):
+        for op in ops:
+            if op[0] == "batch":
+                et, parts = op[1], op[2]
+                want = ref.observe(et, parts, now[0])
+                got = tracker.observe_unless_on_time(
+                    pa.array(et, pa.int64()),
+                    pa.array(parts, pa.int32()),
+                    lambda e, bound: late(e.to_pylist(), bound.to_pylist()),
+                )
+                if got is None:
+                    assert not late(et, want)
+                else:
+                    assert got.to_pylist() == want
+            elif op[0] == "end":
+                tracker.end_partition(op[1])
+                ref.end_partition(op[1])
+            elif op[0] == "tick":
+                now[0] += op[1]
+            else:
+                assert tracker.advance() == ref.advance(now[0])
+            _check_state(tracker, ref)
+
+
+def test_the_on_time_bound_ignores_a_lower_idle_partition():
+    """An idle partition with the smallest maximum does not count, so it must not lower the bound."""
+    now = [0.0]
+    tracker = WatermarkTracker(0, idle_timeout_us=1_000_000)
+    with _clock(now):
+        tracker.observe(pa.array([0, 100], pa.int64()), pa.array([0, 1], pa.int32()))
+        now[0] = 2.0  # partition 0 is idle now: the watermark follows partition 1 alone
+
+        def could_be_late(et: pa.Array, bound: pa.Array) -> bool:
+            return any(e < w for e, w in zip(et.to_pylist(), bound.to_pylist()))
+
+        seen = tracker.observe_unless_on_time(pa.array([50], pa.int64()), pa.array([1], pa.int32()), could_be_late)
+    assert seen is not None and seen.to_pylist() == [100]
+
+
+def test_the_on_time_path_judges_rows_before_a_new_partition_exactly():
+    """Row 1 arrives behind partition 0's maximum before partition 1 has a watermark: it is late."""
+    et = pa.array([100, 10, 200, 300, 400, 500, 600, 700], pa.int64())
+    parts = pa.array([0, 1, 0, 1, 0, 1, 0, 1], pa.int32())
+    want = WatermarkTracker(0).observe(et, parts)
+    got = WatermarkTracker(0).observe_unless_on_time(
+        et, parts, lambda e, wm: any(a < b for a, b in zip(e.to_pylist(), wm.to_pylist()))
+    )
+    assert got is not None and got.to_pylist() == want.to_pylist()
+    assert want[1].as_py() == 100
 
 
 @pytest.mark.parametrize("count", [2, 3, 8, 20])

@@ -58,6 +58,7 @@ class V1Executor:
         self.emitted_rows = 0
         self.stopped_by_limit = False
         self.running = False  # EMIT CHANGES through the pyarrow running-aggregate fast path
+        self.on_time = False  # the current micro-batch has no late row (known without DuckDB)
 
     # ---- setup ----------------------------------------------------------------------------------
 
@@ -167,11 +168,16 @@ class V1Executor:
             et = event_time_us(table[col], self.plan.time.format, col)
         if observe and et.null_count:
             table, et = self._reject_null_time(table, et, col)
-        wm = (
-            self.tracker.observe(et, table[PARTITION_COL].combine_chunks())
-            if observe
-            else pa.repeat(pa.scalar(NEG_INF, pa.int64()), n)
-        )
+        wm = None
+        if observe:
+            window = self.plan.window
+            wm = self.tracker.observe_unless_on_time(
+                et, table[PARTITION_COL].combine_chunks(), lambda e, wm: _any_late(window, e, wm)
+            )
+        # No row can be late: every row may as well have seen no watermark at all.
+        self.on_time = wm is None
+        if wm is None:
+            wm = pa.repeat(pa.scalar(NEG_INF, pa.int64()), table.num_rows)
         return table.append_column("__et", et).append_column("__wm", wm)
 
     def _reject_null_time(self, table: pa.Table, et: pa.Array, col: str):
@@ -343,7 +349,7 @@ class V1Executor:
 
     def _late(self, table: pa.Table) -> bool:
         """Store the batch's late rows; False when it has none (checked without DuckDB)."""
-        if not self.plan.windowed or not _any_late(self.plan.window, table["__et"], table["__wm"]):
+        if not self.plan.windowed or self.on_time or not _any_late(self.plan.window, table["__et"], table["__wm"]):
             return False
         late = self.con.sql(self._late_select()).to_arrow_table()
         if late.num_rows:

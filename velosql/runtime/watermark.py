@@ -107,6 +107,63 @@ class WatermarkTracker:
         self.watermark = max(self.watermark, seen[n - 1].as_py())
         return seen
 
+    def observe_unless_on_time(self, et: pa.Array, partition: pa.Array, could_be_late) -> pa.Array | None:
+        """:meth:`observe`, or only record the batch and return None when no row can be late.
+
+        ``could_be_late(et, bound)`` is asked with an upper bound of the watermark each row saw:
+        the largest event time before the row (in the batch or in any known partition) minus the
+        lateness. Every partition that counts for a row has a running maximum no larger than that,
+        so when the bound shows no late row, the exact per-row watermarks are not needed; only the
+        partitions' maxima and the job watermark change. Partitions new to the tracker can lower
+        the watermark mid-batch: the rows up to the last one's first row take the exact path (a
+        batch can be split without changing what any row sees unless a partition that was idle
+        before the batch is in it), the rest this one.
+        """
+        n = len(et)
+        if n == 0 or not self._sortable(et, partition) or not self._moderate(et):
+            return self.observe(et, partition)
+        grouped = pa.table({"p": partition, "e": et}).group_by("p", use_threads=False).aggregate([("e", "max")])
+        present = dict(zip(grouped["p"].to_pylist(), grouped["e_max"].to_pylist()))
+        prior = self.max_by_partition
+        new = [p for p in present if p not in prior]
+        if new:
+            # An idle partition present in the batch counts from the batch's first row on; cut
+            # there, it would count only from the cut: split only when no such partition exists.
+            active = self._active(time.monotonic())
+            cut = max(pc.index(partition, p).as_py() for p in new) + 1
+            if cut * 4 > n or any(p in prior and p not in active for p in present):
+                return self.observe(et, partition)
+            head = self.observe(et.slice(0, cut), partition.slice(0, cut))
+            rest_et, rest_part = et.slice(cut), partition.slice(cut)
+            if could_be_late(et.slice(0, cut), head):
+                return pa.concat_arrays([head, self.observe(rest_et, rest_part)])
+            rest = self.observe_unless_on_time(rest_et, rest_part, could_be_late)
+            return None if rest is None else pa.concat_arrays([head, rest])
+        i64 = pa.int64()
+        top = max(prior.values())
+        before = pa.concat_arrays(
+            [pa.array([top], i64), pc.cumulative_max(et.slice(0, n - 1), start=pa.scalar(top, i64))]
+        )
+        bound = pc.max_element_wise(
+            pc.subtract(before, pa.scalar(self.lateness, i64)), pa.scalar(self.watermark, i64)
+        )
+        if could_be_late(et, bound):
+            return self.observe(et, partition)
+        now = time.monotonic()
+        for p, m in present.items():
+            prior[p] = max(prior[p], m)
+            self.last_seen[p] = now
+        self.advance(now)
+        return None
+
+    def _moderate(self, et: pa.Array) -> bool:
+        """Whether no ``x - lateness`` of this batch or the partitions' maxima can wrap around in
+        int64 (the exact path's arithmetic wraps; far from ±inf the two paths agree)."""
+        bounds = pc.min_max(et)
+        limit = 2**62
+        values = [bounds["min"].as_py(), bounds["max"].as_py(), *self.max_by_partition.values()]
+        return self.lateness < limit and all(-limit < v < limit for v in values)
+
     def _observe_masked(self, et, partition, now: float, active: dict, lo: int, hi: int) -> pa.Array:
         """:meth:`observe` with one masked pass per partition: for a batch of one partition (the
         common case: no masking needed), and for what :meth:`_observe_sorted` does not take (nulls,
@@ -143,8 +200,9 @@ class WatermarkTracker:
             running.append(pa.repeat(pa.scalar(min(others), pa.int64()), n))
         low = running[0] if len(running) == 1 else pc.min_element_wise(*running)
         if new_partition and len(running) > 1:
-            # A partition seen for the first time can lower the minimum; the watermark never goes back.
-            low = pc.cumulative_max(low)
+            # A partition seen for the first time can lower the minimum (even below L(-1), the
+            # minimum before the batch); the watermark never goes back.
+            low = pc.cumulative_max(low, start=pa.scalar(min(before) if before else NEG_INF, pa.int64()))
         first = pa.array([min(before) if before else POS_INF], pa.int64())
         shifted = pa.concat_arrays([first, low.slice(0, n - 1)])
         # +inf means no partition had delivered anything yet: the watermark stays where it was.
