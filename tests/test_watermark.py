@@ -251,7 +251,9 @@ def test_the_on_time_bound_ignores_a_lower_idle_partition():
         def could_be_late(et: pa.Array, bound: pa.Array) -> bool:
             return any(e < w for e, w in zip(et.to_pylist(), bound.to_pylist()))
 
-        seen = tracker.observe_unless_on_time(pa.array([50], pa.int64()), pa.array([1], pa.int32()), could_be_late)
+        seen = tracker.observe_unless_on_time(
+            pa.array([50], pa.int64()), pa.array([1], pa.int32()), could_be_late
+        )
     assert seen is not None and seen.to_pylist() == [100]
 
 

@@ -349,7 +349,11 @@ class V1Executor:
 
     def _late(self, table: pa.Table) -> bool:
         """Store the batch's late rows; False when it has none (checked without DuckDB)."""
-        if not self.plan.windowed or self.on_time or not _any_late(self.plan.window, table["__et"], table["__wm"]):
+        if (
+            not self.plan.windowed
+            or self.on_time
+            or not _any_late(self.plan.window, table["__et"], table["__wm"])
+        ):
             return False
         late = self.con.sql(self._late_select()).to_arrow_table()
         if late.num_rows:

@@ -122,7 +122,9 @@ class WatermarkTracker:
         n = len(et)
         if n == 0 or not self._sortable(et, partition) or not self._moderate(et):
             return self.observe(et, partition)
-        grouped = pa.table({"p": partition, "e": et}).group_by("p", use_threads=False).aggregate([("e", "max")])
+        grouped = (
+            pa.table({"p": partition, "e": et}).group_by("p", use_threads=False).aggregate([("e", "max")])
+        )
         present = dict(zip(grouped["p"].to_pylist(), grouped["e_max"].to_pylist()))
         prior = self.max_by_partition
         new = [p for p in present if p not in prior]
