@@ -391,9 +391,10 @@ class V1Executor:
                 return
             if not self.sql.changes:
                 self._emit(self.sql.emit.replace("$WM", str(wm)))
-            self.con.execute(self.sql.evict.replace("$WM", str(wm))).fetchall()
-            low, self.state_rows = self.con.execute("SELECT min(__ws), count(*) FROM __state").fetchall()[0]
-            self.min_open_end = None if low is None else low + self.plan.window.size_us
+            (deleted,) = self.con.execute(self.sql.evict.replace("$WM", str(wm))).fetchall()[0]
+            self.state_rows -= deleted
+            # Every window left ends after wm: the next one that can close is the first end past it.
+            self.min_open_end = _next_window_end(self.plan.window, wm) if self.state_rows else None
         elif self.plan.shape == "session":
             if wm == NEG_INF:
                 return
@@ -494,6 +495,12 @@ def _min_window_end(window, et: int) -> int:
     t = et - window.size_us
     earliest = t - ((t % a) + a) % a + a
     return earliest + window.size_us
+
+
+def _next_window_end(window, wm: int) -> int:
+    """The earliest end after ``wm`` a window can have (ends are ``size`` past a multiple of the step)."""
+    step = window.size_us if window.kind == "tumbling" else window.advance_us
+    return ((wm - window.size_us) // step + 1) * step + window.size_us
 
 
 def _first_line(exc: BaseException) -> str:
