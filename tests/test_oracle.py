@@ -360,3 +360,51 @@ def test_running_count_sum_avg_take_the_fast_path_and_match(processor, data):
         f"avg(x) {w} AS a, sum(x) {w} * 2 + count(*) {w} AS m FROM t WHERE y > -900) WHERE n > 1 ORDER BY seq",
         table)  # fmt: skip
     assert_rows_equal(got, want, ordered=True)
+
+
+@pytest.mark.parametrize("processor", PROCESSORS)
+@SETTINGS
+@given(data=streams(shuffle=False), where=st.booleans())
+def test_running_values_finished_in_arrow_match(processor, data, where):
+    """Bare keys and COUNT/SUM/AVG in any order: the change rows are finished in Arrow from the
+    key's state and the batch's running partials (rows taken straight from the batch when there
+    is no WHERE); same rows as batch SQL, NULL keys and NULL values included."""
+    table, splits, batch = data
+    cond = "WHERE y > -500 " if where else ""
+    engine = velosql.connect(processor=processor)
+    try:
+        push_split(engine, "t", table, splits)
+        job = engine.execute(
+            "CREATE STREAM o AS SELECT avg(x) AS ax, k, count(*) AS n, sum(x) AS sx, count(x) AS nx "
+            f"FROM t {cond}GROUP BY k WITH ('o.type' = 'python', max_batch_size = {batch})"
+        )
+        job.wait(60)
+        assert job.plan.sql.running_items and job.executor.running
+        assert job.executor.plain_rows is not where
+        got = [tuple(r.values()) for r in engine.pull("o").to_pylist()]
+    finally:
+        engine.close()
+    w = "OVER (PARTITION BY k ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+    want = oracle(
+        f"SELECT avg(x) {w}, k, count(*) {w}, sum(x) {w}, count(x) {w} FROM t {cond}ORDER BY seq", table
+    )
+    assert_rows_equal(got, want, ordered=True)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_running_sums_beyond_int64_fall_back_to_duckdb(split):
+    """A running sum that overflows int64 in Arrow (within a batch, or when merged with the
+    key's state) is computed by DuckDB (HUGEINT) instead."""
+    big = 2**62 - 1
+    table = pa.table({"k": ["a", "a", "a", "b"], "x": pa.array([big, big, big, 1], pa.int64())})
+    engine = velosql.connect()
+    try:
+        push_split(engine, "t", table, [2] if split else [])
+        engine.execute(
+            "CREATE STREAM o AS SELECT k, sum(x) AS sx FROM t GROUP BY k "
+            f"WITH ('o.type' = 'python', max_batch_size = {2 if split else 100})"
+        ).wait(60)
+        got = [r["sx"] for r in engine.pull("o").to_pylist()]
+    finally:
+        engine.close()
+    assert [int(v) for v in got] == [big, 2 * big, 3 * big, 1]

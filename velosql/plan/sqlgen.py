@@ -12,6 +12,8 @@ give, and ``velosql verify`` runs it over a whole input to check the streaming r
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass
 
 from sqlglot import exp
@@ -45,6 +47,7 @@ class Query:
     buffer_rows: int = 0
     buffer_keys: tuple[str, ...] = ()
     buffered_windows: tuple[str, ...] = ()
+    plain_from: bool = False  # FROM the source alone: no join, no subquery
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,13 @@ class ShapeSQL:
     changes: str = ""
     running_input: str = ""  # EMIT CHANGES fast path: keys, __seq and arguments of the batch's rows
     running_output: str = ""  # … and the change rows from their running partials (__b)
+    # … and when the change rows can be finished in Arrow: each output item as ("k", i) for key i
+    # or ("a", i) for aggregate i, the source columns of the keys and arguments when they are bare
+    # columns of the source with no WHERE (else the running input comes from running_input), and
+    # the combined state of the keys in __keys.
+    running_items: tuple[tuple[str, int], ...] = ()
+    running_columns: tuple[str, ...] = ()
+    running_state: str = ""
     state_update: str = ""
     evict: str = ""
     buffer_insert: str = ""
@@ -96,7 +106,11 @@ def analyse(select: exp.Select, source: exp.Table, window: WindowSpec | None, lo
     if group is not None or has_agg:
         if has_windows:
             raise SqlError("window functions (OVER …) cannot be combined with GROUP BY or aggregates", loc)
-        return _analyse_grouped(select, alias, from_sql, where_sql, window, loc, limit)
+        plain = (
+            not select.args.get("joins") and isinstance(from_.this, exp.Table) and from_.this.name == "__in"
+        )
+        q = _analyse_grouped(select, alias, from_sql, where_sql, window, loc, limit)
+        return dataclasses.replace(q, plain_from=plain)
     if has_windows:
         return _analyse_buffered(select, from_sql, where_sql, loc, limit, alias)
     items = [_expand_star(i, (*SYSTEM, SEQ)) for i in select.expressions]
@@ -402,7 +416,9 @@ def _aggregate_sql(q: Query, window, emit, late, late_cond) -> ShapeSQL:
     emit_sql = _final_select(q, f"SELECT {finals} FROM ({combined})")
     evict = f"DELETE FROM __state WHERE {closed}" if window else ""
     state_update = _combine_sql(q.aggregates, group_cols, "__state")
-    changes = running_input = running_output = ""
+    changes = running_input = running_output = running_state = ""
+    running_items: tuple[tuple[str, int], ...] = ()
+    running_columns: tuple[str, ...] = ()
     if emit == "changes":
         part_by = f"PARTITION BY {', '.join(key_exprs)} " if key_exprs else ""
         running = [f'{sql} AS "{name}"' for a in q.aggregates for sql, name in zip(a.partial_w, a.parts)]
@@ -430,11 +446,48 @@ def _aggregate_sql(q: Query, window, emit, late, late_cond) -> ShapeSQL:
             args = [f'{a.arg} AS "__x{i}"' for i, a in enumerate(q.aggregates) if a.arg is not None]
             running_input = f"SELECT {', '.join([*keys, SEQ, *args])} {q.from_sql} WHERE {on_time}"
             running_output = changes_over("__b")
+            running_items = _bare_items(q)
+            if running_items:
+                running_columns = _bare_columns(q)
+                running_state = (
+                    f"SELECT s.* FROM ({_combine_sql(q.aggregates, group_cols, '__state')}) s "
+                    'SEMI JOIN __keys k ON s."__k0" IS NOT DISTINCT FROM k."__k0"'
+                )
     return ShapeSQL(
         partial=partial, partial_all=partial_all, late=late, running_input=running_input,
-        running_output=running_output, emit=emit_sql, changes=changes, state_update=state_update,
+        running_output=running_output, running_items=running_items, running_columns=running_columns,
+        running_state=running_state, emit=emit_sql, changes=changes, state_update=state_update,
         evict=evict, reference=q.project_sql,
     )  # fmt: skip
+
+
+def _bare_items(q: Query) -> tuple[tuple[str, int], ...]:
+    """Each output item as ("k", i) or ("a", i) when every one is a bare key or aggregate and
+    nothing filters or orders the rows; () otherwise."""
+    if q.having_sql or q.order_sql:
+        return ()
+    out = []
+    for item in q.items:
+        node = exp.maybe_parse(item, dialect="duckdb").unalias()
+        m = re.fullmatch(r"__([ka])(\d+)", node.name) if isinstance(node, exp.Column) else None
+        if m is None or node.table:
+            return ()
+        out.append((m.group(1), int(m.group(2))))
+    return tuple(out)
+
+
+def _bare_columns(q: Query) -> tuple[str, ...]:
+    """The source columns of the keys and aggregate arguments, when all are bare columns of the
+    source alone and no WHERE applies; () otherwise."""
+    if not q.plain_from or q.where_sql != "TRUE":
+        return ()
+    names = []
+    for text in [*q.key_sql, *(a.arg for a in q.aggregates if a.arg is not None)]:
+        node = exp.maybe_parse(text, dialect="duckdb")
+        if not isinstance(node, exp.Column) or node.table not in ("", q.alias):
+            return ()
+        names.append(node.name)
+    return tuple(names)
 
 
 def _combine_sql(aggs: tuple[AggSpec, ...], group_cols: list[str], table: str, where: str = "TRUE") -> str:

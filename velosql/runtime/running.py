@@ -30,8 +30,36 @@ def supported(aggregates, schema: pa.Schema) -> bool:
     return True
 
 
-def running_partials(rows: pa.Table, aggregates) -> pa.Table:
-    """Per row (in arrival order): the key, ``__seq`` and each aggregate's running partial columns."""
+class Running:
+    """A batch's running partials, sorted by key (arrival order within a key)."""
+
+    def __init__(self, table: pa.Table, order: pa.Array, last: pa.Array) -> None:
+        self.table = table  # __k0, __seq and each aggregate's running partial columns
+        self.order = order  # row i of ``table`` is row order[i] of the batch
+        self.last = last  # the position in ``table`` of each key's last row
+
+
+def plain_rows(table: pa.Table, columns: tuple[str, ...], aggregates) -> pa.Table:
+    """What the plan's ``running_input`` selects, taken from the micro-batch without DuckDB:
+    the key, ``__seq`` and each aggregate's argument (``columns``: the key's then the arguments'
+    source columns)."""
+    names = {c.lower(): c for c in table.column_names}
+    key = table.column(names[columns[0].lower()]).combine_chunks()
+    if pa.types.is_dictionary(key.type):
+        key = key.dictionary_decode()
+    out = {"__k0": key, SEQ: table.column(SEQ)}
+    args = iter(columns[1:])
+    for i, a in enumerate(aggregates):
+        if a.arg is not None:
+            out[f"__x{i}"] = table.column(names[next(args).lower()])
+    return pa.table(out)
+
+
+def running_partials(rows: pa.Table, aggregates) -> Running:
+    """Per row: the key, ``__seq`` and each aggregate's running partial columns.
+
+    Raises ``pa.ArrowInvalid`` when a running sum overflows int64 (DuckDB's sums do not).
+    """
     n = rows.num_rows
     # NULL is a group of its own, as in GROUP BY.
     codes = pc.dictionary_encode(rows.column("__k0"), null_encoding="encode").combine_chunks().indices
@@ -43,6 +71,8 @@ def running_partials(rows: pa.Table, aggregates) -> pa.Table:
     position = _arange(n)
     first = pc.fill_null_forward(pc.if_else(starts, position, pa.scalar(None, pa.int64())))
     count_star = pc.add(pc.subtract(position, first), 1)
+    start_at = pc.indices_nonzero(starts).cast(pa.int64())
+    last = pa.concat_arrays([pc.subtract(start_at.slice(1), 1), pa.array([n - 1], pa.int64())])
 
     def running_sum(values: pa.Array) -> pa.Array:
         total = pc.cumulative_sum_checked(values)
@@ -67,4 +97,48 @@ def running_partials(rows: pa.Table, aggregates) -> pa.Table:
         columns[a.parts[0]] = total
         if a.running == "avg":
             columns[a.parts[1]] = seen
-    return pa.table(columns)
+    return Running(pa.table(columns), order, last)
+
+
+def change_rows(run: Running, aggregates, items, state_of) -> tuple[pa.Table, pa.Table] | None:
+    """The change rows (arrival order, one column per output item) and the batch's partials per
+    key (to append to the state), finished here instead of in DuckDB.
+
+    ``state_of(keys)`` returns the combined state of those keys. Each row's values are its key's
+    state merged with its running partials, then finished as the plan's final forms do: a count
+    is the merged count, a sum the merged sum (NULL while no value was seen), an average their
+    quotient. None when a state value does not fit int64 (the SQL path then takes the batch).
+    """
+    t = run.table
+    keys = t.column("__k0").combine_chunks()
+    batch = t.take(run.last).drop_columns([SEQ])
+    state = state_of(batch.select(["__k0"]))
+    try:
+        at = pc.index_in(
+            keys, value_set=state.column("__k0").combine_chunks().cast(keys.type), skip_nulls=False
+        )
+        old = {p: state.column(p).cast(pa.int64()).take(at) for a in aggregates for p in a.parts}
+        merged = {}
+        for a in aggregates:
+            count_parts = a.parts if a.running in ("count_star", "count") else a.parts[1:]
+            for p in a.parts:
+                b = t.column(p).combine_chunks()
+                if p in count_parts:
+                    merged[p] = pc.add_checked(pc.fill_null(old[p], 0), b)
+                else:
+                    merged[p] = pc.coalesce(pc.add_checked(old[p], b), old[p], b)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    finals = []
+    for a in aggregates:
+        if a.running == "avg":
+            s, c = merged[a.parts[0]], merged[a.parts[1]]
+            nonzero = pc.if_else(pc.greater(c, 0), c, pa.scalar(None, pa.int64()))
+            finals.append(pc.divide(s.cast(pa.float64()), nonzero.cast(pa.float64())))
+        else:
+            finals.append(merged[a.parts[0]])
+    # Back to arrival order: row order[i] of the batch is row i here.
+    back = pc.scatter(_arange(t.num_rows), run.order.cast(pa.int64()))
+    columns = [keys if kind == "k" else finals[i] for kind, i in items]
+    out = pa.Table.from_arrays([c.take(back) for c in columns], names=[f"__o{j}" for j in range(len(items))])
+    return out, batch

@@ -58,6 +58,7 @@ class V1Executor:
         self.emitted_rows = 0
         self.stopped_by_limit = False
         self.running = False  # EMIT CHANGES through the pyarrow running-aggregate fast path
+        self.plain_rows = False  # … taking its input rows from the batch without DuckDB
         self.on_time = False  # the current micro-batch has no late row (known without DuckDB)
 
     # ---- setup ----------------------------------------------------------------------------------
@@ -96,6 +97,11 @@ class V1Executor:
                 if sql.running_input:
                     inputs = self._exec(sql.running_input).to_arrow_table().schema
                     self.running = running.supported(plan.aggregates, inputs)
+                    if self.running and sql.running_items:
+                        self._exec(sql.running_state.replace("__keys", "(SELECT NULL AS __k0)")).fetchall()
+                    if self.running and sql.running_columns:
+                        plain = running.plain_rows(empty, sql.running_columns, plan.aggregates)
+                        self.plain_rows = running.supported(plan.aggregates, plain.schema)
             elif plan.shape == "session":
                 self._exec(f"CREATE OR REPLACE TEMP TABLE __sbuf AS {sql.buffer_insert} LIMIT 0")
                 reference = sql.reference
@@ -319,11 +325,12 @@ class V1Executor:
                 self.con.execute(f"CREATE OR REPLACE TEMP TABLE __rbuf AS {self.sql.state_update}").fetchall()
             elif shape == "aggregate":
                 late = self._late(table)
-                if self.running:
-                    self._running_changes()
-                elif self.sql.changes:
-                    self._write(self.con.sql(self.sql.changes).to_arrow_table())
-                self._insert_partials(table, late)
+                if self.running and self._running_changes(table):
+                    pass  # the change rows are out and the state has the batch's partials
+                else:
+                    if self.sql.changes:
+                        self._write(self.con.sql(self.sql.changes).to_arrow_table())
+                    self._insert_partials(table, late)
             else:
                 self._late(table)
                 self.con.execute(f"INSERT INTO __sbuf {self.sql.buffer_insert}").fetchall()
@@ -336,16 +343,51 @@ class V1Executor:
             self._after_watermark(self.tracker.watermark)
         self.metrics.busy_seconds += time.monotonic() - t0
 
-    def _running_changes(self) -> None:
-        """EMIT CHANGES of running COUNT/SUM/AVG without DuckDB's window sort (see running.py)."""
-        rows = self.con.sql(self.sql.running_input).to_arrow_table()
+    def _running_changes(self, table: pa.Table) -> bool:
+        """EMIT CHANGES of running COUNT/SUM/AVG without DuckDB's window sort (see running.py).
+
+        Returns True when the change rows were finished in Arrow and the batch's partials are in
+        the state already; False when the caller still writes the change rows (if none were
+        written here) and appends the partials.
+        """
+        sql, aggs = self.sql, self.plan.aggregates
+        if self.plain_rows:
+            rows = running.plain_rows(table, sql.running_columns, aggs)
+        else:
+            rows = self.con.sql(sql.running_input).to_arrow_table()
         if rows.num_rows == 0:
-            return
-        self.con.register("__b", running.running_partials(rows, self.plan.aggregates))
+            return True
         try:
-            self._write(self.con.sql(self.sql.running_output).to_arrow_table())
+            run = running.running_partials(rows, aggs)
+        except pa.ArrowInvalid:  # a running sum beyond int64: DuckDB's HUGEINT sums take the batch
+            return False
+        if sql.running_items:
+            result = running.change_rows(run, aggs, sql.running_items, self._state_of)
+            if result is not None:
+                out, partials = result
+                self._write(out)
+                self.con.register("__bp", partials)
+                try:
+                    (n,) = self.con.execute("INSERT INTO __state BY NAME SELECT * FROM __bp").fetchall()[0]
+                finally:
+                    self.con.unregister("__bp")
+                self._after_insert(n)
+                return True
+        self.con.register("__b", run.table)
+        try:
+            self._write(self.con.sql(sql.running_output).to_arrow_table())
         finally:
             self.con.unregister("__b")
+        self._insert_partials(table, late=False)
+        return True
+
+    def _state_of(self, keys: pa.Table) -> pa.Table:
+        """The combined state of ``keys`` (one row per key found)."""
+        self.con.register("__keys", keys)
+        try:
+            return self.con.sql(self.sql.running_state).to_arrow_table()
+        finally:
+            self.con.unregister("__keys")
 
     def _late(self, table: pa.Table) -> bool:
         """Store the batch's late rows; False when it has none (checked without DuckDB)."""
@@ -370,10 +412,13 @@ class V1Executor:
         if low is not None and low >= 0:
             partial = W.nonnegative_variant(partial, self.plan.window)
         n = self.con.execute(f"INSERT INTO __state {partial}").fetchall()[0][0]
-        self.state_rows += n
         if low is not None and n:
             end = _min_window_end(self.plan.window, low)
             self.min_open_end = end if self.min_open_end is None else min(self.min_open_end, end)
+        self._after_insert(n)
+
+    def _after_insert(self, n: int) -> None:
+        self.state_rows += n
         # EMIT CHANGES reads the (combined) state every batch, so it keeps the state smaller.
         floor = COMPACT_MIN_ROWS_CHANGES if self.sql.changes else COMPACT_MIN_ROWS
         if self.state_rows > max(floor, 4 * self.compacted_rows):
