@@ -325,9 +325,8 @@ class V1Executor:
                 self.con.execute(f"CREATE OR REPLACE TEMP TABLE __rbuf AS {self.sql.state_update}").fetchall()
             elif shape == "aggregate":
                 late = self._late(table)
-                if self.running and self._running_changes(table):
-                    pass  # the change rows are out and the state has the batch's partials
-                else:
+                # The fast path writes the change rows and appends the partials itself.
+                if not (self.running and self._running_changes(table)):
                     if self.sql.changes:
                         self._write(self.con.sql(self.sql.changes).to_arrow_table())
                     self._insert_partials(table, late)
