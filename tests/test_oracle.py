@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import velosql
+from velosql.runtime import running, v1
 from velosql.testing import push_split, run_stream
 
 PROCESSORS = ["v1", "v2:3"]
@@ -363,14 +364,21 @@ def test_running_count_sum_avg_take_the_fast_path_and_match(processor, data):
 
 
 @pytest.mark.parametrize("processor", PROCESSORS)
+@pytest.mark.parametrize("hot", ["arrow", "snapshots", "duckdb"])
 @SETTINGS
 @given(data=streams(shuffle=False), where=st.booleans())
-def test_running_values_finished_in_arrow_match(processor, data, where):
+def test_running_values_finished_in_arrow_match(processor, hot, data, where):
     """Bare keys and COUNT/SUM/AVG in any order: the change rows are finished in Arrow from the
     key's state and the batch's running partials (rows taken straight from the batch when there
-    is no WHERE); same rows as batch SQL, NULL keys and NULL values included."""
+    is no WHERE); same rows as batch SQL, NULL keys and NULL values included. The keys' state is
+    held in Arrow (snapshotted into DuckDB every batch, or at the end only) or, past a few keys,
+    read from DuckDB again."""
     table, splits, batch = data
     cond = "WHERE y > -500 " if where else ""
+    limits = {"arrow": (running.HOT_KEYS, v1.CHECKPOINT_ROWS), "snapshots": (running.HOT_KEYS, 1),
+              "duckdb": (2, 1)}[hot]  # fmt: skip
+    saved = running.HOT_KEYS, v1.CHECKPOINT_ROWS
+    running.HOT_KEYS, v1.CHECKPOINT_ROWS = limits
     engine = velosql.connect(processor=processor)
     try:
         push_split(engine, "t", table, splits)
@@ -379,16 +387,24 @@ def test_running_values_finished_in_arrow_match(processor, data, where):
             f"FROM t {cond}GROUP BY k WITH ('o.type' = 'python', max_batch_size = {batch})"
         )
         job.wait(60)
-        assert job.plan.sql.running_items and job.executor.running
-        assert job.executor.plain_rows is not where
+        ex = job.executor
+        assert job.plan.sql.running_items and ex.running
+        assert ex.plain_rows is not where
+        (keys,) = oracle(f"SELECT count(DISTINCT k) + max(CASE WHEN k IS NULL THEN 1 ELSE 0 END) FROM t {cond}",
+                         table)[0]  # fmt: skip
+        assert (ex.totals is not None) == (hot != "duckdb" or (keys or 0) <= 2)
+        # Whichever way, DuckDB's state ends with each key's totals.
+        state = ex.con.sql('SELECT "__k0", sum(__a1_c) FROM __state GROUP BY ALL').fetchall()
         got = [tuple(r.values()) for r in engine.pull("o").to_pylist()]
     finally:
+        running.HOT_KEYS, v1.CHECKPOINT_ROWS = saved
         engine.close()
     w = "OVER (PARTITION BY k ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
     want = oracle(
         f"SELECT avg(x) {w}, k, count(*) {w}, sum(x) {w}, count(x) {w} FROM t {cond}ORDER BY seq", table
     )
     assert_rows_equal(got, want, ordered=True)
+    assert_rows_equal(state, oracle(f"SELECT k, count(*) FROM t {cond}GROUP BY k", table))
 
 
 @pytest.mark.parametrize("split", [False, True])

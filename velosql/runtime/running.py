@@ -100,9 +100,17 @@ def running_partials(rows: pa.Table, aggregates) -> Running:
     return Running(pa.table(columns), order, last)
 
 
-def change_rows(run: Running, aggregates, items, state_of) -> tuple[pa.Table, pa.Table] | None:
-    """The change rows (arrival order, one column per output item) and the batch's partials per
-    key (to append to the state), finished here instead of in DuckDB.
+class Changes:
+    """What :func:`change_rows` finished for one batch."""
+
+    def __init__(self, out: pa.Table, partials: pa.Table, totals: pa.Table) -> None:
+        self.out = out  # the change rows, arrival order, one column per output item
+        self.partials = partials  # the batch's own partials per key (what the state appends)
+        self.totals = totals  # each key's merged state after the batch
+
+
+def change_rows(run: Running, aggregates, items, state_of) -> Changes | None:
+    """The batch's change rows, finished here instead of in DuckDB.
 
     ``state_of(keys)`` returns the combined state of those keys. Each row's values are its key's
     state merged with its running partials, then finished as the plan's final forms do: a count
@@ -141,4 +149,46 @@ def change_rows(run: Running, aggregates, items, state_of) -> tuple[pa.Table, pa
     back = pc.scatter(_arange(t.num_rows), run.order.cast(pa.int64()))
     columns = [keys if kind == "k" else finals[i] for kind, i in items]
     out = pa.Table.from_arrays([c.take(back) for c in columns], names=[f"__o{j}" for j in range(len(items))])
-    return out, batch
+    totals = pa.table({"__k0": keys.take(run.last), **{p: v.take(run.last) for p, v in merged.items()}})
+    return Changes(out, batch, totals)
+
+
+class Totals:
+    """Each key's combined state (``__k0`` and int64 partial columns), held in Arrow.
+
+    EMIT CHANGES reads its keys' state every batch; asking DuckDB for it costs a few milliseconds
+    per batch, more than all the rest. While there are at most :data:`HOT_KEYS` keys the state is
+    read from here instead, and DuckDB's ``__state`` is replaced by a snapshot of it now and then
+    (and before anything else reads it); beyond that the job reads DuckDB's state again.
+    """
+
+    def __init__(self, parts: list[str]) -> None:
+        self.parts = parts
+        self.table: pa.Table | None = None
+        self._rest: pa.Table | None = None
+
+    @property
+    def num_rows(self) -> int:
+        return 0 if self.table is None else self.table.num_rows
+
+    def state_of(self, keys: pa.Table) -> pa.Table:
+        """The state rows of ``keys`` (remembering the others for :meth:`update`)."""
+        want = keys.column("__k0").combine_chunks()
+        if self.table is None:
+            self._rest = None
+            empty = pa.array([], pa.int64())
+            return pa.table({"__k0": want.slice(0, 0), **{p: empty for p in self.parts}})
+        mine = pc.is_in(self.table.column("__k0"), value_set=want, skip_nulls=False)
+        self._rest = self.table.filter(pc.invert(mine))
+        return self.table.filter(mine)
+
+    def update(self, totals: pa.Table) -> None:
+        """Replace the state of the keys last asked for by their totals after the batch."""
+        if self._rest is None or self._rest.num_rows == 0:
+            self.table = totals
+        else:
+            self.table = pa.concat_tables([self._rest, totals.cast(self._rest.schema)]).combine_chunks()
+        self._rest = None
+
+
+HOT_KEYS = 65_536

@@ -10,6 +10,7 @@ state lives in temporary tables of the job's connection.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -29,6 +30,7 @@ _END = object()
 _log = logging.getLogger("velosql")
 COMPACT_MIN_ROWS = 200_000
 COMPACT_MIN_ROWS_CHANGES = 16_384
+CHECKPOINT_ROWS = 65_536  # batch partials between snapshots of Arrow-held totals into __state
 
 
 def run_job(processor, job) -> None:
@@ -60,6 +62,8 @@ class V1Executor:
         self.running = False  # EMIT CHANGES through the pyarrow running-aggregate fast path
         self.plain_rows = False  # … taking its input rows from the batch without DuckDB
         self.on_time = False  # the current micro-batch has no late row (known without DuckDB)
+        self.totals: running.Totals | None = None  # … and its keys' state held in Arrow
+        self.totals_pending = 0  # partial rows merged into ``totals`` since the last snapshot
 
     # ---- setup ----------------------------------------------------------------------------------
 
@@ -99,6 +103,7 @@ class V1Executor:
                     self.running = running.supported(plan.aggregates, inputs)
                     if self.running and sql.running_items:
                         self._exec(sql.running_state.replace("__keys", "(SELECT NULL AS __k0)")).fetchall()
+                        self.totals = running.Totals([p for a in plan.aggregates for p in a.parts])
                     if self.running and sql.running_columns:
                         plain = running.plain_rows(empty, sql.running_columns, plan.aggregates)
                         self.plain_rows = running.supported(plan.aggregates, plain.schema)
@@ -139,9 +144,8 @@ class V1Executor:
         )
 
     def _create_table(self, name: str, schema: pa.Schema) -> None:
-        self.con.register("__empty", schema.empty_table())
-        self.con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM __empty').fetchall()
-        self.con.unregister("__empty")
+        with self._registered("__empty", schema.empty_table()):
+            self.con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM __empty').fetchall()
 
     def _exec(self, sql: str):
         try:
@@ -220,11 +224,10 @@ class V1Executor:
                 "raw": [r[3] for r in rows],
             }
         )
-        self.con.register("__rejects", table)
-        self.con.execute(
-            f'INSERT INTO "{self.plan.dlq_table}" SELECT *, now()::TIMESTAMP FROM __rejects'
-        ).fetchall()
-        self.con.unregister("__rejects")
+        with self._registered("__rejects", table):
+            self.con.execute(
+                f'INSERT INTO "{self.plan.dlq_table}" SELECT *, now()::TIMESTAMP FROM __rejects'
+            ).fetchall()
         self.metrics.dead_letters += len(rows)
 
     # ---- the loop -------------------------------------------------------------------------------
@@ -315,39 +318,52 @@ class V1Executor:
         self.metrics.records_in += table.num_rows
         self.metrics.batches += 1
         table = self._internal(table)
-        self.con.register("__in", table)
         try:
-            shape = self.plan.shape
-            if shape == "project":
-                self._write(self.con.sql(self.sql.project).to_arrow_table())
-            elif shape == "buffered":
-                self._write(self.con.sql(self.sql.project).to_arrow_table())
-                self.con.execute(f"CREATE OR REPLACE TEMP TABLE __rbuf AS {self.sql.state_update}").fetchall()
-            elif shape == "aggregate":
-                late = self._late(table)
-                # The fast path writes the change rows and appends the partials itself.
-                if not (self.running and self._running_changes(table)):
-                    if self.sql.changes:
-                        self._write(self.con.sql(self.sql.changes).to_arrow_table())
-                    self._insert_partials(table, late)
-            else:
-                self._late(table)
-                self.con.execute(f"INSERT INTO __sbuf {self.sql.buffer_insert}").fetchall()
+            # EMIT CHANGES from the batch's own columns: DuckDB need not scan the batch at all.
+            if not (self.plain_rows and self._running_changes(table)):
+                with self._registered("__in", table):
+                    self._process_sql(table)
         except duckdb.Error as exc:
             raise JobError(f"job {self.plan.name!r}: {_first_line(exc)}") from None
-        finally:
-            self.con.unregister("__in")
         if self.plan.windowed:
             self.metrics.watermark = self.tracker.watermark
             self._after_watermark(self.tracker.watermark)
         self.metrics.busy_seconds += time.monotonic() - t0
 
+    def _process_sql(self, table: pa.Table) -> None:
+        """The micro-batch's statements, with the batch registered as ``__in``."""
+        shape = self.plan.shape
+        if shape == "project":
+            self._write(self.con.sql(self.sql.project).to_arrow_table())
+        elif shape == "buffered":
+            self._write(self.con.sql(self.sql.project).to_arrow_table())
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE __rbuf AS {self.sql.state_update}").fetchall()
+        elif shape == "aggregate":
+            late = self._late(table)
+            # The fast path writes the change rows and appends the partials itself (plain rows
+            # tried it before registering the batch: here they take the SQL path).
+            if not (self.running and not self.plain_rows and self._running_changes(table)):
+                if self.sql.changes:
+                    self._write(self.con.sql(self.sql.changes).to_arrow_table())
+                self._insert_partials(table, late)
+        else:
+            self._late(table)
+            self.con.execute(f"INSERT INTO __sbuf {self.sql.buffer_insert}").fetchall()
+
+    @contextlib.contextmanager
+    def _registered(self, name: str, table: pa.Table):
+        self.con.register(name, table)
+        try:
+            yield
+        finally:
+            self.con.unregister(name)
+
     def _running_changes(self, table: pa.Table) -> bool:
         """EMIT CHANGES of running COUNT/SUM/AVG without DuckDB's window sort (see running.py).
 
-        Returns True when the change rows were finished in Arrow and the batch's partials are in
-        the state already; False when the caller still writes the change rows (if none were
-        written here) and appends the partials.
+        Returns True when the change rows were written and the batch's partials are in the
+        state; False when the caller still writes the change rows and appends the partials
+        with SQL (which then read DuckDB's state: the Arrow-held totals are given up).
         """
         sql, aggs = self.sql, self.plan.aggregates
         if self.plain_rows:
@@ -359,34 +375,60 @@ class V1Executor:
         try:
             run = running.running_partials(rows, aggs)
         except pa.ArrowInvalid:  # a running sum beyond int64: DuckDB's HUGEINT sums take the batch
+            self._drop_totals()
             return False
         if sql.running_items:
-            result = running.change_rows(run, aggs, sql.running_items, self._state_of)
-            if result is not None:
-                out, partials = result
-                self._write(out)
-                self.con.register("__bp", partials)
-                try:
+            totals = self.totals
+            changes = running.change_rows(
+                run, aggs, sql.running_items, totals.state_of if totals is not None else self._state_of
+            )
+            if changes is None:
+                self._drop_totals()
+                return False
+            self._write(changes.out)
+            if totals is not None:
+                totals.update(changes.totals)
+                self._after_totals(changes.partials.num_rows)
+            else:
+                with self._registered("__bp", changes.partials):
                     (n,) = self.con.execute("INSERT INTO __state BY NAME SELECT * FROM __bp").fetchall()[0]
-                finally:
-                    self.con.unregister("__bp")
                 self._after_insert(n)
-                return True
-        self.con.register("__b", run.table)
-        try:
+            return True
+        with self._registered("__b", run.table):
             self._write(self.con.sql(sql.running_output).to_arrow_table())
-        finally:
-            self.con.unregister("__b")
         self._insert_partials(table, late=False)
         return True
 
+    def _after_totals(self, merged: int) -> None:
+        """Snapshot the Arrow-held totals into ``__state`` now and then; give them up when there
+        are too many keys to look up in Arrow every batch."""
+        self.totals_pending += merged
+        if self.totals.num_rows > running.HOT_KEYS:
+            self._drop_totals()
+        elif self.totals_pending >= max(CHECKPOINT_ROWS, self.totals.num_rows):
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Replace ``__state`` by the Arrow-held totals (one row per key)."""
+        self.totals_pending = 0
+        self.con.execute("DELETE FROM __state").fetchall()
+        if self.totals.table is None:
+            n = 0
+        else:
+            with self._registered("__totals", self.totals.table):
+                (n,) = self.con.execute("INSERT INTO __state BY NAME SELECT * FROM __totals").fetchall()[0]
+        self.state_rows = self.compacted_rows = n
+
+    def _drop_totals(self) -> None:
+        """From here on the state is read from DuckDB (after it receives the totals)."""
+        if self.totals is not None:
+            self._checkpoint()
+            self.totals = None
+
     def _state_of(self, keys: pa.Table) -> pa.Table:
         """The combined state of ``keys`` (one row per key found)."""
-        self.con.register("__keys", keys)
-        try:
+        with self._registered("__keys", keys):
             return self.con.sql(self.sql.running_state).to_arrow_table()
-        finally:
-            self.con.unregister("__keys")
 
     def _late(self, table: pa.Table) -> bool:
         """Store the batch's late rows; False when it has none (checked without DuckDB)."""
@@ -400,9 +442,8 @@ class V1Executor:
         if late.num_rows:
             self.metrics.late_rows += late.num_rows
             if self.opts.get("late.data.strategy") != "drop":
-                self.con.register("__late", late)
-                self.con.execute(f'INSERT INTO "{self.plan.late_table}" SELECT * FROM __late').fetchall()
-                self.con.unregister("__late")
+                with self._registered("__late", late):
+                    self.con.execute(f'INSERT INTO "{self.plan.late_table}" SELECT * FROM __late').fetchall()
         return True
 
     def _insert_partials(self, table: pa.Table, late: bool = True) -> None:
@@ -451,6 +492,8 @@ class V1Executor:
         """End of input (or stop): the final watermark closes every window and group."""
         wm = self.tracker.finish()
         self.metrics.watermark = wm
+        if self.totals is not None:
+            self._checkpoint()
         if self.plan.shape == "aggregate":
             if self.plan.window is None:
                 if not self.sql.changes:
