@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import types
 
+import psutil
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -220,7 +221,7 @@ def test_usable_cpus_uses_affinity_mask(monkeypatch):
         def cpu_affinity(self):
             return [0, 2, 5]
 
-    monkeypatch.setattr(config.psutil, "Process", Process)
+    monkeypatch.setattr(psutil, "Process", Process)
     assert usable_cpus() == 3
 
 
@@ -228,7 +229,7 @@ def test_usable_cpus_falls_back_to_cpu_count(monkeypatch):
     class Process:  # like psutil on macOS: no cpu_affinity at all
         pass
 
-    monkeypatch.setattr(config.psutil, "Process", Process)
+    monkeypatch.setattr(psutil, "Process", Process)
     monkeypatch.setattr(config.os, "cpu_count", lambda: 12)
     assert usable_cpus() == 12
     monkeypatch.setattr(config.os, "cpu_count", lambda: None)

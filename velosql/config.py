@@ -20,9 +20,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
-import psutil
-import yaml
-
 from .errors import ConfigError, InvalidPartitionCountError, UnknownProcessorError
 
 __all__ = [
@@ -58,6 +55,8 @@ def usable_cpus() -> int:
     ``taskset`` limit is respected; otherwise ``os.cpu_count()``.
     """
     try:
+        import psutil  # here: importing it costs more than a short job's planning
+
         count = len(psutil.Process().cpu_affinity())
     except (AttributeError, NotImplementedError, OSError, psutil.Error):
         # macOS has no cpu_affinity; some sandboxes refuse the call.
@@ -308,6 +307,8 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    import yaml  # only when there is a config file
+
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:

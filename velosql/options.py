@@ -251,6 +251,14 @@ OPTIONS: tuple[Option, ...] = (
         ("dead_letter", "drop"),
     ),
     _job(
+        "scan_pushdown",
+        "bool",
+        True,
+        "A GROUP BY without a window that emits FINAL over bounded `file_source` files lets "
+        "DuckDB's own CSV/Parquet reader compute the partial aggregates on all cores (same "
+        "result and dead letters as reading record by record); `false` reads record by record.",
+    ),
+    _job(
         "mode",
         "str",
         None,

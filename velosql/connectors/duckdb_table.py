@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import duckdb
 import pyarrow as pa
 
-from .base import PartitionEnd, Sink, Source, SourceContext, with_system_columns
+from .base import PartitionEnd, Sink, Source, SourceContext, empty_table, with_system_columns
 
 
 def quote(name: str) -> str:
@@ -24,7 +24,7 @@ class DuckDBTableSink(Sink):
         self.name, self.con, self.table, self.key = name, con, table, tuple(key)
 
     def open(self, schema: pa.Schema) -> None:
-        empty = schema.empty_table()
+        empty = empty_table(schema)
         self.con.register("__sink_empty", empty)
         self.con.execute(
             f"CREATE OR REPLACE TABLE {quote(self.table)} AS SELECT * FROM __sink_empty"

@@ -8,7 +8,6 @@ import re
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ..errors import DataError, OptionError
 from .base import Sink
@@ -223,6 +222,8 @@ def _string_bytes(arr: pa.Array) -> pa.Buffer:
 class _ParquetWriter(_Writer):
     def __init__(self, path: str, schema: pa.Schema, compression: str | None) -> None:
         self.schema = schema
+        import pyarrow.parquet as pq  # here: most jobs write no Parquet
+
         self.writer = pq.ParquetWriter(path, schema, compression=compression or "none")
 
     def write(self, table: pa.Table) -> None:

@@ -10,10 +10,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..errors import DataError, OptionError
-from .base import SYSTEM_COLUMNS, PartitionEnd, Source, SourceContext, with_system_columns
+from .base import SYSTEM_COLUMNS, PartitionEnd, Source, SourceContext, system_schema, with_system_columns
 from .files_formats import (
     BadLine,
     BlockError,
@@ -67,6 +66,20 @@ class _File:
     offset: int = 0  # records consumed, decoded or rejected: the next record's _offset
     done: bool = False  # Parquet: read completely
     failed_size: int = -1  # Parquet, watched: file size when it last failed to open
+
+
+@dataclass
+class ScanSpec:
+    """A bounded file source as DuckDB's ``read_csv``/``read_parquet`` would read it."""
+
+    fmt: str  # "csv" | "parquet"
+    paths: list[str]
+    schema: pa.Schema  # the user columns, as the source decodes them
+    delimiter: str
+    quote: str | None
+    escape: str | None
+    header: bool
+    skip: int
 
 
 class _Batches:
@@ -189,7 +202,7 @@ class FileSource(Source):
             self._decoder.fix(user)
         self._user = user
         decoded = self._decoder.decoded_schema(user) if self._decoder is not None else user
-        self._schema = with_system_columns(_empty(decoded), 0, 0).schema
+        self._schema = system_schema(decoded)
         self._batches = _Batches(self._batch_size)
         self._remaining = self._max_records
         self._exhausted = self._max_records == 0
@@ -242,6 +255,24 @@ class FileSource(Source):
             if not progressed:
                 yield None
                 stop.wait(self._poll_s)
+
+    def scan_spec(self) -> ScanSpec | None:
+        """What DuckDB's own reader needs to read exactly these files (see runtime/pushdown.py);
+        None when the source is not a plain bounded read (watching, ``max_records``, JSON lines)."""
+        if self._watch or self._max_records is not None or self._format == "jsonl":
+            return None
+        if self._format == "parquet" and self._schema_text:
+            return None  # the reader would cast to the declared types: pyarrow's casts, not DuckDB's
+        return ScanSpec(
+            fmt="parquet" if self._format == "parquet" else "csv",
+            paths=[f.path for f in self._files],
+            schema=self._user,
+            delimiter=self._delimiter,
+            quote=self._quote,
+            escape=self._escape,
+            header=self._has_headers,
+            skip=self._skip_lines,
+        )
 
     def describe(self) -> str:
         """E.g. ``file_source csv data/*.csv (3 files), watching every 0.5s``."""
@@ -318,6 +349,8 @@ class FileSource(Source):
             return schema_from_sql(self._schema_text, f"{self.name}.schema")
         if self._format == "parquet":
             try:
+                import pyarrow.parquet as pq  # here: most sources read no Parquet
+
                 return pq.read_schema(self._files[0].path).remove_metadata()
             except (OSError, pa.ArrowInvalid) as exc:
                 raise DataError(f"{self._files[0].path}: cannot read the Parquet file: {exc}") from None
@@ -525,6 +558,8 @@ class FileSource(Source):
         if f.done:
             return
         try:
+            import pyarrow.parquet as pq
+
             pf = pq.ParquetFile(f.path)
         except (OSError, pa.ArrowInvalid) as exc:
             size = os.path.getsize(f.path) if os.path.exists(f.path) else -1
@@ -582,9 +617,3 @@ def _after_last_newline(view: memoryview, n: int) -> int:
             return lo + found + 1
         hi = lo
     return 0
-
-
-def _empty(schema: pa.Schema) -> pa.RecordBatch:
-    # pa.nulls: converting a Python list (pa.array([])) imports pandas through pyarrow's conversion
-    # shim, about 0.15 s of a short job.
-    return pa.RecordBatch.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)

@@ -24,6 +24,12 @@ def _options(values: dict, scope: str) -> str:
     return ", ".join(parts)
 
 
+def _pushdown_eligible(plan: StreamPlan) -> bool:
+    from ..runtime.pushdown import eligible
+
+    return eligible(plan)
+
+
 def explain_text(plan: StreamPlan, processor, job=None) -> str:
     """The plan of one streaming statement; with a running ``job``, its metrics too (ANALYZE)."""
     lines = [f"{plan.kind.upper()} {plan.name}  ({plan.location})"]
@@ -41,6 +47,12 @@ def explain_text(plan: StreamPlan, processor, job=None) -> str:
         )
         lines.append(f"  late rows:   counted and kept in {plan.late_table}")
     lines.append(f"  shape:       {plan.shape}")
+    if (src.type or "file_source") == "file_source" and _pushdown_eligible(plan):
+        lines.append(
+            "  scan:        scan pushdown: when the files are bounded and their column types allow, "
+            "DuckDB's reader computes the partial aggregates on all cores (scan_pushdown = false: "
+            "record by record)"
+        )
     if plan.group_keys:
         lines.append(f"  group keys:  {', '.join(plan.group_keys)}")
     if plan.window is not None:

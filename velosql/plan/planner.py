@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-import yaml
 from sqlglot import exp
 
 from .. import options as opts
@@ -203,6 +202,8 @@ def _load_config_file(scoped: dict, stmt: CreateStream) -> dict:
     value, key, loc = scoped["config_file"]
     base = os.path.dirname(stmt.location.file) if stmt.location.file else os.getcwd()
     path = os.path.join(base, str(value))
+    import yaml  # only when there is a config file
+
     try:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh) or {}

@@ -20,10 +20,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..connectors.base import OFFSET_COL, PARTITION_COL, PartitionEnd, SourceContext, _arange
+from ..connectors.base import OFFSET_COL, PARTITION_COL, PartitionEnd, SourceContext, _arange, empty_table
 from ..errors import DataError, JobError, SqlError
 from ..plan import windows as W
-from . import running
+from . import pushdown, running
 from .watermark import NEG_INF, WatermarkTracker, event_time_us
 
 _END = object()
@@ -64,6 +64,7 @@ class V1Executor:
         self.on_time = False  # the current micro-batch has no late row (known without DuckDB)
         self.totals: running.Totals | None = None  # … and its keys' state held in Arrow
         self.totals_pending = 0  # partial rows merged into ``totals`` since the last snapshot
+        self.scan: pushdown.Scan | None = None  # DuckDB's reader computes the partials (pushdown.py)
 
     # ---- setup ----------------------------------------------------------------------------------
 
@@ -83,13 +84,14 @@ class V1Executor:
             self.sinks = self.job.engine._make_sinks(plan, self.con)
             for sink in self.sinks:
                 sink.open(self.out_schema)
+            self.scan = pushdown.prepare(plan, self.source)
         except BaseException:
             self.source.close()
             raise
 
     def _bind(self) -> None:
         plan, sql = self.plan, self.sql
-        empty = self._internal(self.source.schema.empty_table(), observe=False)
+        empty = self._internal(empty_table(self.source.schema), observe=False)
         self.con.register("__in", empty)
         try:
             if plan.shape == "aggregate":
@@ -144,7 +146,7 @@ class V1Executor:
         )
 
     def _create_table(self, name: str, schema: pa.Schema) -> None:
-        with self._registered("__empty", schema.empty_table()):
+        with self._registered("__empty", empty_table(schema)):
             self.con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM __empty').fetchall()
 
     def _exec(self, sql: str):
@@ -158,6 +160,9 @@ class V1Executor:
     def _internal(self, table: pa.Table, observe: bool = True) -> pa.Table:
         """Add ``__seq`` and, for windowed plans, ``__et`` and ``__wm`` to a micro-batch."""
         n = table.num_rows
+        if n == 0 and not self.plan.windowed:
+            # Binding: no Python value reaches pyarrow (its first conversion imports pandas).
+            return table.append_column("__seq", pa.nulls(0, pa.int64()))
         table = table.append_column("__seq", pc.add(_arange(n), pa.scalar(self.seq, pa.int64())))
         self.seq += n
         if not self.plan.windowed:
@@ -233,6 +238,12 @@ class V1Executor:
     # ---- the loop -------------------------------------------------------------------------------
 
     def run(self) -> None:
+        if self.scan is not None:
+            try:
+                self._run_scan()
+            finally:
+                self._close()
+            return
         q: queue.Queue = queue.Queue(maxsize=4)
         abort = threading.Event()
         reader = threading.Thread(target=self._read, args=(q, abort), daemon=True, name="velosql-reader")
@@ -287,12 +298,37 @@ class V1Executor:
                 self.job.limit_reached = True
                 self.job.stop_event.set()
             reader.join(timeout=5)
-            for sink in getattr(self, "sinks", []):
-                try:
-                    sink.close()
-                except Exception:  # noqa: BLE001 - first error wins; closing the rest matters more
-                    pass
-            self.source.close()
+            self._close()
+
+    def _close(self) -> None:
+        for sink in getattr(self, "sinks", []):
+            try:
+                sink.close()
+            except Exception:  # noqa: BLE001 - first error wins; closing the rest matters more
+                pass
+        if self.scan is not None:
+            self.scan.close()
+        self.source.close()
+
+    def _run_scan(self) -> None:
+        """The whole bounded input through DuckDB's reader, then the usual end of input."""
+        t0 = time.monotonic()
+        try:
+            result = self.scan.run(self.job.stop_event)
+        except duckdb.Error as exc:
+            raise JobError(f"job {self.plan.name!r}: {_first_line(exc)}") from None
+        for location, error, raw in self.scan.rejects():
+            self._reject(location, error, raw)
+        self._flush_rejects()
+        if result is not None:
+            partials, rows = result
+            self.metrics.records_in += rows
+            self.metrics.batches += 1
+            with self._registered("__partials", partials):
+                (n,) = self.con.execute("INSERT INTO __state BY NAME SELECT * FROM __partials").fetchall()[0]
+            self._after_insert(n)
+        self.metrics.busy_seconds += time.monotonic() - t0
+        self._finish()
 
     def _read(self, q: queue.Queue, abort: threading.Event) -> None:
         def put(item) -> bool:

@@ -51,7 +51,7 @@ def event_time_us(column: pa.ChunkedArray | pa.Array, fmt: str | None, name: str
     raise DataError(f"column {name!r} of type {t} cannot be an event time")
 
 
-_REVERSED: list = [pa.array([], pa.int64())]
+_REVERSED: list = [pa.nulls(0, pa.int64())]
 
 
 def _reversed_range(n: int) -> pa.Array:
