@@ -114,6 +114,16 @@ def prepare(plan, source) -> Scan | None:
         con.execute("SET enable_profiling = 'no_output'")
         con.execute(f"CREATE TEMP VIEW __in AS {table}")
         con.execute(f"SELECT * FROM ({plan.sql.partial_all}) LIMIT 0").fetchall()
+        if spec.fmt == "csv":
+            # Every field must be converted, as the file source converts it, even where the query
+            # does not use it: a record with a bad value is a dead letter either way. DuckDB
+            # leaves out the columns a query does not read, but not those a filter it cannot fold
+            # reads (hashing every column would cost ~15% of 1BRC: only the unread ones are).
+            read = _columns_read(con, plan.sql.partial_all)
+            unread = [n for n in spec.schema.names if read is None or n not in read]
+            if unread:
+                touch = f"hash({', '.join(_ident(n) for n in unread)}) IS NOT NULL"
+                con.execute(f"CREATE OR REPLACE TEMP VIEW __in AS {table} WHERE {touch}")
     except duckdb.Error:
         con.close()
         return None
@@ -139,11 +149,7 @@ def _table_sql(con: duckdb.DuckDBPyConnection, spec: ScanSpec) -> str | None:
     return (
         f"SELECT {names} FROM read_csv({paths}, columns = {columns}, delim = {_lit(spec.delimiter)}, "
         f"quote = {_lit(quote)}, escape = {_lit(escape)}, header = {str(spec.header).lower()}, "
-        f"skip = {spec.skip}, auto_detect = false, allow_quoted_nulls = false, store_rejects = true) "
-        # Every field must be converted, as the file source converts it, even where the query
-        # does not use it: a record with a bad value is a dead letter either way. DuckDB leaves
-        # out the columns a query does not read, but not one a filter it cannot fold reads.
-        f"WHERE hash({names}) IS NOT NULL"
+        f"skip = {spec.skip}, auto_detect = false, allow_quoted_nulls = false, store_rejects = true)"
     )
 
 
@@ -153,6 +159,20 @@ def _duckdb_types(con: duckdb.DuckDBPyConnection, schema: pa.Schema) -> dict[str
         return {row[0]: row[1] for row in con.execute("DESCRIBE __schema").fetchall()}
     finally:
         con.unregister("__schema")
+
+
+def _columns_read(con: duckdb.DuckDBPyConnection, query: str) -> set[str] | None:
+    """The columns DuckDB's plan for ``query`` has the CSV reader produce (None: not found)."""
+    plan = json.loads(con.execute(f"EXPLAIN (FORMAT json) {query}").fetchall()[0][1])
+    stack = list(plan if isinstance(plan, list) else [plan])
+    while stack:
+        node = stack.pop()
+        info = node.get("extra_info") or {}
+        if isinstance(info, dict) and info.get("Function") == "READ_CSV":
+            columns = info.get("Projections", "")
+            return set(columns if isinstance(columns, list) else [columns] if columns else [])
+        stack.extend(node.get("children") or [])
+    return None
 
 
 def _rows_scanned(con: duckdb.DuckDBPyConnection) -> int:
