@@ -70,6 +70,11 @@ class ShapeSQL:
     running_columns: tuple[str, ...] = ()
     running_state: str = ""
     state_update: str = ""
+    # The partial aggregate as pyarrow can compute it (runtime/arrow_partials.py), when every key
+    # and argument is a bare source column, no WHERE applies and each partial form is COUNT(*),
+    # COUNT, SUM, MIN or MAX: the key columns, and (part column, function, argument column or
+    # None) per partial column. None otherwise.
+    arrow_partial: tuple[tuple[str, ...], tuple[tuple[str, str, str | None], ...]] | None = None
     evict: str = ""
     buffer_insert: str = ""
     session_emit: str = ""
@@ -453,11 +458,14 @@ def _aggregate_sql(q: Query, window, emit, late, late_cond) -> ShapeSQL:
                     f"SELECT s.* FROM ({_combine_sql(q.aggregates, group_cols, '__state')}) s "
                     'SEMI JOIN __keys k ON s."__k0" IS NOT DISTINCT FROM k."__k0"'
                 )
+    # Windowed partials are left to DuckDB: grouping on the window start as well, pyarrow was no
+    # faster (Q_tumble 9.2M vs 9.4M rows/s).
+    arrow = _arrow_partial(q) if window is None else None
     return ShapeSQL(
         partial=partial, partial_all=partial_all, late=late, running_input=running_input,
         running_output=running_output, running_items=running_items, running_columns=running_columns,
         running_state=running_state, emit=emit_sql, changes=changes, state_update=state_update,
-        evict=evict, reference=q.project_sql,
+        arrow_partial=arrow, evict=evict, reference=q.project_sql,
     )  # fmt: skip
 
 
@@ -474,6 +482,36 @@ def _bare_items(q: Query) -> tuple[tuple[str, int], ...]:
             return ()
         out.append((m.group(1), int(m.group(2))))
     return tuple(out)
+
+
+_ARROW_FUNCTIONS = {exp.Count: "count", exp.Sum: "sum", exp.Min: "min", exp.Max: "max"}
+
+
+def _arrow_partial(q: Query):
+    """See ``ShapeSQL.arrow_partial``."""
+    if not q.plain_from or q.where_sql != "TRUE" or not q.key_sql:
+        return None
+    keys = []
+    for text in q.key_sql:
+        node = exp.maybe_parse(text, dialect="duckdb")
+        if not isinstance(node, exp.Column) or node.table not in ("", q.alias) or node.name in keys:
+            return None
+        keys.append(node.name)
+    parts = []
+    for a in q.aggregates:
+        if a.pre:
+            return None
+        for text, part in zip(a.partial, a.parts):
+            node = exp.maybe_parse(text, dialect="duckdb")
+            fn = _ARROW_FUNCTIONS.get(type(node))
+            arg = node.this if fn else None
+            if isinstance(arg, exp.Star) and fn == "count":
+                parts.append((part, "count_all", None))
+            elif isinstance(arg, exp.Column) and arg.table in ("", q.alias) and not node.args.get("distinct"):
+                parts.append((part, fn, arg.name))
+            else:
+                return None
+    return tuple(keys), tuple(parts)
 
 
 def _bare_columns(q: Query) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ from ..connectors.base import OFFSET_COL, PARTITION_COL, PartitionEnd, SourceCon
 from ..errors import DataError, JobError, SqlError
 from ..plan import windows as W
 from . import pushdown, running
+from .arrow_partials import ArrowPartials
 from .watermark import NEG_INF, WatermarkTracker, event_time_us
 
 _END = object()
@@ -65,6 +66,7 @@ class V1Executor:
         self.totals: running.Totals | None = None  # … and its keys' state held in Arrow
         self.totals_pending = 0  # partial rows merged into ``totals`` since the last snapshot
         self.scan: pushdown.Scan | None = None  # DuckDB's reader computes the partials (pushdown.py)
+        self.arrow: ArrowPartials | None = None  # pyarrow computes a micro-batch's partials
 
     # ---- setup ----------------------------------------------------------------------------------
 
@@ -96,6 +98,8 @@ class V1Executor:
         try:
             if plan.shape == "aggregate":
                 self._exec(f"CREATE OR REPLACE TEMP TABLE __state AS {sql.partial} LIMIT 0")
+                if not sql.changes:
+                    self.arrow = ArrowPartials.build(sql.arrow_partial, empty.schema)
                 reference = sql.reference
                 self._exec(sql.emit.replace("$WM", "0")).fetchall()
                 if sql.changes:
@@ -487,7 +491,12 @@ class V1Executor:
         low = pc.min(table["__et"]).as_py() if self.plan.window is not None else None
         if low is not None and low >= 0:
             partial = W.nonnegative_variant(partial, self.plan.window)
-        n = self.con.execute(f"INSERT INTO __state {partial}").fetchall()[0][0]
+        rows = self.arrow.compute(table) if self.arrow is not None and not late else None
+        if rows is not None:
+            with self._registered("__partials", rows):
+                n = self.con.execute("INSERT INTO __state BY NAME SELECT * FROM __partials").fetchall()[0][0]
+        else:
+            n = self.con.execute(f"INSERT INTO __state {partial}").fetchall()[0][0]
         if low is not None and n:
             end = _min_window_end(self.plan.window, low)
             self.min_open_end = end if self.min_open_end is None else min(self.min_open_end, end)
