@@ -206,14 +206,16 @@ def test_observe_matches_the_masked_formulation_even_at_infinity(scenario):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenario=scenarios(), margin=st.one_of(st.integers(-60, 60), st.integers(-(2**40), 2**40)))
+@given(scenario=scenarios(), margin=st.one_of(st.integers(0, 60), st.integers(0, 2**40)))
 def test_observe_unless_on_time_skips_only_batches_without_a_late_row(scenario, margin):
     """The bounded path gives the exact per-row watermarks, or None only when, by those exact
     watermarks, no row is late; the tracker's state after each batch is the reference's."""
     lateness, idle, ops = scenario
     tracker, ref, now = WatermarkTracker(lateness, idle), Reference(lateness, idle), [1000.0]
 
-    def late(et: list[int], wm: list[int]) -> bool:  # "late": behind the watermark by > margin
+    # "late": behind the watermark by more than margin >= 0 (a row not behind it is never late,
+    # as a row's windows end after it)
+    def late(et: list[int], wm: list[int]) -> bool:
         return any(e + margin < w for e, w in zip(et, wm))
 
     with _clock(now):

@@ -112,7 +112,9 @@ class WatermarkTracker:
 
         ``could_be_late(et, bound)`` is asked with an upper bound of the watermark each row saw:
         the largest event time before the row (in the batch or in any known partition) minus the
-        lateness. Every partition that counts for a row has a running maximum no larger than that,
+        lateness. It must be False for rows not behind their bound (``et >= bound``), as a row
+        whose windows all end after it is never late; batches with no row behind the bound are
+        recognised without asking. Every partition that counts for a row has a running maximum no larger than that,
         so when the bound shows no late row, the exact per-row watermarks are not needed; only the
         partitions' maxima and the job watermark change. Partitions new to the tracker can lower
         the watermark mid-batch: the rows up to the last one's first row take the exact path (a
@@ -142,15 +144,20 @@ class WatermarkTracker:
             rest = self.observe_unless_on_time(rest_et, rest_part, could_be_late)
             return None if rest is None else pa.concat_arrays([head, rest])
         i64 = pa.int64()
-        top = max(prior.values())
-        before = pa.concat_arrays(
-            [pa.array([top], i64), pc.cumulative_max(et.slice(0, n - 1), start=pa.scalar(top, i64))]
-        )
-        bound = pc.max_element_wise(
-            pc.subtract(before, pa.scalar(self.lateness, i64)), pa.scalar(self.watermark, i64)
-        )
-        if could_be_late(et, bound):
-            return self.observe(et, partition)
+        top = pa.scalar(max(prior.values()), i64)
+        # Row i can only be late when it is behind its bound (its windows end after it). With
+        # the running maximum including the row itself (which cannot put the row behind), that
+        # is: the batch reaches below the job watermark, or some row trails the running maximum
+        # by more than the lateness. Usually neither holds: three kernels, no per-row bound.
+        running = pc.cumulative_max(et, start=top)
+        behind = pc.max(pc.subtract(running, et)).as_py()
+        if behind > self.lateness or pc.min(et).as_py() < self.watermark:
+            before = pa.concat_arrays([pa.array([top.as_py()], i64), running.slice(0, n - 1)])
+            bound = pc.max_element_wise(
+                pc.subtract(before, pa.scalar(self.lateness, i64)), pa.scalar(self.watermark, i64)
+            )
+            if could_be_late(et, bound):
+                return self.observe(et, partition)
         now = time.monotonic()
         for p, m in present.items():
             prior[p] = max(prior[p], m)
