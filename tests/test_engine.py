@@ -342,3 +342,26 @@ def test_windows_before_1970_use_floor_not_truncation(engine):
     ).wait(30)
     got = sorted(engine.sql("SELECT ws, n FROM w").fetchall())
     assert got == [(dt.datetime(1969, 12, 31, 23, 58), 1), (dt.datetime(1969, 12, 31, 23, 59), 1), (BASE, 1)]
+
+
+def test_reader_queue_is_bounded_by_rows_not_items():
+    """The reader runs up to one micro-batch ahead of the job thread, never more."""
+    import queue
+
+    from velosql.runtime.v1 import RowQueue
+
+    def batch(n: int) -> pa.RecordBatch:
+        return pa.RecordBatch.from_arrays([pa.nulls(n, pa.int64())], names=["x"])
+
+    q = RowQueue(limit=100)
+    q.put(batch(500), timeout=0)  # an empty queue takes any batch, however large
+    with pytest.raises(queue.Full):
+        q.put(batch(1), timeout=0)
+    assert q.get(timeout=0).num_rows == 500
+    for _ in range(10):
+        q.put(batch(10), timeout=0)  # 100 rows: full now
+    with pytest.raises(queue.Full):
+        q.put(batch(10), timeout=0)
+    assert [q.get(timeout=0).num_rows for _ in range(10)] == [10] * 10
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0)
