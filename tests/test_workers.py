@@ -1,0 +1,288 @@
+"""The V2 worker pool: real spawned processes and real DuckDB; waits are on events, never sleeps."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from multiprocessing.connection import wait
+
+import psutil
+import pyarrow as pa
+import pytest
+
+from velosql.errors import ConfigError, InvalidPartitionCountError, JobError, WorkerError
+from velosql.runtime.workers import Batch, Marker, Query, Setup, WorkerPool
+
+DEADLINE = 20.0  # seconds; generous for a loaded CI machine, and only reached on failure
+# Runs for minutes on one core: a worker that is busy until it is stopped or killed.
+ENDLESS = "SELECT sum(i * i % 7) FROM range(10_000_000_000) t(i)"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` no longer runs (exited, or a zombie nobody has reaped yet)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_gone(pids: list[int], timeout: float = DEADLINE) -> list[int]:
+    """Wait until none of ``pids`` runs, at most ``timeout`` seconds; return those still running."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)  # readable once the process has exited
+        except ProcessLookupError:
+            continue
+        except (AttributeError, OSError):  # no pidfd (not Linux, old kernel): psutil polls
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.wait_procs([psutil.Process(pid)], max(0.0, deadline - time.monotonic()))
+            continue
+        try:
+            wait([fd], max(0.0, deadline - time.monotonic()))
+        finally:
+            os.close(fd)
+    return [pid for pid in pids if not gone(pid)]
+
+
+def pids_of(pool: WorkerPool) -> list[int]:
+    return [m.pid for m in pool.metrics()]
+
+
+def trades(n: int, offset: int = 0) -> pa.Table:
+    """``n`` rows with a string, two doubles, an int64 and a timestamp column."""
+    ids = pa.array(range(offset, offset + n), pa.int64())
+    return pa.table(
+        {
+            "symbol": pa.array([f"S{i % 10}" for i in range(offset, offset + n)], pa.string()),
+            "price": pa.array([i * 0.5 for i in range(offset, offset + n)], pa.float64()),
+            "qty": pa.array([float(i % 3) for i in range(offset, offset + n)], pa.float64()),
+            "id": ids,
+            "ts": pa.array(
+                [dt.datetime(2024, 1, 1) + dt.timedelta(seconds=i) for i in range(n)], pa.timestamp("us")
+            ),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """Two workers holding a ``trades`` table; tests using it leave no request outstanding."""
+    with WorkerPool(
+        2, setup=["CREATE TABLE trades (symbol VARCHAR, price DOUBLE, qty DOUBLE, id BIGINT, ts TIMESTAMP)"]
+    ) as p:
+        yield p
+    assert all(gone(pid) for pid in pids_of(p))
+
+
+def test_round_trip_batches_then_an_aggregate_query(pool):
+    before = pool.metrics()
+    inserted = []
+    for j in range(6):
+        inserted += pool.send(
+            j % 2, Batch(trades(100, offset=100 * j), "INSERT INTO trades SELECT * FROM __in")
+        )
+    inserted += pool.drain(0) + pool.drain(1)
+    assert [r.table.to_pylist() for r in inserted] == [[{"Count": 100}]] * 6  # DuckDB's DML result
+    for i in range(2):
+        pool.send(i, Query("SELECT count(*) AS n, sum(id) AS s FROM trades"))
+        (reply,) = pool.drain(i)
+        ids = [x for j in range(i, 6, 2) for x in range(100 * j, 100 * j + 100)]
+        assert (reply.partition, reply.kind) == (i, "query")
+        assert reply.table.to_pylist() == [{"n": 300, "s": sum(ids)}]
+        pool.send(i, Query("DELETE FROM trades"))
+        pool.drain(i)
+    after = pool.metrics()
+    assert [a.rows_sent - b.rows_sent for a, b in zip(after, before)] == [300, 300]
+    assert [a.requests - b.requests for a, b in zip(after, before)] == [5, 5]
+    assert all(a.busy_seconds > b.busy_seconds for a, b in zip(after, before))
+    assert all(a.wait_seconds >= b.wait_seconds for a, b in zip(after, before))
+
+
+def test_batch_result_round_trips_arrow_types_and_may_be_empty(pool):
+    table = trades(50)
+    pool.send(0, Batch(table, "SELECT * FROM __in ORDER BY id"))
+    pool.send(0, Batch(table.to_batches()[0], "SELECT * FROM __in WHERE price < 0"))
+    same, empty = pool.drain(0)
+    assert same.table.to_pylist() == table.to_pylist()
+    assert empty.table.num_rows == 0 and empty.table.column_names == table.column_names
+
+
+@pytest.mark.parametrize("max_in_flight", [1, 2, 3])
+def test_replies_come_back_in_request_order_with_bounded_in_flight(max_in_flight):
+    with WorkerPool(1, max_in_flight=max_in_flight) as p:
+        replies = []
+        for i in range(20):
+            request = (
+                Query(f"SELECT {i} AS i") if i % 2 else Batch(pa.table({"i": [i]}), "SELECT i FROM __in")
+            )
+            collected = p.send(0, request)
+            assert len(collected) == (1 if i >= max_in_flight else 0)
+            assert p.outstanding(0) <= max_in_flight
+            replies += collected
+        replies += p.drain(0)
+        assert [r.table["i"][0].as_py() for r in replies] == list(range(20))
+        assert [r.kind for r in replies] == ["batch", "query"] * 10
+
+
+def test_a_broadcast_marker_reaches_every_worker_after_its_earlier_batches(pool):
+    collected = []  # sends return the replies they collect to stay within max_in_flight
+    for i in range(2):
+        for j in range(3):
+            collected += pool.send(i, Batch(pa.table({"j": [j]}), "SELECT j FROM __in"))
+    collected += pool.broadcast(Marker(("watermark", 42)))
+    collected += pool.broadcast(Marker("end"))
+    for i in range(2):
+        replies = [r for r in collected if r.partition == i] + pool.drain(i)
+        assert [r.kind for r in replies] == ["batch"] * 3 + ["marker"] * 2
+        assert [r.table["j"][0].as_py() for r in replies[:3]] == [0, 1, 2]
+        assert [r.value for r in replies[3:]] == [("watermark", 42), "end"]
+        assert replies[-1].table is None
+
+
+def test_setup_runs_later_too_and_markers_echo_any_small_value(pool):
+    pool.broadcast(Setup(("CREATE TABLE extra (x INT)", "INSERT INTO extra VALUES (7)")))
+    pool.broadcast(Marker({"watermark": 42}))
+    for i in range(2):
+        setup, marker = pool.drain(i)
+        assert (setup.kind, setup.table) == ("setup", None)
+        assert marker.value == {"watermark": 42}
+        with pytest.raises((pickle.PicklingError, AttributeError)):
+            pool.send(i, Marker(lambda: None))  # refused before a byte is written
+        pool.send(i, Setup("INSERT INTO extra VALUES (8)"))  # one statement, not one per character
+        pool.send(i, Query("SELECT x FROM extra ORDER BY x"))
+        assert pool.drain(i)[1].table.to_pylist() == [{"x": 7}, {"x": 8}]
+        pool.send(i, Query("DROP TABLE extra"))
+        pool.drain(i)
+
+
+def test_bad_sql_raises_job_error_naming_the_partition_and_no_process_is_left():
+    p = WorkerPool(2)
+    try:
+        p.send(1, Query("SELEC 1"))
+        with pytest.raises(
+            JobError, match=r"Partition 1 failed running a query `SELEC 1`: .*syntax error"
+        ) as err:
+            p.receive(1, timeout=DEADLINE)
+        assert not isinstance(err.value, WorkerError)
+        p.send(0, Batch(trades(3), "INSERT INTO missing SELECT * FROM __in"))
+        with pytest.raises(
+            JobError, match=r"Partition 0 failed running a batch `INSERT INTO missing.*missing"
+        ):
+            p.drain(0)
+        p.send(1, Query("SELECT 1 AS one"))  # the worker is still usable after an error
+        assert p.receive(1).table.to_pylist() == [{"one": 1}]
+    finally:
+        p.close()
+    assert all(gone(pid) for pid in pids_of(p))
+
+
+def test_a_failing_setup_fails_the_constructor_without_leaving_a_process():
+    before = {c.pid for c in psutil.Process().children(recursive=True)}
+    with pytest.raises(JobError, match=r"Partition \d failed running a setup of 2 statement\(s\): .*nope"):
+        WorkerPool(2, setup=["CREATE TABLE ok (x INT)", "INSERT INTO nope VALUES (1)"])
+    after = {c.pid for c in psutil.Process().children(recursive=True)}
+    assert not [pid for pid in after - before if not gone(pid)]
+
+
+def test_invalid_arguments_start_nothing():
+    with pytest.raises(InvalidPartitionCountError):
+        WorkerPool(0)
+    with pytest.raises(ConfigError, match="max_in_flight"):
+        WorkerPool(1, max_in_flight=0)
+
+
+def test_a_killed_worker_raises_worker_error_naming_the_partition_and_signal():
+    with WorkerPool(2, stop_timeout=1.0) as p:
+        pids = pids_of(p)
+        p.send(1, Query("SELECT 1"))
+        p.drain(1)
+        os.kill(pids[1], signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(WorkerError, match=r"Partition 1 worker \(pid \d+\) was killed by SIGKILL") as err:
+            p.send(1, Query("SELECT 2"))  # may still fit in the pipe: then the receive sees the death
+            p.receive(1, timeout=DEADLINE)
+        assert time.monotonic() - started < DEADLINE
+        with pytest.raises(WorkerError) as again:  # the pool remembers: no new wait, same error
+            p.send(1, Query("SELECT 3"))
+        assert again.value is err.value
+        # A worker killed while busy and with a request outstanding: the waiting parent wakes up.
+        p.send(0, Query(ENDLESS))
+        os.kill(pids[0], signal.SIGKILL)
+        with pytest.raises(WorkerError, match=r"Partition 0 .*SIGKILL.* 1 request\(s\) were left unanswered"):
+            p.receive(0, timeout=DEADLINE)
+    assert all(gone(pid) for pid in pids)
+
+
+def test_a_reply_timeout_raises_and_close_terminates_a_busy_worker():
+    p = WorkerPool(1, stop_timeout=0.5)
+    try:
+        p.send(0, Query(ENDLESS))
+        with pytest.raises(JobError, match=r"Partition 0 did not reply within 0.2 s to a query `SELECT sum"):
+            p.receive(0, timeout=0.2)
+        assert p.outstanding(0) == 1  # nothing was consumed
+    finally:
+        started = time.monotonic()
+        p.close()
+    assert time.monotonic() - started < DEADLINE
+    assert all(gone(pid) for pid in pids_of(p))
+
+
+def test_close_leaves_no_process_and_is_idempotent():
+    with WorkerPool(2) as p:
+        pids = pids_of(p)
+        p.send(0, Query("SELECT 1"))  # an unread reply is discarded
+        assert not any(gone(pid) for pid in pids)
+    assert p.closed and all(gone(pid) for pid in pids)
+    p.close()
+    with pytest.raises(JobError, match="closed"):
+        p.send(0, Query("SELECT 1"))
+
+
+def test_workers_die_with_a_parent_that_exits_abruptly():
+    script = textwrap.dedent(
+        f"""
+        import os
+        from velosql.runtime.workers import Query, WorkerPool
+
+        pool = WorkerPool(2)
+        pool.send(1, Query({ENDLESS!r}))  # one worker idle, one busy in DuckDB
+        print(*(m.pid for m in pool.metrics()), flush=True)
+        os._exit(3)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=DEADLINE * 3
+    )
+    assert done.returncode == 3, done.stderr
+    pids = [int(pid) for pid in done.stdout.split()]
+    assert len(pids) == 2
+    survivors = wait_gone(pids)
+    for pid in survivors:  # don't leak them into the rest of the run
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == []
+
+
+@pytest.mark.skipif(not hasattr(psutil.Process(), "cpu_affinity"), reason="no CPU affinity on this platform")
+def test_affinity_pins_each_worker_to_one_core_round_robin():
+    allowed = sorted(psutil.Process().cpu_affinity())
+    with WorkerPool(3, affinity=True) as p:
+        for i, m in enumerate(p.metrics()):
+            core = allowed[i % len(allowed)]
+            assert (m.cores, m.affinity_error) == ((core,), None)
+            worker = psutil.Process(m.pid)
+            assert worker.cpu_affinity() == [core]
+            if hasattr(os, "sched_getaffinity"):  # Linux: every thread, not just the main one
+                assert {frozenset(os.sched_getaffinity(t.id)) for t in worker.threads()} == {
+                    frozenset([core])
+                }
+    with WorkerPool(1) as p:
+        assert (p.metrics()[0].cores, p.metrics()[0].affinity_error) == (None, None)
