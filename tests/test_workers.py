@@ -116,6 +116,26 @@ def test_batch_result_round_trips_arrow_types_and_may_be_empty(pool):
     assert empty.table.num_rows == 0 and empty.table.column_names == table.column_names
 
 
+def test_large_batches_travel_as_files_in_memory_and_leave_none_behind():
+    """A batch of FILE_MIN_ROWS rows or more goes through a mapped Arrow file, not the pipe; the
+    worker removes each file after use and close() the directory."""
+    from velosql.runtime import workers
+
+    table = trades(workers.FILE_MIN_ROWS + 5)
+    with WorkerPool(2) as p:
+        directory = p._files
+        for i in range(2):
+            p.send(i, Batch(table, "SELECT count(*) AS n, sum(id) AS s, max(symbol) AS m FROM __in"))
+            p.send(
+                i, Batch(table.slice(0, 10), "SELECT count(*) AS n, sum(id) AS s, max(symbol) AS m FROM __in")
+            )
+        replies = p.drain(0) + p.drain(1)
+        assert os.listdir(directory) == []
+    assert [r.table.to_pylist()[0]["n"] for r in replies] == [table.num_rows, 10] * 2
+    assert replies[0].table.to_pylist()[0]["s"] == sum(range(table.num_rows))
+    assert not os.path.exists(directory)
+
+
 @pytest.mark.parametrize("max_in_flight", [1, 2, 3])
 def test_replies_come_back_in_request_order_with_bounded_in_flight(max_in_flight):
     with WorkerPool(1, max_in_flight=max_in_flight) as p:

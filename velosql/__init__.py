@@ -6,8 +6,6 @@
 ...                      "WITH ('trades.type' = 'file_source', 'trades.path' = 'trades.csv')")
 """
 
-from .config import JobProcessorConfig
-from .engine import Engine, connect
 from .errors import (
     ConfigError,
     DataError,
@@ -18,10 +16,30 @@ from .errors import (
     VelosqlError,
     WorkerError,
 )
-from .runtime.job import Job
-from .runtime.processor import JobProcessor, JobProcessorFactory
 
 __version__ = "0.1.0"
+
+# Imported on first use: a V2 worker process imports this package too, and needs none of these.
+_LAZY = {
+    "JobProcessorConfig": ".config",
+    "Engine": ".engine",
+    "connect": ".engine",
+    "Job": ".runtime.job",
+    "JobProcessor": ".runtime.processor",
+    "JobProcessorFactory": ".runtime.processor",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'velosql' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ConfigError",
