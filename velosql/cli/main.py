@@ -7,6 +7,8 @@ failed while running; 2 the script, an option, the configuration or the command 
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import sys
 import time
@@ -39,7 +41,20 @@ class CliError(click.ClickException):
 
 def main() -> None:
     """Console-script entry point (``velosql`` and ``python -m velosql``)."""
-    cli(prog_name="velosql")
+    try:
+        cli(prog_name="velosql")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if not isinstance(exc.code, (int, type(None))):
+            print(exc.code, file=sys.stderr)
+    # By now every job is stopped and every sink, file and database closed (``run`` closes the
+    # engine before it returns). Tearing the interpreter down would only free memory the system
+    # reclaims anyway: ~60 ms of a short run (1BRC: 0.91 -> 0.85 s), so the process ends here.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
