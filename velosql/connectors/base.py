@@ -10,6 +10,7 @@ System columns: every batch a source yields carries, after the user's columns,
 
 from __future__ import annotations
 
+import struct
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -156,6 +157,14 @@ def with_system_columns(batch: pa.RecordBatch, partition: int, first_offset: int
     else:
         offsets = pc.add(_arange(n), pa.scalar(first_offset, pa.int64()))
     return pa.RecordBatch.from_arrays([*arrays, part, offsets], schema=system_schema(fields))
+
+
+def text_scalar(text: str) -> pa.StringScalar:
+    """A string scalar built from buffers: ``pa.scalar(text)``, or a ``str`` handed to a compute
+    function, is a conversion, and pyarrow's first one imports pandas when it is installed."""
+    data = text.encode()
+    offsets = pa.py_buffer(struct.pack("<ii", 0, len(data)))
+    return pa.StringArray.from_buffers(1, offsets, pa.py_buffer(data))[0]
 
 
 def empty_table(schema: pa.Schema) -> pa.Table:

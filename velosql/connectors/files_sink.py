@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import DataError, OptionError
-from .base import Sink
+from .base import Sink, text_scalar
 from .files_formats import option, resolve_format, single_char
 
 _TRAILING_ZEROS = r"\.0+$|(\.\d*?[1-9])0+$"  # "10:00:00.120000" → "10:00:00.12", ".000000" → ""
@@ -135,7 +135,7 @@ def _text_columns(table: pa.Table) -> pa.Table:
             text = pc.replace_substring_regex(
                 pc.strftime(col, format="%Y-%m-%dT%H:%M:%S"), _TRAILING_ZEROS, r"\1"
             )
-            col = pc.binary_join_element_wise(text, "Z", "") if utc else text
+            col = pc.binary_join_element_wise(text, _Z, _EMPTY) if utc else text
         columns.append(col)
     return pa.table(columns, names=table.column_names)
 
@@ -152,18 +152,28 @@ class _CsvWriter(_TextWriter):
             )
         super().__init__(path, schema, append)
         self.delimiter = delimiter
+        self._delimiter_scalar = text_scalar(delimiter)
         # Quote empty strings too, so that they read back as '' and an empty field as NULL.
         self.needs_quotes = f'[{re.escape(delimiter)}"\r\n]|^$'
         if header and not self.appending:
-            names = [_csv_field(pa.array([n]), delimiter, self.needs_quotes)[0].as_py() for n in schema.names]
+            # The header in Python (a few names): converting them to Arrow would import pandas.
+            names = [
+                f'"{n.replace(chr(34), chr(34) * 2)}"' if re.search(self.needs_quotes, n) else n
+                for n in schema.names
+            ]
             self.file.write((delimiter.join(names) + "\n").encode())
 
     def write(self, table: pa.Table) -> None:
         table = _text_columns(table)
         for batch in table.to_batches():
             fields = [_csv_field(col, self.delimiter, self.needs_quotes) for col in batch.columns]
-            rows = pc.binary_join_element_wise(*fields, self.delimiter)
-            self.file.write(_string_bytes(pc.binary_join_element_wise(rows, "\n", "")))
+            rows = pc.binary_join_element_wise(*fields, self._delimiter_scalar)
+            self.file.write(_string_bytes(pc.binary_join_element_wise(rows, _NEWLINE, _EMPTY)))
+
+
+# Literal operands of the compute calls, built without pyarrow's conversion (see text_scalar).
+_EMPTY, _Z, _NEWLINE, _POINT_ZERO, _QUOTE = (text_scalar(t) for t in ("", "Z", "\n", ".0", '"'))
+_FALSE = pa.Array.from_buffers(pa.bool_(), 1, [None, pa.py_buffer(b"\x00")])[0]
 
 
 def _csv_field(col: pa.Array, delimiter: str, needs_quotes: str) -> pa.Array:
@@ -172,20 +182,20 @@ def _csv_field(col: pa.Array, delimiter: str, needs_quotes: str) -> pa.Array:
         text = pc.cast(col, pa.string())
         if pa.types.is_floating(col.type):
             # "1.0", not pyarrow's "1": a reader must not infer an integer column from it.
-            integral = pc.fill_null(pc.match_substring_regex(text, r"^-?\d+$"), False)
+            integral = pc.fill_null(pc.match_substring_regex(text, r"^-?\d+$"), _FALSE)
             if pc.any(integral).as_py():
-                suffixed = pc.binary_join_element_wise(pc.filter(text, integral), ".0", "")
+                suffixed = pc.binary_join_element_wise(pc.filter(text, integral), _POINT_ZERO, _EMPTY)
                 text = pc.replace_with_mask(text, integral, suffixed)
         if not pa.types.is_binary(col.type) and not (delimiter.isalnum() or delimiter in ".-+:"):
-            return pc.fill_null(text, "")  # a number's, date's or flag's text cannot need quotes
+            return pc.fill_null(text, _EMPTY)  # a number's, date's or flag's text cannot need quotes
     else:
         text = col
     needs = pc.match_substring_regex(text, needs_quotes)
     if pc.any(needs).as_py():
         chosen = pc.filter(text, needs)
-        quoted = pc.binary_join_element_wise('"', pc.replace_substring(chosen, '"', '""'), '"', "")
-        text = pc.replace_with_mask(text, pc.fill_null(needs, False), quoted)
-    return pc.fill_null(text, "")
+        quoted = pc.binary_join_element_wise(_QUOTE, pc.replace_substring(chosen, '"', '""'), _QUOTE, _EMPTY)
+        text = pc.replace_with_mask(text, pc.fill_null(needs, _FALSE), quoted)
+    return pc.fill_null(text, _EMPTY)
 
 
 class _JsonWriter(_TextWriter):
