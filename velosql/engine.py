@@ -257,13 +257,13 @@ class Engine:
         if stype == "file_source":
             from .connectors.files import FileSource
 
-            return FileSource(spec.name, spec.options)
+            return FileSource(spec.name, spec.options, self.con)
         if stype == "python":
             declared = spec.options.get("schema")
             if declared:
                 from .connectors.files_formats import schema_from_sql
 
-                declared = schema_from_sql(declared, f"{spec.name}.schema")
+                declared = schema_from_sql(declared, f"{spec.name}.schema", self.con)
             return PythonSource(
                 spec.name, self.channel(spec.name), spec.options.get("poll_interval") or 200_000, declared
             )

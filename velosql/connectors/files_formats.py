@@ -94,18 +94,20 @@ def single_char(value: object, key: str, allow_empty: bool) -> str | None:
     raise OptionError(f"invalid value {value!r} for {key!r}: expected one character")
 
 
-def schema_from_sql(text: str, key: str) -> pa.Schema:
+def schema_from_sql(text: str, key: str, database: duckdb.DuckDBPyConnection | None = None) -> pa.Schema:
     """Arrow schema of DuckDB column definitions such as ``'station VARCHAR, temperature DOUBLE'``.
 
-    DuckDB itself parses the text (an empty table in a private in-memory database), so every DuckDB
-    type name, alias and parameterised type is understood exactly as the engine understands it.
+    DuckDB itself parses the text (an empty temporary table), so every DuckDB type name, alias and
+    parameterised type is understood exactly as the engine understands it. The table lives on a
+    new cursor of ``database`` when given (opening a private in-memory database instead costs
+    ~15 ms, a noticeable part of a short ``velosql run``).
 
     Raises:
         OptionError: the text is not a list of column definitions; ``key`` names the option.
     """
-    con = duckdb.connect()
+    con = database.cursor() if database is not None else duckdb.connect()
     try:
-        con.execute(f"CREATE TABLE velosql_schema ({text})")
+        con.execute(f"CREATE TEMP TABLE velosql_schema ({text})")
         schema = con.sql("SELECT * FROM velosql_schema").to_arrow_table().schema
     except duckdb.Error as exc:
         raise OptionError(

@@ -132,10 +132,13 @@ class FileSource(Source):
         name: the source's name in the query (the FROM identifier).
         options: the source's WITH options without the ``<name>.`` prefix, values converted
             (durations in microseconds); a missing key takes its default from ``OPTIONS``.
+        database: a DuckDB connection whose cursor parses a declared ``schema`` (else a private
+            in-memory database does).
     """
 
-    def __init__(self, name: str, options: dict) -> None:
+    def __init__(self, name: str, options: dict, database=None) -> None:
         self.name = name
+        self._database = database  # a DuckDB connection to parse a declared schema on, if any
         opt = lambda key: option(options, "source", key)  # noqa: E731
         self._path = opt("path")
         self._format_option = opt("format")
@@ -346,7 +349,7 @@ class FileSource(Source):
 
     def _user_schema(self) -> pa.Schema:
         if self._schema_text:
-            return schema_from_sql(self._schema_text, f"{self.name}.schema")
+            return schema_from_sql(self._schema_text, f"{self.name}.schema", self._database)
         if self._format == "parquet":
             try:
                 import pyarrow.parquet as pq  # here: most sources read no Parquet
