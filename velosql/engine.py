@@ -90,7 +90,7 @@ class Engine:
                     result = self._run_other(stmt)
         except BaseException:
             for job in prepared:
-                job.executor.source.close()
+                job.executor.close()  # its source, sinks and scan were opened by prepare
                 self._jobs.pop(job.name, None)
             raise
         for job in prepared:

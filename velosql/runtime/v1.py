@@ -247,7 +247,7 @@ class V1Executor:
             try:
                 self._run_scan()
             finally:
-                self._close()
+                self.close()
             return
         max_rows = int(self.opts.get("max_batch_size") or 262144)
         # The reader may run one micro-batch ahead: the next one is read while DuckDB works.
@@ -304,9 +304,10 @@ class V1Executor:
                 self.job.limit_reached = True
                 self.job.stop_event.set()
             reader.join(timeout=5)
-            self._close()
+            self.close()
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Close the sinks, the scan and the source (also when the job never ran)."""
         for sink in getattr(self, "sinks", []):
             try:
                 sink.close()
