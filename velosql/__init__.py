@@ -27,6 +27,7 @@ _LAZY = {
     "Job": ".runtime.job",
     "JobProcessor": ".runtime.processor",
     "JobProcessorFactory": ".runtime.processor",
+    "StreamJobServer": ".server",
 }
 
 
@@ -53,6 +54,7 @@ __all__ = [
     "JobProcessorFactory",
     "OptionError",
     "SqlError",
+    "StreamJobServer",
     "VelosqlError",
     "WorkerError",
     "connect",

@@ -20,10 +20,12 @@ from ..config import JobProcessorConfig, load_settings
 from ..engine import Engine, connect
 from ..errors import ConfigError, SqlError, VelosqlError
 from ..runtime.job import FAILED, Job
+from ..server import StreamJobServer
 from .progress import open_progress, summary_line
 
 # How long the wait loop blocks on one job before it looks at signals, idleness and the display.
 POLL_SECONDS = 0.2
+MAX_JOBS = 1000  # statements of one application
 USAGE_ERROR = 2
 JOB_FAILED = 1
 
@@ -142,7 +144,7 @@ def run(app: str, processor: str | None, until_idle: float | None, config: str |
         engine = _open_engine(processor, config)
         try:
             try:
-                engine.execute(text, file=app)
+                StreamJobServer(max_jobs=MAX_JOBS, engine=engine).deploy_app(text, file=app)
             except VelosqlError as exc:
                 raise CliError(_message(exc, app)) from None
             code = _supervise(engine, until_idle, signals)
