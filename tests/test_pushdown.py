@@ -190,3 +190,22 @@ def test_explain_says_when_the_scan_is_pushed_down(tmp_path):
     finally:
         engine.close()
     assert "scan pushdown" in text
+
+
+def test_the_scan_estimates_the_rows_it_will_read_for_progress(tmp_path):
+    lines = [f"s{i % 7};{i % 50}.5" for i in range(20_000)]
+    (tmp_path / "a.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "b.csv").write_text("\n".join(lines[:5_000]) + "\n")
+    engine = velosql.connect()
+    try:
+        job = engine.execute(
+            "CREATE STREAM o AS SELECT column0, count(*) FROM src GROUP BY column0 EMIT FINAL "
+            f"WITH ('src.type' = 'file_source', 'src.path' = '{tmp_path}/*.csv', 'src.delimiter' = ';', "
+            "'src.format' = 'csv_no_header')"
+        )
+        estimate = job.executor.scan.estimated_rows
+        job.wait(60)
+        assert job.metrics()["records_in"] == 25_000
+    finally:
+        engine.close()
+    assert 0.9 * 25_000 < estimate < 1.1 * 25_000

@@ -22,6 +22,7 @@ same result, dead letters included.
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import duckdb
@@ -55,16 +56,24 @@ class Scan:
         self.con = con
         self.partial = partial
         self.spec = spec
+        self.estimated_rows = estimate_rows(spec)  # for progress while the scan runs
 
-    def run(self, stop: threading.Event) -> tuple[pa.Table, int] | None:
-        """The partials and the number of records read; None when ``stop`` interrupted the scan."""
+    def run(self, stop: threading.Event, progress=None) -> tuple[pa.Table, int] | None:
+        """The partials and the number of records read; None when ``stop`` interrupted the scan.
+
+        ``progress(percent)`` is called about every 0.1 s with DuckDB's estimate of how far the
+        query is (the scan is most of it).
+        """
         done = threading.Event()
 
         def watch() -> None:
             while not done.is_set():
-                if stop.wait(0.05) and not done.is_set():
+                if stop.wait(0.1) and not done.is_set():
                     self.con.interrupt()
                     return
+                percent = self.con.query_progress()
+                if progress is not None and percent > 0 and not done.is_set():
+                    progress(min(percent, 100.0))
 
         watcher = threading.Thread(target=watch, daemon=True, name="velosql-scan-stop")
         watcher.start()
@@ -112,6 +121,8 @@ def prepare(plan, source) -> Scan | None:
             con.close()
             return None
         con.execute("SET enable_profiling = 'no_output'")
+        con.execute("SET enable_progress_bar = true")  # query_progress() for the job's progress
+        con.execute("SET enable_progress_bar_print = false")
         con.execute(f"CREATE TEMP VIEW __in AS {table}")
         con.execute(f"SELECT * FROM ({plan.sql.partial_all}) LIMIT 0").fetchall()
         if spec.fmt == "csv":
@@ -128,6 +139,21 @@ def prepare(plan, source) -> Scan | None:
         con.close()
         return None
     return Scan(con, plan.sql.partial_all, spec)
+
+
+def estimate_rows(spec: ScanSpec) -> int:
+    """How many records the files hold, roughly: Parquet's row counts; for CSV the files' size
+    over the bytes per line of the first 256 KiB of the first file."""
+    if spec.fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return sum(pq.ParquetFile(p).metadata.num_rows for p in spec.paths)
+    with open(spec.paths[0], "rb") as fh:
+        sample = fh.read(256 << 10)
+    lines = sample.count(b"\n")
+    if not lines:
+        return 0
+    return int(sum(os.path.getsize(p) for p in spec.paths) * lines / len(sample))
 
 
 def _table_sql(con: duckdb.DuckDBPyConnection, spec: ScanSpec) -> str | None:

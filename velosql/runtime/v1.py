@@ -320,8 +320,12 @@ class V1Executor:
     def _run_scan(self) -> None:
         """The whole bounded input through DuckDB's reader, then the usual end of input."""
         t0 = time.monotonic()
+
+        def progress(percent: float) -> None:  # an estimate for the progress display, until the count
+            self.metrics.records_in = int(self.scan.estimated_rows * percent / 100)
+
         try:
-            result = self.scan.run(self.job.stop_event)
+            result = self.scan.run(self.job.stop_event, progress)
         except duckdb.Error as exc:
             raise JobError(f"job {self.plan.name!r}: {_first_line(exc)}") from None
         for location, error, raw in self.scan.rejects():
@@ -329,7 +333,7 @@ class V1Executor:
         self._flush_rejects()
         if result is not None:
             partials, rows = result
-            self.metrics.records_in += rows
+            self.metrics.records_in = rows
             self.metrics.batches += 1
             with self._registered("__partials", partials):
                 (n,) = self.con.execute("INSERT INTO __state BY NAME SELECT * FROM __partials").fetchall()[0]
