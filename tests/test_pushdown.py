@@ -26,7 +26,8 @@ QUERY = (
 
 
 def run(path, query: str, pushdown: bool, **options) -> tuple[list[tuple], list[tuple], dict, object]:
-    """(result rows sorted, dead letters sorted, metrics, whether the scan was pushed down)."""
+    """(result rows sorted, dead letters (location, error, raw) sorted, metrics, whether the scan
+    was pushed down)."""
     opts = {"src.type": "file_source", "src.path": str(path), "scan_pushdown": pushdown, **options}
     with_ = ", ".join(f"'{k}' = {_value(v)}" for k, v in opts.items())
     engine = velosql.connect()
@@ -35,7 +36,7 @@ def run(path, query: str, pushdown: bool, **options) -> tuple[list[tuple], list[
         pushed = job.executor.scan is not None
         job.wait(60)
         rows = [tuple("NaN" if v != v else v for v in r) for r in engine.sql("SELECT * FROM o").fetchall()]
-        dlq = engine.sql("SELECT location, raw FROM o__dlq").fetchall()
+        dlq = engine.sql("SELECT location, error, raw FROM o__dlq").fetchall()
         return sorted(rows, key=repr), sorted(dlq, key=repr), job.metrics(), pushed
     finally:
         engine.close()
@@ -116,7 +117,8 @@ def test_pushed_down_csv_with_inferred_types_delimiter_and_several_files(tmp_pat
     _, dlq, m, _ = run(
         tmp_path / "*.csv", "SELECT count(*) FROM src GROUP BY () EMIT FINAL", True, **{"src.delimiter": ";"}
     )
-    assert dlq == [(f"{tmp_path / 'part1.csv'}:51", "s1;warm")]
+    error = "column 'temp': cannot convert to double: invalid value 'warm'"
+    assert dlq == [(f"{tmp_path / 'part1.csv'}:51", error, "s1;warm")]
     assert m["records_in"] == 600 and m["dead_letters"] == 1
 
 

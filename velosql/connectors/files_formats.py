@@ -255,11 +255,15 @@ class CsvDecoder:
         self._convert_options = _convert_options(column_types=types)
         self._text_columns = [i for i, f in enumerate(schema) if f.type in _TEXT_TYPES]
 
-    def decode(self, data: bytes | None, buf: pa.Buffer, start: int, end: int) -> pa.Table:
+    def decode(
+        self, data: bytes | None, buf: pa.Buffer, start: int, end: int, serial: bool = False
+    ) -> pa.Table:
         """Decode ``data[start:end]`` (whole lines, the last ending with a newline); ``buf`` holds ``data``.
 
         ``data`` None: a whole block whose bytes are only in ``buf``, decoded on one of the file
-        source's worker threads (pyarrow's own threads are not used then).
+        source's worker threads (pyarrow's own threads are not used then). ``serial``: decode on
+        this thread, converting the columns in order, so that a line with several bad values is
+        named by its first.
 
         Raises:
             BlockError: a line has the wrong number of fields, a value does not convert to its
@@ -269,7 +273,7 @@ class CsvDecoder:
         try:
             table = pcsv.read_csv(
                 pa.BufferReader(piece),
-                read_options=self._serial_options if data is None else self._read_options,
+                read_options=self._serial_options if data is None or serial else self._read_options,
                 parse_options=self.parse_options,
                 convert_options=self._convert_options,
             )
@@ -347,7 +351,7 @@ class JsonDecoder:
             [pa.field(f.name, pa.string()) if i in self._dates else f for i, f in enumerate(schema)]
         )
 
-    def decode(self, data: bytes, buf: pa.Buffer, start: int, end: int) -> pa.Table:
+    def decode(self, data: bytes, buf: pa.Buffer, start: int, end: int, serial: bool = False) -> pa.Table:
         """Decode ``data[start:end]`` (whole JSON lines); ``buf`` holds ``data``.
 
         Raises:
@@ -440,9 +444,14 @@ def decode_lines(
         except BlockError as exc:
             mid = _middle_line_start(data, lo, hi)
             if mid is None:
+                error = str(exc)
+                try:  # again, column by column: the threaded reader names whichever failed first
+                    decoder.decode(data, buf, lo, hi, serial=True)
+                except BlockError as first:
+                    error = str(first)
                 raw = data[lo:hi]
                 text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-                yield BadLine(lo, decoder.explain(raw, str(exc)), text)
+                yield BadLine(lo, decoder.explain(raw, error), text)
                 continue
             stack.append((mid, hi))
             stack.append((lo, mid))

@@ -21,8 +21,10 @@ same result, dead letters included.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import threading
 
 import duckdb
@@ -91,16 +93,49 @@ class Scan:
         if self.spec.fmt != "csv":
             return []
         rows = self.con.execute(
-            # One dead letter per record, however many of its fields failed.
-            "SELECT s.file_path, e.line, string_agg(e.error_message, '; ' ORDER BY e.column_idx), "
-            "any_value(e.csv_line) FROM reject_errors e JOIN reject_scans s USING (scan_id, file_id) "
+            # One dead letter per record, named by its first problem as the file source names it:
+            # a wrong field count, then an unclosed quote, then the first field that fails.
+            "SELECT s.file_path, e.line, arg_min(e.error_type, e.rank), arg_min(e.column_name, e.rank), "
+            "arg_min(e.error_message, e.rank), any_value(e.csv_line) FROM (SELECT *, CASE WHEN "
+            "error_type IN ('MISSING COLUMNS', 'TOO MANY COLUMNS') THEN 0 WHEN error_type = "
+            "'UNQUOTED VALUE' THEN 1 ELSE 2 END * 1000000 + column_idx AS rank FROM reject_errors) e "
+            "JOIN reject_scans s USING (scan_id, file_id) "
             "GROUP BY s.file_id, s.file_path, e.line ORDER BY s.file_id, e.line"
         ).fetchall()
         # DuckDB's copy of the line can carry the newlines of blank lines before it.
         return [
-            (f"{path}:{line}", _first_line(error), (raw or "").strip("\r\n"))
-            for path, line, error, raw in rows
+            (
+                f"{path}:{line}",
+                self._dead_letter_text(kind, column, error, (raw or "").strip("\r\n")),
+                (raw or "").strip("\r\n"),
+            )
+            for path, line, kind, column, error, raw in rows
         ]
+
+    def _dead_letter_text(self, kind: str, column: str | None, message: str, raw: str) -> str:
+        """DuckDB's reason for rejecting a record, worded as the file source words it."""
+        schema = self.spec.schema
+        cast = re.search(r'Could not convert string "(.*)" to', message or "")
+        if kind == "CAST" and cast and column in schema.names:
+            return f"column {column!r}: cannot convert to {schema.field(column).type}: invalid value '{cast.group(1)}'"
+        if kind in ("MISSING COLUMNS", "TOO MANY COLUMNS"):
+            # DuckDB stops counting at the first extra field; the file source counts them all.
+            quote = self.spec.quote
+            fields = next(
+                csv.reader(
+                    [raw],
+                    delimiter=self.spec.delimiter,
+                    quotechar=quote or '"',
+                    quoting=csv.QUOTE_MINIMAL if quote else csv.QUOTE_NONE,
+                    escapechar=self.spec.escape if self.spec.escape not in (None, quote) else None,
+                    doublequote=self.spec.escape in (None, quote),
+                ),
+                [],
+            )
+            return f"expected {len(schema)} fields, got {len(fields)}"
+        if kind == "UNQUOTED VALUE":
+            return "unterminated quoted value"
+        return _first_line(message)
 
     def close(self) -> None:
         self.con.close()
