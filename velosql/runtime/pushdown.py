@@ -73,7 +73,10 @@ class Scan:
                 if stop.wait(0.1) and not done.is_set():
                     self.con.interrupt()
                     return
-                percent = self.con.query_progress()
+                try:
+                    percent = self.con.query_progress()
+                except duckdb.Error:  # progress is a nicety: the stop above must keep working
+                    continue
                 if progress is not None and percent > 0 and not done.is_set():
                     progress(min(percent, 100.0))
 
