@@ -211,3 +211,27 @@ def test_the_scan_estimates_the_rows_it_will_read_for_progress(tmp_path):
     finally:
         engine.close()
     assert 0.9 * 25_000 < estimate < 1.1 * 25_000
+
+
+def test_a_stopped_scan_ends_the_job_stopped_with_nothing_emitted(tmp_path):
+    """A stop interrupts the scan (or comes before it): no partial result, no dead letters of it."""
+    path = tmp_path / "in.csv"
+    path.write_text("k,v\na,1\nb,oops\n")
+    engine = velosql.connect()
+    try:
+        job = engine.execute(
+            "CREATE TABLE o AS SELECT k, sum(v) FROM src GROUP BY k EMIT FINAL "
+            f"WITH ('src.type' = 'file_source', 'src.path' = '{path}', 'src.schema' = 'k VARCHAR, v DOUBLE')"
+        )
+        scan = job.executor.scan
+        job.stop()
+        assert job.status in ("Stopped", "Finished")  # the scan may have ended before the stop came
+        stop = __import__("threading").Event()
+        stop.set()
+        assert scan.run(stop) is None
+        # All or nothing: the whole result with its dead letter, or neither.
+        (rows,) = engine.sql("SELECT count(*) FROM o").fetchall()[0]
+        (dead,) = engine.sql("SELECT count(*) FROM o__dlq").fetchall()[0]
+        assert (rows, dead) in ((0, 0), (1, 1))
+    finally:
+        engine.close()

@@ -66,6 +66,8 @@ class Scan:
         ``progress(percent)`` is called about every 0.1 s with DuckDB's estimate of how far the
         query is (the scan is most of it).
         """
+        if stop.is_set():
+            return None
         done = threading.Event()
 
         def watch() -> None:

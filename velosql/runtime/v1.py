@@ -328,16 +328,18 @@ class V1Executor:
             result = self.scan.run(self.job.stop_event, progress)
         except duckdb.Error as exc:
             raise JobError(f"job {self.plan.name!r}: {_first_line(exc)}") from None
-        for location, error, raw in self.scan.rejects():
-            self._reject(location, error, raw)
-        self._flush_rejects()
-        if result is not None:
+        if result is not None:  # a stopped scan leaves nothing, its bad records included
+            for location, error, raw in self.scan.rejects():
+                self._reject(location, error, raw)
+            self._flush_rejects()
             partials, rows = result
             self.metrics.records_in = rows
             self.metrics.batches += 1
             with self._registered("__partials", partials):
                 (n,) = self.con.execute("INSERT INTO __state BY NAME SELECT * FROM __partials").fetchall()[0]
             self._after_insert(n)
+        else:
+            self.metrics.records_in = 0  # what the scan had read is dropped with it
         self.metrics.busy_seconds += time.monotonic() - t0
         self._finish()
 
