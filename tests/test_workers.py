@@ -116,6 +116,11 @@ def test_batch_result_round_trips_arrow_types_and_may_be_empty(pool):
     assert empty.table.num_rows == 0 and empty.table.column_names == table.column_names
 
 
+def test_each_worker_runs_pyarrow_on_one_thread(pool):
+    """N workers on N cores: pyarrow's own pools stay at one thread each, not one per CPU."""
+    assert [m.pyarrow_threads for m in pool.metrics()] == [(1, 1), (1, 1)]
+
+
 def test_large_batches_travel_as_files_in_memory_and_leave_none_behind():
     """A batch of FILE_MIN_ROWS rows or more goes through a mapped Arrow file, not the pipe; the
     worker removes each file after use and close() the directory."""
