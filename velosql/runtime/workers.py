@@ -551,8 +551,9 @@ def _worker_main(conn: Connection, core: int | None) -> None:
     cores, affinity_error = _pin(core) if core is not None else (None, None)
     # One partition, one core: N workers need not each start pyarrow pools of a thread per CPU
     # (with affinity those threads would share the worker's one core anyway). Measured in the
-    # direct-read prototype (2 workers, 2 cores): no change with DuckDB partials (1.3-1.65x of one
-    # process either way); pyarrow partials in the workers stayed at 0.6-0.9x with or without it.
+    # direct-read prototype (2 workers, 2 cores) it changes nothing either way. (What made pyarrow
+    # partials look slow in workers there was the first group_by of a process, which imports
+    # pyarrow.acero and pyarrow.dataset: ~0.16 s, then ~2x faster than DuckDB's GROUP BY.)
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
     threading.Thread(target=_exit_with_parent, name="velosql-parent-watch", daemon=True).start()
