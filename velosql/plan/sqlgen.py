@@ -487,16 +487,25 @@ def _bare_items(q: Query) -> tuple[tuple[str, int], ...]:
 _ARROW_FUNCTIONS = {exp.Count: "count", exp.Sum: "sum", exp.Min: "min", exp.Max: "max"}
 
 
+def _source_column(node: exp.Expression, q: Query) -> str | None:
+    """The name of the source column ``node`` is, when it is a bare column of the source."""
+    if isinstance(node, exp.Column) and node.table in ("", q.alias) and not isinstance(node.this, exp.Star):
+        return node.name
+    return None
+
+
+def _rows_as_read(q: Query) -> bool:
+    """Whether the query reads the source alone with no WHERE: its rows are the batch's rows."""
+    return q.plain_from and q.where_sql == "TRUE"
+
+
 def _arrow_partial(q: Query):
     """See ``ShapeSQL.arrow_partial``."""
-    if not q.plain_from or q.where_sql != "TRUE" or not q.key_sql:
+    if not _rows_as_read(q) or not q.key_sql:
         return None
-    keys = []
-    for text in q.key_sql:
-        node = exp.maybe_parse(text, dialect="duckdb")
-        if not isinstance(node, exp.Column) or node.table not in ("", q.alias) or node.name in keys:
-            return None
-        keys.append(node.name)
+    keys = [_source_column(exp.maybe_parse(text, dialect="duckdb"), q) for text in q.key_sql]
+    if None in keys or len(set(keys)) < len(keys):
+        return None
     parts = []
     for a in q.aggregates:
         if a.pre:
@@ -505,10 +514,11 @@ def _arrow_partial(q: Query):
             node = exp.maybe_parse(text, dialect="duckdb")
             fn = _ARROW_FUNCTIONS.get(type(node))
             arg = node.this if fn else None
+            column = _source_column(arg, q) if arg is not None else None
             if isinstance(arg, exp.Star) and fn == "count":
                 parts.append((part, "count_all", None))
-            elif isinstance(arg, exp.Column) and arg.table in ("", q.alias) and not node.args.get("distinct"):
-                parts.append((part, fn, arg.name))
+            elif column is not None and not node.args.get("distinct"):
+                parts.append((part, fn, column))
             else:
                 return None
     return tuple(keys), tuple(parts)
@@ -517,15 +527,11 @@ def _arrow_partial(q: Query):
 def _bare_columns(q: Query) -> tuple[str, ...]:
     """The source columns of the keys and aggregate arguments, when all are bare columns of the
     source alone and no WHERE applies; () otherwise."""
-    if not q.plain_from or q.where_sql != "TRUE":
+    if not _rows_as_read(q):
         return ()
-    names = []
-    for text in [*q.key_sql, *(a.arg for a in q.aggregates if a.arg is not None)]:
-        node = exp.maybe_parse(text, dialect="duckdb")
-        if not isinstance(node, exp.Column) or node.table not in ("", q.alias):
-            return ()
-        names.append(node.name)
-    return tuple(names)
+    texts = [*q.key_sql, *(a.arg for a in q.aggregates if a.arg is not None)]
+    names = [_source_column(exp.maybe_parse(text, dialect="duckdb"), q) for text in texts]
+    return () if None in names else tuple(names)
 
 
 def _combine_sql(aggs: tuple[AggSpec, ...], group_cols: list[str], table: str, where: str = "TRUE") -> str:

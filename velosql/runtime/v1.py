@@ -95,8 +95,7 @@ class V1Executor:
     def _bind(self) -> None:
         plan, sql = self.plan, self.sql
         empty = self._internal(empty_table(self.source.schema), observe=False)
-        self.con.register("__in", empty)
-        try:
+        with self._registered("__in", empty):
             if plan.shape == "aggregate":
                 self._exec(f"CREATE OR REPLACE TEMP TABLE __state AS {sql.partial} LIMIT 0")
                 if not sql.changes:
@@ -141,8 +140,6 @@ class V1Executor:
                     ]
                 ),
             )
-        finally:
-            self.con.unregister("__in")
 
     def _late_select(self) -> str:
         return (
