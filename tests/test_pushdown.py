@@ -28,11 +28,11 @@ QUERY = (
 def run(path, query: str, pushdown: bool, **options) -> tuple[list[tuple], list[tuple], dict, object]:
     """(result rows sorted, dead letters (location, error, raw) sorted, metrics, whether the scan
     was pushed down)."""
-    opts = {"src.type": "file_source", "src.path": str(path), "scan_pushdown": pushdown, **options}
-    with_ = ", ".join(f"'{k}' = {_value(v)}" for k, v in opts.items())
     engine = velosql.connect()
     try:
-        job = engine.execute(f"CREATE TABLE o AS {query} WITH ({with_})")
+        job = engine.execute(
+            f"CREATE TABLE o AS {query} {with_file(path, scan_pushdown=pushdown, **options)}"
+        )
         pushed = job.executor.scan is not None
         job.wait(60)
         rows = [tuple("NaN" if v != v else v for v in r) for r in engine.sql("SELECT * FROM o").fetchall()]
@@ -40,6 +40,12 @@ def run(path, query: str, pushdown: bool, **options) -> tuple[list[tuple], list[
         return sorted(rows, key=repr), sorted(dlq, key=repr), job.metrics(), pushed
     finally:
         engine.close()
+
+
+def with_file(path, **options) -> str:
+    """The WITH clause of a statement reading ``src`` from ``path`` (options keyed as written)."""
+    opts = {"src.type": "file_source", "src.path": str(path), **options}
+    return "WITH (" + ", ".join(f"'{k}' = {_value(v)}" for k, v in opts.items()) + ")"
 
 
 def _value(v) -> str:
@@ -152,11 +158,7 @@ def test_no_pushdown_where_it_could_change_the_result(tmp_path, query, options):
     path.write_text("k,v,ts\na,1,2024-01-01 00:00:00\nb,2,2024-01-01 00:00:01\na,3,2024-01-01 00:00:02\n")
     engine = velosql.connect()
     try:
-        with_ = ", ".join(
-            f"'{k}' = {_value(v)}"
-            for k, v in {"src.type": "file_source", "src.path": str(path), **options}.items()
-        )
-        job = engine.execute(f"CREATE STREAM o AS {query} WITH ({with_})")
+        job = engine.execute(f"CREATE STREAM o AS {query} {with_file(path, **options)}")
         assert job.executor.scan is None
         job.wait(60)
         assert job.status == "Finished"
@@ -169,9 +171,9 @@ def test_fail_batch_names_the_file_and_line_of_the_bad_record(tmp_path):
     path.write_text("k,v\na,1\nb,oops\n")
     engine = velosql.connect()
     try:
+        options = {"src.schema": "k VARCHAR, v DOUBLE", "failure_strategy": "FailBatch"}
         job = engine.execute(
-            f"CREATE STREAM o AS SELECT k, sum(v) FROM src GROUP BY k EMIT FINAL WITH ('src.type' = 'file_source', "
-            f"'src.path' = '{path}', 'src.schema' = 'k VARCHAR, v DOUBLE', failure_strategy = 'FailBatch')"
+            f"CREATE STREAM o AS SELECT k, sum(v) FROM src GROUP BY k EMIT FINAL {with_file(path, **options)}"
         )
         assert job.executor.scan is not None
         with pytest.raises(DataError, match=f"{path}:3"):
@@ -186,8 +188,7 @@ def test_explain_says_when_the_scan_is_pushed_down(tmp_path):
     engine = velosql.connect()
     try:
         text = engine.explain(
-            f"CREATE STREAM o AS SELECT k, sum(v) FROM src GROUP BY k EMIT FINAL "
-            f"WITH ('src.type' = 'file_source', 'src.path' = '{path}')"
+            f"CREATE STREAM o AS SELECT k, sum(v) FROM src GROUP BY k EMIT FINAL {with_file(path)}"
         )
     finally:
         engine.close()
@@ -202,8 +203,7 @@ def test_the_scan_estimates_the_rows_it_will_read_for_progress(tmp_path):
     try:
         job = engine.execute(
             "CREATE STREAM o AS SELECT column0, count(*) FROM src GROUP BY column0 EMIT FINAL "
-            f"WITH ('src.type' = 'file_source', 'src.path' = '{tmp_path}/*.csv', 'src.delimiter' = ';', "
-            "'src.format' = 'csv_no_header')"
+            + with_file(f"{tmp_path}/*.csv", **{"src.delimiter": ";", "src.format": "csv_no_header"})
         )
         estimate = job.executor.scan.estimated_rows
         job.wait(60)
@@ -221,7 +221,7 @@ def test_a_stopped_scan_ends_the_job_stopped_with_nothing_emitted(tmp_path):
     try:
         job = engine.execute(
             "CREATE TABLE o AS SELECT k, sum(v) FROM src GROUP BY k EMIT FINAL "
-            f"WITH ('src.type' = 'file_source', 'src.path' = '{path}', 'src.schema' = 'k VARCHAR, v DOUBLE')"
+            + with_file(path, **{"src.schema": "k VARCHAR, v DOUBLE"})
         )
         scan = job.executor.scan
         job.stop()
