@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+# Every job these tests run, on V1 and on each V2 entry of the processor matrix (conftest.py).
+pytestmark = pytest.mark.usefixtures("processor_matrix")
+
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 60  # seconds a command may take before the test gives up on it
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r")

@@ -484,7 +484,7 @@ def test_load_settings_bad_yaml(tmp_path):
             "processor:\n  architecure: v2\n",
             ConfigError,
             "processor.architecure: unknown key "
-            "(allowed: architecture, backpressure_enabled, queue_threshold)",
+            "(allowed: architecture, backpressure_enabled, queue_threshold, partitioning_strategy)",
         ),
         (
             "processor:\n  architecture: v3\n",

@@ -10,6 +10,9 @@ import pytest
 import velosql
 from velosql import JobProcessorConfig, OptionError, SqlError
 
+# Every job these tests run, on V1 and on each V2 entry of the processor matrix (conftest.py).
+pytestmark = pytest.mark.usefixtures("processor_matrix")
+
 BASE = dt.datetime(2024, 1, 1)
 
 
@@ -29,7 +32,7 @@ def engine():
         yield e
 
 
-def test_push_forms_pandas_dicts_arrow_and_results_as_duckdb_tables(engine):
+def test_push_forms_pandas_dicts_arrow_and_results_as_duckdb_tables(engine, processor_matrix):
     import pandas as pd
 
     engine.push("t", pd.DataFrame({"k": ["a", "b"], "v": [1, 2]}))
@@ -44,7 +47,9 @@ def test_push_forms_pandas_dicts_arrow_and_results_as_duckdb_tables(engine):
     assert [(k, int(s)) for k, s in rows] == [("a", 9), ("b", 2), ("c", 4)]
     m = job.metrics()
     assert m["records_in"] == 5 and m["records_out"] == 3
-    assert m["processor"] == "V1 (Single-threaded, single partition, 1x baseline)"
+    assert m["processor"] == JobProcessorConfig.parse(processor_matrix[0]).description()
+    if processor_matrix[0] == "v1":
+        assert m["processor"] == "V1 (Single-threaded, single partition, 1x baseline)"
 
 
 def test_pull_python_sink_and_push_schema_mismatch(engine):

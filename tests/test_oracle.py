@@ -8,29 +8,20 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
 from decimal import Decimal
 
 import duckdb
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, given, settings
+from conftest import property_test, split_entry, strategy_option
 from hypothesis import strategies as st
 
 import velosql
 from velosql.runtime import running, v1
 from velosql.testing import push_split, run_stream
 
-PROCESSORS = ["v1", "v2:3"]
 BASE = dt.datetime(2024, 1, 1)
 LATENESS_S = 30
-
-# VELOSQL_EXAMPLES=200 for a deeper local run; CI keeps the suite within its time budget.
-SETTINGS = settings(
-    max_examples=int(os.environ.get("VELOSQL_EXAMPLES", "20")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 
 
 @st.composite
@@ -111,18 +102,17 @@ def assert_rows_equal(actual: list[tuple], expected: list[tuple], ordered: bool 
 
 
 def streamed(sql: str, table, splits, batch, processor) -> list[tuple]:
+    """``processor``: an entry of the processor matrix (conftest.IDS)."""
     sep = " WITH (" if " WITH (" not in sql else None
     opts = (
         f"'o.type' = 'python', 'max_batch_size' = {batch}, 'watermark.max_out_of_orderness' = '{LATENESS_S}s'"
     )
-    sql = sql + (f"{sep}{opts})" if sep else "")
-    out = run_stream(sql, table, splits=splits, processor=processor)
+    sql = sql + (f"{sep}{opts}{strategy_option(processor)})" if sep else "")
+    out = run_stream(sql, table, splits=splits, processor=split_entry(processor)[0])
     return [tuple(r.values()) for r in out.to_pylist()]
 
 
-@pytest.mark.parametrize("processor", PROCESSORS)
-@SETTINGS
-@given(data=streams())
+@property_test(data=streams())
 def test_filter_and_projection(processor, data):
     table, splits, batch = data
     got = streamed("CREATE STREAM o AS SELECT k, x * 2 AS x2, upper(s) AS s, y FROM t WHERE x > 0 OR k = 'a'",
@@ -138,9 +128,7 @@ GROUP_AGGS = (
 )
 
 
-@pytest.mark.parametrize("processor", PROCESSORS)
-@SETTINGS
-@given(data=streams())
+@property_test(data=streams())
 def test_group_by_emit_final(processor, data):
     table, splits, batch = data
     got = streamed(f"CREATE STREAM o AS SELECT k, {GROUP_AGGS} FROM t GROUP BY k EMIT FINAL",
@@ -149,9 +137,7 @@ def test_group_by_emit_final(processor, data):
     assert_rows_equal(got, want)
 
 
-@pytest.mark.parametrize("processor", PROCESSORS)
-@SETTINGS
-@given(data=streams())
+@property_test(data=streams())
 def test_order_dependent_aggregates_follow_arrival(processor, data):
     table, splits, batch = data
     got = streamed(
@@ -163,9 +149,7 @@ def test_order_dependent_aggregates_follow_arrival(processor, data):
     assert_rows_equal(got, want)
 
 
-@pytest.mark.parametrize("processor", PROCESSORS)
-@SETTINGS
-@given(data=streams())
+@property_test(data=streams())
 def test_having_and_expressions_over_aggregates(processor, data):
     table, splits, batch = data
     sql = ("SELECT upper(k) AS uk, count(*) * 10 AS n10, sum(x) / nullif(count(x), 0) AS mean_x FROM t "
@@ -174,9 +158,7 @@ def test_having_and_expressions_over_aggregates(processor, data):
     assert_rows_equal(got, oracle(sql, table))
 
 
-@pytest.mark.parametrize("processor", PROCESSORS)
-@SETTINGS
-@given(data=streams())
+@property_test(data=streams())
 def test_global_aggregate(processor, data):
     table, splits, batch = data
     sql = "SELECT count(*) AS n, sum(y) AS sy, max(ts) AS last_ts FROM t"
@@ -187,9 +169,7 @@ def test_global_aggregate(processor, data):
 WINDOW_AGGS = "count(*) AS n, sum(x) AS sx, avg(y) AS ay, median(y) AS my, count(DISTINCT s) AS ds"
 
 
-@pytest.mark.parametrize("processor", PROCESSORS)
-@SETTINGS
-@given(data=streams(), size=st.sampled_from([30, 60, 90]))
+@property_test(data=streams(), size=st.sampled_from([30, 60, 90]))
 def test_tumbling_windows(processor, data, size):
     table, splits, batch = data
     got = streamed(
@@ -201,9 +181,7 @@ def test_tumbling_windows(processor, data, size):
     assert_rows_equal(got, want)
 
 
-@pytest.mark.parametrize("processor", PROCESSORS)
-@SETTINGS
-@given(data=streams(), shape=st.sampled_from([(60, 30), (90, 30), (60, 60), (50, 20)]))
+@property_test(data=streams(), shape=st.sampled_from([(60, 30), (90, 30), (60, 60), (50, 20)]))
 def test_sliding_windows(processor, data, shape):
     table, splits, batch = data
     size, adv = shape
@@ -220,9 +198,7 @@ def test_sliding_windows(processor, data, shape):
     assert_rows_equal(got, want)
 
 
-@pytest.mark.parametrize("processor", PROCESSORS)
-@SETTINGS
-@given(data=streams(), gap=st.sampled_from([20, 45, 100]))
+@property_test(data=streams(), gap=st.sampled_from([20, 45, 100]))
 def test_session_windows(processor, data, gap):
     table, splits, batch = data
     got = streamed(
@@ -239,9 +215,7 @@ def test_session_windows(processor, data, gap):
     assert_rows_equal(got, want)
 
 
-@pytest.mark.parametrize("processor", PROCESSORS)
-@SETTINGS
-@given(data=streams(shuffle=False))
+@property_test(data=streams(shuffle=False))
 def test_emit_changes_are_running_values(processor, data):
     table, splits, batch = data
     got = streamed(
@@ -255,9 +229,7 @@ def test_emit_changes_are_running_values(processor, data):
     assert_rows_equal(got, want, ordered=True)
 
 
-@pytest.mark.parametrize("processor", PROCESSORS)
-@SETTINGS
-@given(data=streams(shuffle=False), n=st.sampled_from([1, 2, 5]))
+@property_test(data=streams(shuffle=False), n=st.sampled_from([1, 2, 5]))
 def test_rows_window_buffer(processor, data, n):
     table, splits, batch = data
     got = streamed(
@@ -295,9 +267,7 @@ def _on_time(
     return keep
 
 
-@pytest.mark.parametrize("processor", PROCESSORS)
-@SETTINGS
-@given(
+@property_test(
     data=streams(),
     size=st.sampled_from([20, 60]),
     late_s=st.sampled_from([0, 5]),
@@ -314,9 +284,9 @@ def test_late_rows_are_judged_per_row_whatever_the_batching(processor, data, siz
     sql = (
         f"CREATE STREAM o AS SELECT k, _window_start, count(*) AS n, sum(x) AS sx FROM t GROUP BY k "
         f"WINDOW TUMBLING(ts, {size}s) EMIT FINAL WITH ('o.type' = 'python', max_batch_size = {batch}, "
-        f"'watermark.max_out_of_orderness' = '{late_s}s')"
+        f"'watermark.max_out_of_orderness' = '{late_s}s'{strategy_option(processor)})"
     )
-    engine = velosql.connect()
+    engine = velosql.connect(processor=split_entry(processor)[0])
     try:
         push_split(engine, "t", table, splits)
         engine.execute(sql).wait(60)
@@ -336,22 +306,21 @@ def test_late_rows_are_judged_per_row_whatever_the_batching(processor, data, siz
     assert late == expected_late
 
 
-@pytest.mark.parametrize("processor", PROCESSORS)
-@SETTINGS
-@given(data=streams(shuffle=False))
+@property_test(data=streams(shuffle=False))
 def test_running_count_sum_avg_take_the_fast_path_and_match(processor, data):
     """COUNT/SUM/AVG over integers per key run without DuckDB's window sort; same rows as batch SQL."""
     table, splits, batch = data
-    engine = velosql.connect(processor=processor)
+    engine = velosql.connect(processor=split_entry(processor)[0])
     try:
         push_split(engine, "t", table, splits)
         job = engine.execute(
             "CREATE STREAM o AS SELECT k, count(*) AS n, count(x) AS nx, sum(x) AS sx, avg(x) AS ax, "
             "sum(x) * 2 + count(*) AS mix FROM t WHERE y > -900 GROUP BY k HAVING count(*) > 1 "
-            f"WITH ('o.type' = 'python', max_batch_size = {batch})"
+            f"WITH ('o.type' = 'python', max_batch_size = {batch}{strategy_option(processor)})"
         )
         job.wait(60)
-        assert job.executor.running
+        if processor == "v1":  # V2 workers run the plan's SQL
+            assert job.executor.running
         got = [tuple(r.values()) for r in engine.pull("o").to_pylist()]
     finally:
         engine.close()
@@ -363,10 +332,8 @@ def test_running_count_sum_avg_take_the_fast_path_and_match(processor, data):
     assert_rows_equal(got, want, ordered=True)
 
 
-@pytest.mark.parametrize("processor", PROCESSORS)
 @pytest.mark.parametrize("hot", ["arrow", "snapshots", "duckdb"])
-@SETTINGS
-@given(data=streams(shuffle=False), where=st.booleans())
+@property_test(data=streams(shuffle=False), where=st.booleans())
 def test_running_values_finished_in_arrow_match(processor, hot, data, where):
     """Bare keys and COUNT/SUM/AVG in any order: the change rows are finished in Arrow from the
     key's state and the batch's running partials (rows taken straight from the batch when there
@@ -379,22 +346,25 @@ def test_running_values_finished_in_arrow_match(processor, hot, data, where):
               "duckdb": (2, 1)}[hot]  # fmt: skip
     saved = running.HOT_KEYS, v1.CHECKPOINT_ROWS
     running.HOT_KEYS, v1.CHECKPOINT_ROWS = limits
-    engine = velosql.connect(processor=processor)
+    engine = velosql.connect(processor=split_entry(processor)[0])
     try:
         push_split(engine, "t", table, splits)
         job = engine.execute(
             "CREATE STREAM o AS SELECT avg(x) AS ax, k, count(*) AS n, sum(x) AS sx, count(x) AS nx "
-            f"FROM t {cond}GROUP BY k WITH ('o.type' = 'python', max_batch_size = {batch})"
+            f"FROM t {cond}GROUP BY k WITH ('o.type' = 'python', max_batch_size = {batch}"
+            f"{strategy_option(processor)})"
         )
         job.wait(60)
         ex = job.executor
-        assert job.plan.sql.running_items and ex.running
-        assert ex.plain_rows is not where
-        (keys,) = oracle(f"SELECT count(DISTINCT k) + max(CASE WHEN k IS NULL THEN 1 ELSE 0 END) FROM t {cond}",
-                         table)[0]  # fmt: skip
-        assert (ex.totals is not None) == (hot != "duckdb" or (keys or 0) <= 2)
-        # Whichever way, DuckDB's state ends with each key's totals.
-        state = ex.con.sql('SELECT "__k0", sum(__a1_c) FROM __state GROUP BY ALL').fetchall()
+        state = None
+        if processor == "v1":  # V2 workers run the plan's SQL, and hold the keys' state
+            assert job.plan.sql.running_items and ex.running
+            assert ex.plain_rows is not where
+            (keys,) = oracle(f"SELECT count(DISTINCT k) + max(CASE WHEN k IS NULL THEN 1 ELSE 0 END) FROM t {cond}",
+                             table)[0]  # fmt: skip
+            assert (ex.totals is not None) == (hot != "duckdb" or (keys or 0) <= 2)
+            # Whichever way, DuckDB's state ends with each key's totals.
+            state = ex.con.sql('SELECT "__k0", sum(__a1_c) FROM __state GROUP BY ALL').fetchall()
         got = [tuple(r.values()) for r in engine.pull("o").to_pylist()]
     finally:
         running.HOT_KEYS, v1.CHECKPOINT_ROWS = saved
@@ -404,7 +374,8 @@ def test_running_values_finished_in_arrow_match(processor, hot, data, where):
         f"SELECT avg(x) {w}, k, count(*) {w}, sum(x) {w}, count(x) {w} FROM t {cond}ORDER BY seq", table
     )
     assert_rows_equal(got, want, ordered=True)
-    assert_rows_equal(state, oracle(f"SELECT k, count(*) FROM t {cond}GROUP BY k", table))
+    if state is not None:
+        assert_rows_equal(state, oracle(f"SELECT k, count(*) FROM t {cond}GROUP BY k", table))
 
 
 @pytest.mark.parametrize("split", [False, True])
@@ -447,9 +418,7 @@ def wide_values(draw, max_rows=80):
     return table, splits, draw(st.sampled_from([1, 7, 262144]))
 
 
-@pytest.mark.parametrize("processor", PROCESSORS)
-@SETTINGS
-@given(data=wide_values())
+@property_test(data=wide_values())
 def test_group_partials_computed_by_pyarrow_match(processor, data):
     """GROUP BY bare columns with COUNT/SUM/MIN/MAX/AVG: pyarrow computes the micro-batches'
     partials, except where DuckDB's semantics differ (sums beyond int64, NaN in MIN/MAX), and
@@ -457,14 +426,15 @@ def test_group_partials_computed_by_pyarrow_match(processor, data):
     table, splits, batch = data
     aggs = ("count(*), count(x), sum(x), min(x), max(x), sum(f), min(f), max(f), count(f), "
             "avg(g), sum(g), min(g)")  # fmt: skip
-    engine = velosql.connect(processor=processor)
+    engine = velosql.connect(processor=split_entry(processor)[0])
     try:
         push_split(engine, "t", table, splits)
         job = engine.execute(
             f"CREATE STREAM o AS SELECT k, {aggs} FROM t GROUP BY k EMIT FINAL "
-            f"WITH ('o.type' = 'python', max_batch_size = {batch})"
+            f"WITH ('o.type' = 'python', max_batch_size = {batch}{strategy_option(processor)})"
         )
-        assert job.executor.arrow is not None
+        # V1 computes the partials with pyarrow; V2 workers run the partial SQL (none without pool).
+        assert (job.executor.arrow is not None) == (processor == "v1")
         job.wait(60)
         got = [tuple(r.values()) for r in engine.pull("o").to_pylist()]
     finally:

@@ -8,27 +8,32 @@ import math
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from conftest import property_test, split_entry
 from hypothesis import strategies as st
 
 import velosql
 from velosql.errors import DataError
 
-SETTINGS = settings(
-    max_examples=int(__import__("os").environ.get("VELOSQL_HYPOTHESIS_EXAMPLES", "40")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+# The jobs of the tests marked so run on V1 and on each V2 entry of the processor matrix
+# (conftest.py); the property test takes the entry as a parameter, with fewer examples for V2.
+matrix = pytest.mark.usefixtures("processor_matrix")
+V1_EXAMPLES = int(__import__("os").environ.get("VELOSQL_HYPOTHESIS_EXAMPLES", "40"))
 QUERY = (
     "SELECT k, count(*) AS n, count(v) AS nv, sum(v) AS sv, min(v) AS lo, max(f) AS hi, avg(f) AS af, "
     "string_agg(DISTINCT k, '|') AS ks FROM src {where}GROUP BY k {having} EMIT FINAL"
 )
 
 
-def run(path, query: str, pushdown: bool, **options) -> tuple[list[tuple], list[tuple], dict, object]:
+def run(
+    path, query: str, pushdown: bool, processor: str | None = None, **options
+) -> tuple[list[tuple], list[tuple], dict, object]:
     """(result rows sorted, dead letters (location, error, raw) sorted, metrics, whether the scan
-    was pushed down)."""
-    engine = velosql.connect()
+    was pushed down). ``processor``: a matrix entry (else the engine's default)."""
+    if processor is not None:
+        processor, strategy = split_entry(processor)
+        if strategy:
+            options["partitioning_strategy"] = strategy
+    engine = velosql.connect(processor=processor)
     try:
         job = engine.execute(
             f"CREATE TABLE o AS {query} {with_file(path, scan_pushdown=pushdown, **options)}"
@@ -97,18 +102,19 @@ def csv_files(draw):
     return header, newline.join(lines) + (newline if draw(st.booleans()) else "")
 
 
-@SETTINGS
-@given(data=csv_files(), where=st.booleans(), having=st.booleans())
-def test_pushed_down_csv_scan_matches_reading_record_by_record(tmp_path, data, where, having):
+@property_test(v1_examples=V1_EXAMPLES, data=csv_files(), where=st.booleans(), having=st.booleans())
+def test_pushed_down_csv_scan_matches_reading_record_by_record(processor, tmp_path, data, where, having):
     header, text = data
     path = tmp_path / "in.csv"
     path.write_bytes(text.encode())
     query = QUERY.format(where="WHERE v IS DISTINCT FROM 0 " if where else "",
                          having="HAVING count(*) > 1" if having else "")  # fmt: skip
     schema = "k VARCHAR, v DOUBLE, f DOUBLE"
-    same_both_ways(path, query, **{"src.format": "csv" if header else "csv_no_header", "src.schema": schema})
+    options = {"src.format": "csv" if header else "csv_no_header", "src.schema": schema}
+    same_both_ways(path, query, processor=processor, **options)
 
 
+@matrix
 def test_pushed_down_csv_with_inferred_types_delimiter_and_several_files(tmp_path):
     for i in range(3):
         lines = ["station;temp"] + [f"s{j % 5};{(i * 31 + j * 7) % 50 - 20}.{j % 10}" for j in range(200)]
@@ -128,6 +134,7 @@ def test_pushed_down_csv_with_inferred_types_delimiter_and_several_files(tmp_pat
     assert m["records_in"] == 600 and m["dead_letters"] == 1
 
 
+@matrix
 def test_pushed_down_parquet_scan(tmp_path):
     table = pa.table({"k": ["a", "b", None, "a"] * 50, "v": pa.array(range(200), pa.int32())})
     pq.write_table(table, tmp_path / "t.parquet", row_group_size=64)
@@ -137,6 +144,7 @@ def test_pushed_down_parquet_scan(tmp_path):
     )
 
 
+@matrix
 @pytest.mark.parametrize(
     ("query", "options"),
     [
@@ -166,6 +174,7 @@ def test_no_pushdown_where_it_could_change_the_result(tmp_path, query, options):
         engine.close()
 
 
+@matrix
 def test_fail_batch_names_the_file_and_line_of_the_bad_record(tmp_path):
     path = tmp_path / "in.csv"
     path.write_text("k,v\na,1\nb,oops\n")
@@ -182,6 +191,7 @@ def test_fail_batch_names_the_file_and_line_of_the_bad_record(tmp_path):
         engine.close()
 
 
+@matrix
 def test_explain_says_when_the_scan_is_pushed_down(tmp_path):
     path = tmp_path / "in.csv"
     path.write_text("k,v\na,1\n")
@@ -195,6 +205,7 @@ def test_explain_says_when_the_scan_is_pushed_down(tmp_path):
     assert "scan pushdown" in text
 
 
+@matrix
 def test_the_scan_estimates_the_rows_it_will_read_for_progress(tmp_path):
     lines = [f"s{i % 7};{i % 50}.5" for i in range(20_000)]
     (tmp_path / "a.csv").write_text("\n".join(lines) + "\n")
@@ -213,6 +224,7 @@ def test_the_scan_estimates_the_rows_it_will_read_for_progress(tmp_path):
     assert 0.9 * 25_000 < estimate < 1.1 * 25_000
 
 
+@matrix
 def test_a_stopped_scan_ends_the_job_stopped_with_nothing_emitted(tmp_path):
     """A stop interrupts the scan (or comes before it): no partial result, no dead letters of it."""
     path = tmp_path / "in.csv"

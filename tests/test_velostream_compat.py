@@ -26,6 +26,9 @@ from velostream_quickstart import AGGREGATE_SQL, FILTER_SQL, HELLO_WORLD_SQL, TR
 import velosql
 from velosql.sql import parse_script
 
+# Every job these tests run, on V1 and on each V2 entry of the processor matrix (conftest.py).
+pytestmark = pytest.mark.usefixtures("processor_matrix")
+
 HELLO_INPUT = """\
 id,name,value,timestamp
 1,Alice,100,2024-01-01T10:00:00

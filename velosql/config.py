@@ -277,14 +277,17 @@ class Settings:
         processor: ``processor.architecture`` parsed, or None when the file does not set it.
         backpressure_enabled: Whether V2 partition queues are bounded (the router waits when full).
         queue_threshold: Records a V2 partition queue holds before the router waits.
+        partitioning_strategy: How V2 routes the records of jobs that do not choose (``hash``,
+            ``sticky``, ``smart``, ``round_robin``, ``fan_in`` and their long forms), or None.
     """
 
     processor: JobProcessorConfig | None = None
     backpressure_enabled: bool = True
     queue_threshold: int = 1000
+    partitioning_strategy: str | None = None
 
 
-_SETTINGS_KEYS = ("architecture", "backpressure_enabled", "queue_threshold")
+_SETTINGS_KEYS = ("architecture", "backpressure_enabled", "queue_threshold", "partitioning_strategy")
 
 
 def load_settings(path: str | os.PathLike[str]) -> Settings:
@@ -294,6 +297,7 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
           architecture: v2:4        # any string JobProcessorConfig.parse accepts
           backpressure_enabled: true
           queue_threshold: 1000
+          partitioning_strategy: hash   # for jobs whose statement does not choose
 
     Every key is optional. Other top-level sections are left to their own readers.
 
@@ -342,7 +346,23 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
                 f"{path}: processor.queue_threshold: expected a positive integer, got {threshold!r}"
             )
         settings = replace(settings, queue_threshold=threshold)
+    strategy = section.get("partitioning_strategy")
+    if strategy is not None:
+        from .options import PARTITIONING_STRATEGIES
+
+        if not isinstance(strategy, str) or strategy.lower() not in PARTITIONING_STRATEGIES:
+            raise ConfigError(
+                f"{path}: processor.partitioning_strategy: expected one of "
+                f"{', '.join(PARTITIONING_STRATEGIES)}, got {strategy!r}"
+            )
+        settings = replace(settings, partitioning_strategy=strategy.lower())
     return settings
+
+
+def configured_settings(config_path: str | os.PathLike[str] | None = None) -> Settings:
+    """The settings of the config file in effect (see :func:`resolve_processor`), or the defaults."""
+    path = _config_file(config_path, os.environ)
+    return load_settings(path) if path is not None else Settings()
 
 
 def _config_file(config_path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:

@@ -7,13 +7,14 @@ as tables too.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 
 import duckdb
 import pyarrow as pa
 
-from .config import JobProcessorConfig, resolve_processor
+from .config import JobProcessorConfig, configured_settings, resolve_processor
 from .connectors.duckdb_table import DuckDBTableSink, DuckDBTableSource
 from .connectors.python import Channel, PythonSink, PythonSource
 from .errors import ConfigError, SqlError, VelosqlError
@@ -118,6 +119,13 @@ class Engine:
         return self.con.sql(query)
 
     def _plan(self, stmt: CreateStream) -> StreamPlan:
+        chosen = "partitioning_strategy" in stmt.properties or "partitioning_strategy" in stmt.annotations
+        if not chosen:
+            strategy = configured_settings(self.config_path).partitioning_strategy
+            if strategy is not None:  # the config file's default strategy, as if written in WITH
+                stmt = dataclasses.replace(
+                    stmt, properties={**stmt.properties, "partitioning_strategy": strategy}
+                )
         return plan(stmt)
 
     def _prepare(self, p: StreamPlan) -> Job:

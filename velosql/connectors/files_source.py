@@ -138,6 +138,7 @@ class FileSource(Source):
 
     def __init__(self, name: str, options: dict, database=None) -> None:
         self.name = name
+        self._options = options
         self._database = database  # a DuckDB connection to parse a declared schema on, if any
         opt = lambda key: option(options, "source", key)  # noqa: E731
         self._path = opt("path")
@@ -184,13 +185,17 @@ class FileSource(Source):
         self._files, self._known = [], set()
         for path in paths:
             self._add_file(path)
+        self._fix_schema(None)
+
+    def _fix_schema(self, user: pa.Schema | None) -> None:
+        """Make the decoder and fix the columns: ``user`` or, if None, the declared or inferred ones."""
         if self._format == "parquet":
             self._decoder = None
         elif self._format == "jsonl":
             self._decoder = JsonDecoder()
         else:
             self._decoder = CsvDecoder(self._delimiter, self._quote, self._escape)
-        user = self._user_schema()
+        user = self._user_schema() if user is None else user
         clash = [n for n in user.names if n in SYSTEM_COLUMNS]
         if clash:
             raise DataError(f"{self._path}: column {clash[0]!r} has the name of a system column; rename it")
@@ -209,6 +214,43 @@ class FileSource(Source):
         self._batches = _Batches(self._batch_size)
         self._remaining = self._max_records
         self._exhausted = self._max_records == 0
+
+    # ---- partitions read by other processes (V2 direct read) -----------------------------------
+
+    def partition_reader(self, partitions: list[int]) -> dict | None:
+        """What a V2 worker needs to read ``partitions`` of this open source by itself, with the
+        same format and columns (picklable; see :meth:`for_partitions`). None when the source is not
+        a plain bounded read of several files (watching, ``max_records``)."""
+        if self._watch or self._max_records is not None:
+            return None
+        return {
+            "name": self.name,
+            "options": self._options,
+            "format": self._format,
+            "has_headers": self._has_headers,
+            "user": self._user,
+            "files": [(f.path, f.partition) for f in self._files if f.partition in set(partitions)],
+        }
+
+    @property
+    def partition_count(self) -> int:
+        """How many partitions (files) the open source has now."""
+        return len(self._files)
+
+    @classmethod
+    def for_partitions(cls, reader: dict, ctx: SourceContext) -> FileSource:
+        """A source over the files of :meth:`partition_reader`, opened with its columns fixed."""
+        source = cls(reader["name"], reader["options"])
+        source._ctx = ctx
+        source._format = reader["format"]
+        source._has_headers = reader["has_headers"]
+        source._files = [
+            _File(path, partition, to_skip=source._skip_lines + source._header_lines)
+            for path, partition in reader["files"]
+        ]
+        source._known = {path for path, _ in reader["files"]}
+        source._fix_schema(reader["user"])
+        return source
 
     @property
     def schema(self) -> pa.Schema:

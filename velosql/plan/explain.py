@@ -85,6 +85,12 @@ def explain_text(plan: StreamPlan, processor, job=None) -> str:
         f"  dead letters: {plan.dlq_table} (failure_strategy={plan.job_options.get('failure_strategy')})"
     )
     lines.append(f"  processor:   {processor.description()}")
+    if processor.architecture == "v2":
+        from ..runtime.v2 import choose
+
+        route = job.executor.route if job is not None and getattr(job.executor, "route", None) else None
+        route = route or choose(plan, processor.effective_partitions())
+        lines.append(f"  routing:     {route.text}")
     for note in plan.notes:
         lines.append(f"  note:        {note}")
     if job is not None:

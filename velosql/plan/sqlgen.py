@@ -48,6 +48,7 @@ class Query:
     buffer_keys: tuple[str, ...] = ()
     buffered_windows: tuple[str, ...] = ()
     plain_from: bool = False  # FROM the source alone: no join, no subquery
+    local: bool = False  # reads no table but the source (so a V2 worker can run it on its own)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,10 @@ class ShapeSQL:
     # COUNT, SUM, MIN or MAX: the key columns, and (part column, function, argument column or
     # None) per partial column. None otherwise.
     arrow_partial: tuple[tuple[str, ...], tuple[tuple[str, str, str | None], ...]] | None = None
+    # V2: the key columns rows are routed by, one row per row of __in ("" without keys or when the
+    # FROM is more than the source), and whether the statements read no table but the source.
+    route_keys: str = ""
+    local: bool = False
     evict: str = ""
     buffer_insert: str = ""
     session_emit: str = ""
@@ -108,23 +113,27 @@ def analyse(select: exp.Select, source: exp.Table, window: WindowSpec | None, lo
     has_agg = any(is_aggregate(n) for item in select.expressions for n in item.walk())
     group = select.args.get("group")
     has_windows = select.find(exp.Window) is not None
+    plain = not select.args.get("joins") and isinstance(from_.this, exp.Table) and from_.this.name == "__in"
+    ctes = {c.alias_or_name for c in select.find_all(exp.CTE)}
+    local = all(t.name == "__in" or t.name in ctes for t in select.find_all(exp.Table)) and not any(
+        isinstance(t.this, exp.Anonymous) for t in select.find_all(exp.Table)
+    )
     if group is not None or has_agg:
         if has_windows:
             raise SqlError("window functions (OVER …) cannot be combined with GROUP BY or aggregates", loc)
-        plain = (
-            not select.args.get("joins") and isinstance(from_.this, exp.Table) and from_.this.name == "__in"
-        )
         q = _analyse_grouped(select, alias, from_sql, where_sql, window, loc, limit)
-        return dataclasses.replace(q, plain_from=plain)
+        return dataclasses.replace(q, plain_from=plain, local=local)
     if has_windows:
-        return _analyse_buffered(select, from_sql, where_sql, loc, limit, alias)
+        q = _analyse_buffered(select, from_sql, where_sql, loc, limit, alias)
+        return dataclasses.replace(q, plain_from=plain, local=local)
     items = [_expand_star(i, (*SYSTEM, SEQ)) for i in select.expressions]
     project = f"SELECT {', '.join(_sql(i) for i in items)} {from_sql} WHERE {where_sql}"
     order = select.args.get("order")
     return Query(
         shape="project", alias=alias, from_sql=from_sql, where_sql=where_sql, key_sql=(), key_names=(),
         aggregates=(), items=tuple(_sql(i) for i in items), having_sql=None,
-        order_sql=_sql(order) if order else None, limit=limit, project_sql=project,
+        order_sql=_sql(order) if order else None, limit=limit, project_sql=project, plain_from=plain,
+        local=local,
     )  # fmt: skip
 
 
@@ -391,6 +400,13 @@ def _absolute_row_number(partition: str) -> str:
 
 def generate(q: Query, window: WindowSpec | None, emit: str) -> ShapeSQL:
     """The SQL statements for the query's shape and emit mode."""
+    route = ""
+    if q.plain_from and q.key_sql:
+        route = f'SELECT {", ".join(q.key_sql)} FROM __in AS "{q.alias}"'
+    return dataclasses.replace(_generate(q, window, emit), route_keys=route, local=q.local)
+
+
+def _generate(q: Query, window: WindowSpec | None, emit: str) -> ShapeSQL:
     late_cond = W.late_condition(window)
     late = f'SELECT "{q.alias}".* {q.from_sql} WHERE ({q.where_sql}) AND {late_cond}' if window else ""
     if q.shape == "project":

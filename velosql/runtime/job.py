@@ -85,9 +85,11 @@ class Job:
         self.limit_reached = False
 
     def prepare(self) -> None:
-        from .v1 import V1Executor
-
-        self.executor = V1Executor(self)
+        if self.processor.processor_version() == "V2":
+            from .v2 import V2Executor as executor
+        else:
+            from .v1 import V1Executor as executor
+        self.executor = executor(self)
         self.executor.prepare()
 
     def start(self) -> None:
@@ -135,6 +137,9 @@ class Job:
             status=self.status,
             processor=self.processor.description(),
         )
+        partitions = getattr(self.executor, "partition_metrics", None)
+        if partitions is not None:
+            data["partitions"] = partitions()
         return data
 
     def __repr__(self) -> str:

@@ -332,9 +332,7 @@ class V1Executor:
             partials, rows = result
             self.metrics.records_in = rows
             self.metrics.batches += 1
-            with self._registered("__partials", partials):
-                (n,) = self.con.execute("INSERT INTO __state BY NAME SELECT * FROM __partials").fetchall()[0]
-            self._after_insert(n)
+            self._merge_partials(partials)
         else:
             self.metrics.records_in = 0  # what the scan had read is dropped with it
         self.metrics.busy_seconds += time.monotonic() - t0
@@ -499,13 +497,18 @@ class V1Executor:
             partial = W.nonnegative_variant(partial, self.plan.window)
         rows = self.arrow.compute(table) if self.arrow is not None and not late else None
         if rows is not None:
-            with self._registered("__partials", rows):
-                n = self.con.execute("INSERT INTO __state BY NAME SELECT * FROM __partials").fetchall()[0][0]
-        else:
-            n = self.con.execute(f"INSERT INTO __state {partial}").fetchall()[0][0]
+            self._merge_partials(rows)
+            return
+        n = self.con.execute(f"INSERT INTO __state {partial}").fetchall()[0][0]
         if low is not None and n:
             end = _min_window_end(self.plan.window, low)
             self.min_open_end = end if self.min_open_end is None else min(self.min_open_end, end)
+        self._after_insert(n)
+
+    def _merge_partials(self, rows: pa.Table) -> None:
+        """Append partial rows computed elsewhere (pyarrow, DuckDB's scan, V2 workers) to ``__state``."""
+        with self._registered("__partials", rows):
+            (n,) = self.con.execute("INSERT INTO __state BY NAME SELECT * FROM __partials").fetchall()[0]
         self._after_insert(n)
 
     def _after_insert(self, n: int) -> None:

@@ -15,6 +15,13 @@ Requests and their replies; each worker answers its requests one by one, in orde
 - :class:`Query` — run one SQL string; the reply holds its last statement's result.
 - :class:`Marker` — an in-band watermark or end-of-input marker. The worker echoes its value, so its
   reply arrives after the replies to every earlier request.
+- :class:`Call` — run a function of velosql's own in the worker (``"module:name"``), given the
+  worker's connection, a dict it keeps between calls and an argument; it returns a value to send
+  back and optionally a table. The V2 processor's direct reads (a worker reading its own source
+  partitions) are such calls.
+
+A batch's or query's SQL may be a sequence of statements run in order; the reply holds the result
+of the one at index ``result`` (by default the last).
 
 Flow control: at most ``max_in_flight`` requests per worker are outstanding (sent but not yet
 returned to the caller). :meth:`WorkerPool.send` first collects the oldest replies to make room and
@@ -43,6 +50,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import importlib
 import multiprocessing
 import os
 import pickle
@@ -65,7 +73,7 @@ import pyarrow as pa
 
 from ..errors import ConfigError, InvalidPartitionCountError, JobError, WorkerError
 
-__all__ = ["Batch", "Marker", "Query", "Reply", "Request", "Setup", "WorkerMetrics", "WorkerPool"]
+__all__ = ["Batch", "Call", "Marker", "Query", "Reply", "Request", "Setup", "WorkerMetrics", "WorkerPool"]
 
 _STOP = pickle.dumps(("stop", None))
 _SQL_SHOWN = 160  # characters of a statement quoted in an error message
@@ -85,17 +93,39 @@ class Setup:
 
 @dataclass(frozen=True)
 class Batch:
-    """An Arrow table the worker registers as ``__in`` and the SQL it runs on it."""
+    """An Arrow table the worker registers as ``__in`` and the SQL it runs on it.
+
+    ``sql`` is one string or a sequence of statements; the reply holds the result of statement
+    ``result`` (an index into the sequence).
+    """
 
     table: pa.Table | pa.RecordBatch
-    sql: str
+    sql: str | tuple[str, ...]
+    result: int = -1
 
 
 @dataclass(frozen=True)
 class Query:
-    """SQL the worker runs; its result comes back as an Arrow table."""
+    """SQL the worker runs (one string or a sequence); the result of statement ``result`` comes back."""
 
-    sql: str
+    sql: str | tuple[str, ...]
+    result: int = -1
+
+
+@dataclass(frozen=True)
+class Call:
+    """Run ``function(con, state, arg)`` in the worker; it returns ``(value, table or None)``.
+
+    ``function`` is ``"module:name"`` of a module inside the ``velosql`` package; ``state`` is a
+    dict the worker keeps for its whole life; ``arg`` and ``value`` must be picklable.
+    """
+
+    function: str
+    arg: Any = None
+
+    def __post_init__(self) -> None:
+        if not self.function.startswith("velosql."):
+            raise ValueError(f"A worker call runs velosql's own functions only, not {self.function!r}.")
 
 
 @dataclass(frozen=True)
@@ -108,7 +138,7 @@ class Marker:
     value: Any = None
 
 
-Request = Setup | Batch | Query | Marker
+Request = Setup | Batch | Query | Marker | Call
 
 
 @dataclass(frozen=True)
@@ -283,7 +313,7 @@ class WorkerPool:
             _write_ipc_file(path, request.table)
             worker.metrics.wait_seconds += time.perf_counter() - started
             header, payload, rows = (
-                pickle.dumps(("batch_file", (request.sql, path))),
+                pickle.dumps(("batch_file", (request.sql, request.result, path))),
                 None,
                 request.table.num_rows,
             )
@@ -470,20 +500,31 @@ def _encode(request: Request) -> tuple[bytes, pa.Buffer | None, int]:
     half a message in the pipe.
     """
     if isinstance(request, Batch):
-        return pickle.dumps(("batch", request.sql)), _ipc(request.table), request.table.num_rows
+        return (
+            pickle.dumps(("batch", (request.sql, request.result))),
+            _ipc(request.table),
+            request.table.num_rows,
+        )
     if isinstance(request, Query):
-        return pickle.dumps(("query", request.sql)), None, 0
+        return pickle.dumps(("query", (request.sql, request.result))), None, 0
+    if isinstance(request, Call):
+        return pickle.dumps(("call", (request.function, request.arg))), None, 0
     if isinstance(request, Setup):
         return pickle.dumps(("setup", request.statements)), None, 0
     if isinstance(request, Marker):
         return pickle.dumps(("marker", request.value)), None, 0
-    raise TypeError(f"A worker request must be Setup, Batch, Query or Marker, not {type(request).__name__}.")
+    raise TypeError(
+        f"A worker request must be Setup, Batch, Query, Marker or Call, not {type(request).__name__}."
+    )
 
 
 def _describe(request: Request) -> str:
     """How an error message names a request: its kind and the start of its SQL."""
+    if isinstance(request, Call):
+        return f"a call of {request.function}"
     if isinstance(request, (Batch, Query)):
-        sql = " ".join(request.sql.split())
+        text = request.sql if isinstance(request.sql, str) else "; ".join(request.sql)
+        sql = " ".join(text.split())
         shown = sql if len(sql) <= _SQL_SHOWN else sql[: _SQL_SHOWN - 1] + "…"
         return f"a {type(request).__name__.lower()} `{shown}`"
     if isinstance(request, Setup):
@@ -580,6 +621,7 @@ def _worker_main(conn: Connection, core: int | None) -> None:
 
 def _serve(conn: Connection, con: duckdb.DuckDBPyConnection, outbox: queue.SimpleQueue) -> None:
     """Answer requests in order until a stop message, or until the parent closes the pipe."""
+    state: dict = {}  # what Call functions keep between calls
     while True:
         try:
             kind, data = pickle.loads(conn.recv_bytes())
@@ -590,7 +632,7 @@ def _serve(conn: Connection, con: duckdb.DuckDBPyConnection, outbox: queue.Simpl
             return
         started = time.perf_counter()
         try:
-            value, table = _handle(con, kind, data, payload)
+            value, table = _handle(con, kind, data, payload, state)
             reply = None if table is None else _ipc(table)
             header = (True, kind, time.perf_counter() - started, reply is not None, value)
         except Exception as exc:
@@ -599,8 +641,8 @@ def _serve(conn: Connection, con: duckdb.DuckDBPyConnection, outbox: queue.Simpl
         outbox.put((header, reply))
 
 
-def _handle(con: duckdb.DuckDBPyConnection, kind: str, data: Any, payload: bytes | None):
-    """Run one request; return the marker value to echo and the result table, if any."""
+def _handle(con: duckdb.DuckDBPyConnection, kind: str, data: Any, payload: bytes | None, state: dict):
+    """Run one request; return the value to send back and the result table, if any."""
     if kind == "setup":
         for statement in data:
             con.execute(statement)
@@ -609,23 +651,41 @@ def _handle(con: duckdb.DuckDBPyConnection, kind: str, data: Any, payload: bytes
     if kind == "marker":
         return data, None
     if kind == "query":
-        return None, con.sql(data).to_arrow_table()
+        return None, _run(con, *data)
+    if kind == "call":
+        function, arg = data
+        module, _, name = function.partition(":")
+        return getattr(importlib.import_module(module), name)(con, state, arg)
     if kind == "batch":
         con.register("__in", pa.ipc.open_stream(payload).read_all())
         try:
-            return None, con.sql(data).to_arrow_table()
+            return None, _run(con, *data)
         finally:
             con.unregister("__in")
     if kind == "batch_file":
-        sql, path = data
+        sql, result, path = data
         with pa.memory_map(path) as source:  # the batch's buffers are the mapped file: no copy
             con.register("__in", pa.ipc.open_stream(source).read_all())
             try:
-                return None, con.sql(sql).to_arrow_table()
+                return None, _run(con, sql, result)
             finally:
                 con.unregister("__in")
                 os.unlink(path)
     raise ValueError(f"Unknown worker request kind {kind!r}.")
+
+
+def _run(con: duckdb.DuckDBPyConnection, sql: str | tuple[str, ...], result: int) -> pa.Table:
+    """Run one statement or several in order; the result of statement ``result`` as Arrow."""
+    if isinstance(sql, str):
+        return con.sql(sql).to_arrow_table()
+    tables = []
+    for i, statement in enumerate(sql):
+        if i == result % len(sql):
+            tables.append(con.sql(statement).to_arrow_table())
+        else:
+            con.execute(statement)
+            con.complete()
+    return tables[0]
 
 
 FILE_MIN_ROWS = 16_384  # batches at least this large go through a file in memory, not the pipe

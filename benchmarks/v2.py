@@ -1,0 +1,208 @@
+"""V2 against V1 and DuckDB direct on the trades queries, from a partitioned source.
+
+    python benchmarks/v2.py                  # 5M rows, median of 3
+    python benchmarks/v2.py --rows 2000000 --repeat 1
+    python benchmarks/v2.py --write-docs     # also rewrite the generated V2 part of docs/benchmarks.md
+
+The trades stream (workloads.py) is written once as 8 Parquet files, one per ``_partition``
+(stable hash of the symbol mod 8), under ``benchmarks/.data``. Each query runs as a velosql job
+reading that directory with a ``file_source`` (results to a python sink), as a whole:
+
+* **V1** — one process; the scan pushdown is off, so this is the streaming engine (with it on, a
+  window-less GROUP BY over files is DuckDB's own scan on every core, in V1 and V2 alike).
+* **V2:N partitioned** — ``partitioning_strategy = 'sticky'``: each worker reads its own files.
+* **V2:N hash** — ``partitioning_strategy = 'hash'``: the job reads the files and routes every
+  micro-batch by the hash of ``symbol`` (grouped queries only).
+* **DuckDB direct** — the same query over ``read_parquet`` with N threads, one call.
+
+Speedup is over V1 in the same run; efficiency is speedup ÷ workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(HERE), str(ROOT)]
+
+import duckdb  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import workloads as W  # noqa: E402
+
+import velosql  # noqa: E402
+from velosql.config import usable_cpus  # noqa: E402
+
+DOCS = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- BEGIN GENERATED: benchmarks/v2.py --write-docs -->", "<!-- END GENERATED V2 -->"
+AGGS = "COUNT(*) AS n, SUM(quantity) AS vol, AVG(price) AS avg_price, MIN(price) AS lo, MAX(price) AS hi"
+QUERIES = {
+    "filter": "SELECT symbol, price, quantity, price * quantity AS notional FROM trades WHERE price > 500",
+    "group": f"SELECT symbol, {AGGS} FROM trades GROUP BY symbol EMIT FINAL",
+    "tumble": f"SELECT symbol, _window_start, {AGGS} FROM trades GROUP BY symbol "
+    "WINDOW TUMBLING(ts, 1m) EMIT FINAL",
+}
+DUCK = {
+    "filter": "SELECT symbol, price, quantity, price * quantity AS notional FROM {src} WHERE price > 500",
+    "group": f"SELECT symbol, {AGGS} FROM {{src}} GROUP BY symbol",
+    "tumble": f"SELECT symbol, time_bucket(INTERVAL '1 minute', ts::TIMESTAMP) AS ws, {AGGS} "
+    "FROM {src} GROUP BY ALL",
+}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def ensure_files(rows: int) -> Path:
+    """The trades stream as one Parquet file per source partition (written once)."""
+    folder = W.DATA_DIR / f"trades_{rows}_parts"
+    if (folder / "done").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_batches(W.trades(rows))
+    for p in range(W.N_PARTITIONS):
+        part = table.filter(pa.compute.equal(table["_partition"], p)).drop_columns(["_partition"])
+        pq.write_table(part, folder / f"part-{p}.parquet", row_group_size=65_536)
+    (folder / "done").write_text("")
+    return folder
+
+
+def velosql_job(name: str, folder: Path, processor: str, strategy: str | None) -> tuple[float, int, dict]:
+    opts = [
+        "'trades.type' = 'file_source'",
+        f"'trades.path' = '{folder}'",
+        "'q.type' = 'python'",
+        f"processor = '{processor}'",
+        "scan_pushdown = false",
+        "'watermark.max_out_of_orderness' = '1s'",
+    ]
+    if strategy:
+        opts.append(f"partitioning_strategy = '{strategy}'")
+    sql = f"CREATE STREAM q AS {QUERIES[name]} WITH ({', '.join(opts)})"
+    e = velosql.connect()
+    try:
+        t0 = time.perf_counter()
+        job = e.execute(sql)
+        job.wait()
+        seconds = time.perf_counter() - t0
+        out = e.pull("q")
+        metrics = job.metrics()
+    finally:
+        e.close()
+    return seconds, out.num_rows, metrics
+
+
+def duck_direct(name: str, folder: Path, threads: int) -> tuple[float, int]:
+    con = duckdb.connect(config={"threads": threads})
+    src = f"read_parquet('{folder}/*.parquet')"
+    t0 = time.perf_counter()
+    n = len(con.sql(DUCK[name].format(src=src)).fetch_arrow_table())
+    return time.perf_counter() - t0, n
+
+
+def measure(rows: int, repeat: int, workers: list[int]) -> list[dict]:
+    folder = ensure_files(rows)
+    results = []
+    for name in QUERIES:
+        runs: dict[str, list[float]] = {}
+        outs: dict[str, int] = {}
+        skew: dict[str, float] = {}
+        configs = [("V1", "v1", None)]
+        for n in workers:
+            configs.append((f"V2:{n} partitioned", f"v2:{n}", "sticky"))
+            if name != "filter":
+                configs.append((f"V2:{n} hash", f"v2:{n}", "hash"))
+        for _ in range(repeat):
+            for label, processor, strategy in configs:
+                seconds, n_out, m = velosql_job(name, folder, processor, strategy)
+                runs.setdefault(label, []).append(seconds)
+                outs[label] = n_out
+                parts = [p["records_in"] for p in m.get("partitions", [])]
+                if parts and sum(parts):
+                    skew[label] = max(parts) / (sum(parts) / len(parts))
+                log(f"{name:7s} {label:18s} {seconds:7.3f}s  {rows / seconds / 1e6:6.2f}M rows/s")
+            for n in sorted({1, *workers}):
+                seconds, n_out = duck_direct(name, folder, n)
+                runs.setdefault(f"DuckDB {n} thread{'s' if n > 1 else ''}", []).append(seconds)
+        base = statistics.median(runs["V1"])
+        for label, times in runs.items():
+            t = statistics.median(times)
+            n = int(label.split(":")[1].split()[0]) if label.startswith("V2") else None
+            results.append(
+                {
+                    "query": name,
+                    "engine": label,
+                    "rows_per_s": rows / t,
+                    "seconds": t,
+                    "speedup": base / t if label.startswith("V") else None,
+                    "efficiency": base / t / n if n else None,
+                    "skew": skew.get(label),
+                    "rows_out": outs.get(label),
+                }
+            )
+        for label, n_out in outs.items():
+            if n_out != outs["V1"]:
+                raise SystemExit(f"{name}: {label} emitted {n_out} rows, V1 {outs['V1']}")
+    return results
+
+
+def render(results: list[dict], command: str, rows: int) -> str:
+    lines = [
+        f"Command: `{command}` — {rows:,} trades rows in 8 Parquet files, {usable_cpus()} usable cores, "
+        f"median of the runs. Speedup is over V1 in the same run; efficiency = speedup ÷ workers; "
+        "skew = busiest worker's rows ÷ the mean.",
+        "",
+        "| query | engine | rows/s | seconds | speedup vs V1 | efficiency | skew |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['query']} | {r['engine']} | {r['rows_per_s'] / 1e6:.2f}M | {r['seconds']:.3f} | "
+            + (f"{r['speedup']:.2f}x" if r["speedup"] else "—")
+            + " | "
+            + (f"{r['efficiency']:.2f}" if r["efficiency"] else "—")
+            + " | "
+            + (f"{r['skew']:.2f}" if r["skew"] else "—")
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def write_docs(text: str) -> None:
+    doc = DOCS.read_text()
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in doc:
+        start, end = doc.index(BEGIN), doc.index(END) + len(END)
+        doc = doc[:start] + block + doc[end:]
+    else:
+        doc = doc.rstrip() + "\n\n## V2 (generated)\n\n" + block + "\n"
+    DOCS.write_text(doc)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=5_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--workers", help="comma-separated V2 worker counts (default: 2 and the usable cores)")
+    ap.add_argument("--write-docs", action="store_true")
+    args = ap.parse_args()
+    workers = [int(x) for x in args.workers.split(",")] if args.workers else sorted({2, usable_cpus()})
+    results = measure(args.rows, args.repeat, workers)
+    command = "python benchmarks/v2.py " + " ".join(sys.argv[1:])
+    text = render(results, command.strip(), args.rows)
+    print(text)
+    if args.write_docs:
+        write_docs(text)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""V2 direct read, the worker's side: a worker reads its own source partitions (see v2.py).
+
+The job sends :func:`open_partitions` once, then one :func:`read` per micro-batch it wants, with
+the job watermark as it stands. Each read coalesces the next ``max_rows`` rows of the worker's
+partitions, adds what V1 adds in the job (``__seq``, ``__et``, ``__wm``), runs the partition-local
+statement (the partial aggregate, or the projection) on them and replies with its result, the
+late rows, the bad records and, per partition, the largest event time read and whether it ended.
+The job merges the replies and keeps the job watermark: every row of one read sees the watermark
+the request carried, which can only make fewer rows late than V1, never more.
+
+These functions run in the worker process (:class:`~velosql.runtime.workers.Call`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..connectors.base import OFFSET_COL, PARTITION_COL, PartitionEnd, SourceContext
+from .v1 import _any_late
+from .watermark import NEG_INF, event_time_us
+
+_END = object()
+SEQ_PARTITION_SHIFT = 40  # __seq = partition << 40 | offset: arrival order within each partition
+
+
+def open_partitions(con: duckdb.DuckDBPyConnection, state: dict, spec: dict):
+    """Open the worker's partitions of the source (``spec["reader"]``) with the job's columns."""
+    from ..connectors.files_source import FileSource
+
+    rejects: list[tuple] = []
+    ctx = SourceContext(
+        stop=threading.Event(), reject_fn=lambda loc, err, raw: rejects.append((loc, err, raw))
+    )
+    source = FileSource.for_partitions(spec["reader"], ctx)
+    state.update(spec=spec, source=source, events=iter(source.read()), rejects=rejects)
+    return None, None
+
+
+def read(con: duckdb.DuckDBPyConnection, state: dict, watermark: int):
+    """The next micro-batch of the worker's partitions, through the partition-local statement."""
+    spec, events, rejects = state["spec"], state["events"], state["rejects"]
+    pieces, rows, ended, done = [], 0, [], False
+    while rows < spec["max_rows"]:
+        item = next(events, _END)
+        if item is _END:
+            done = True
+            break
+        if isinstance(item, PartitionEnd):
+            ended.append(item.partition)
+        elif item is not None:
+            pieces.append(item)
+            rows += item.num_rows
+    info = {"rows": rows, "ended": ended, "done": done, "maxima": [], "late": None, "low": None}
+    table = None
+    if pieces:
+        table = _run(con, spec, pa.Table.from_batches(pieces), watermark, info, rejects)
+    info["rejects"], rejects[:] = list(rejects), []
+    return info, table
+
+
+def _run(con, spec: dict, table: pa.Table, watermark: int, info: dict, rejects: list) -> pa.Table:
+    partition = pc.cast(table[PARTITION_COL], pa.int64())
+    seq = pc.add(pc.shift_left(partition, SEQ_PARTITION_SHIFT), table[OFFSET_COL])
+    table = table.append_column("__seq", seq)
+    late = False
+    statements = spec["out"]
+    if spec["windowed"]:
+        col = spec["time"]
+        if col is None:
+            et = pa.repeat(pa.scalar(time.time_ns() // 1000, pa.int64()), table.num_rows)
+        else:
+            et = pa.chunked_array(event_time_us(table[col], spec["time_format"], col))
+        if et.null_count:
+            bad = table.filter(pc.is_null(et))
+            for part, off in zip(bad[PARTITION_COL].to_pylist(), bad[OFFSET_COL].to_pylist()):
+                rejects.append(
+                    (
+                        f"{spec['source']} partition {part} offset {off}",
+                        f"event-time column {col!r} is NULL",
+                        None,
+                    )
+                )
+            keep = pc.is_valid(et)
+            table, et = table.filter(keep), et.filter(keep)
+        if table.num_rows == 0:
+            return None
+        maxima = pa.table({"p": table[PARTITION_COL], "e": et}).group_by("p").aggregate([("e", "max")])
+        info["maxima"] = list(zip(maxima["p"].to_pylist(), maxima["e_max"].to_pylist()))
+        wm = pa.repeat(pa.scalar(watermark, pa.int64()), table.num_rows)
+        table = table.append_column("__et", et).append_column("__wm", wm)
+        low = pc.min(et).as_py()
+        info["low"] = low
+        if watermark != NEG_INF and spec["window"] is not None:
+            late = _any_late(spec["window"], table["__et"], table["__wm"])
+        if late:
+            statements = spec["out_late"]
+        if low >= 0 and len(statements) > 1:
+            statements = statements[1:]
+    con.register("__in", table)
+    try:
+        if late:
+            rows = con.sql(spec["late"]).to_arrow_table()
+            if rows.num_rows:
+                sink = pa.BufferOutputStream()
+                with pa.ipc.new_stream(sink, rows.schema) as writer:
+                    writer.write(rows)
+                info["late"] = sink.getvalue().to_pybytes()
+        return con.sql(statements[0]).to_arrow_table()
+    finally:
+        con.unregister("__in")

@@ -1,0 +1,580 @@
+"""The V2 processor: N worker processes run the partition-local part of the plan; this job merges.
+
+The job's process keeps what needs one place: the merged aggregation state of EMIT FINAL, the job
+watermark, the dead letters and late rows, and the sinks (one writer per DuckDB database). Each
+worker (:mod:`workers`) is a spawned process with one ``threads=1`` DuckDB connection. How rows
+reach the workers and what the workers keep depends on the query (:func:`choose`):
+
+- **Partials** (GROUP BY … EMIT FINAL). Workers compute each micro-batch's partial aggregate and keep
+  no state; their partial rows are appended to ``__state`` here, where windows close and results
+  are finished exactly as in V1 (two-phase aggregation). So the result never depends on how rows
+  were routed.
+- **Rows** (projections and filters). Workers run the projection; each micro-batch's rows come back
+  in arrival order.
+- **Keyed** (EMIT CHANGES, SESSION windows, ROWS WINDOW BUFFER). A group's running values, sessions or
+  row buffer need every row of the group, in order, in one place: rows are routed by a stable hash
+  of the key, and each worker holds the state of its keys. Watermarks reach every worker in-band
+  (they close sessions and evict windows there).
+
+Where the rows come from:
+
+- **Direct read** (strategy ``sticky`` on a bounded source of several partitions, e.g. a directory
+  of files). Each worker opens its own partitions (partition ``p`` goes to worker ``p mod N``) and
+  reads them itself; this job only asks each worker for its next micro-batch, sending the current
+  job watermark with the request, and merges what comes back. No row passes through this process.
+- **Router** (otherwise). This job's reader thread reads the source; each micro-batch gets its
+  arrival sequence, event time and watermark here, then goes whole to one worker (``round_robin``),
+  or is split by source partition (``sticky``) or key hash (``hash``, :mod:`routing`).
+
+Plans that read other tables than their source (joins, subqueries), and bounded file aggregates
+that DuckDB's own reader aggregates on every core (scan pushdown), run without workers; EXPLAIN
+says so.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..connectors.base import PARTITION_COL, empty_table
+from ..errors import JobError
+from ..plan import windows as W
+from . import routing
+from .v1 import V1Executor, _first_line, _min_window_end, _next_window_end
+from .watermark import NEG_INF
+from .workers import Batch, Call, Query, WorkerPool
+
+STRATEGIES = {
+    "hash": "hash", "always_hash": "hash", "alwayshash": "hash",
+    "sticky": "sticky", "sticky_partition": "sticky", "stickypartition": "sticky",
+    "smart": "smart", "smart_repartition": "smart", "smartrepartition": "smart",
+    "round_robin": "round_robin", "roundrobin": "round_robin",
+    "fan_in": "fan_in", "fanin": "fan_in",
+}  # fmt: skip
+IN_FLIGHT = 2  # micro-batches per worker: one being worked on, one waiting
+
+
+@dataclasses.dataclass(frozen=True)
+class Routing:
+    """How a plan runs on V2 (see the module docstring)."""
+
+    mode: str  # "partials", "rows" or "keyed"; "v1" when it runs without workers
+    strategy: str  # "hash", "sticky", "round_robin" or "fan_in"
+    text: str  # for EXPLAIN
+
+    @property
+    def workers(self) -> bool:
+        return self.mode != "v1"
+
+
+def requested_strategy(plan) -> str | None:
+    """The strategy the statement asks for, normalised (None: choose automatically)."""
+    raw = plan.job_options.get("partitioning_strategy") or plan.annotations.get("partitioning_strategy")
+    if raw is None:
+        return None
+    name = str(raw).strip().lower().replace("-", "_")
+    if name not in STRATEGIES:
+        from ..errors import OptionError
+
+        raise OptionError(
+            f"unknown partitioning_strategy {raw!r}: expected one of hash, sticky, smart, round_robin, "
+            "fan_in (or always_hash, sticky_partition, smart_repartition)"
+        )
+    return STRATEGIES[name]
+
+
+def choose(plan, n: int, direct_partitions: int = 0) -> Routing:
+    """The routing of ``plan`` over ``n`` workers; ``direct_partitions``: how many partitions the
+    source offers workers to read themselves (0: none, it cannot be read from another process)."""
+    sql = plan.sql
+    if not sql.local:
+        return Routing(
+            "v1", "", "one partition (the V1 engine): the query reads other tables than its source"
+        )
+    if plan.shape == "project":
+        mode = "rows"
+    elif plan.shape == "aggregate" and not sql.changes:
+        mode = "partials"
+    else:
+        mode = "keyed"
+    requested = requested_strategy(plan)
+    keys = ", ".join(plan.group_keys) if plan.shape != "buffered" else "the PARTITION BY key"
+    if mode == "keyed":
+        what = {
+            "aggregate": "EMIT CHANGES running values",
+            "session": "SESSION windows",
+            "buffered": "ROWS WINDOW BUFFER",
+        }[plan.shape]
+        if not sql.route_keys:
+            if (plan.shape == "buffered" or plan.group_keys) and not sql.route_keys:
+                return Routing(
+                    "v1",
+                    "",
+                    f"one partition (the V1 engine): {what} over a FROM that is more than the source",
+                )
+            text = f"every row to partition 0: {what} without a key keep all rows in one place"
+            return Routing(mode, "fan_in", text)
+        text = f"hash of {keys} over {n} workers, state held by each worker"
+        if requested not in (None, "hash", "smart"):
+            text += f" ({what} need every row of a group in one partition, so not {requested})"
+        return Routing(mode, "hash", text)
+    if requested in (None, "smart"):
+        # The source's partitioning key is not known to match the GROUP BY key: hash on it, or read
+        # partitions directly when nothing is grouped.
+        grouped = mode == "partials" and sql.route_keys
+        strategy = "hash" if grouped else "sticky"
+    else:
+        strategy = requested
+    if strategy == "hash" and not sql.route_keys:
+        strategy = "round_robin" if mode == "partials" else "sticky"
+    split = mode == "rows" and not _orderable(sql.project)
+    if split and strategy in ("hash", "sticky"):
+        strategy = "round_robin"
+    if strategy == "sticky" and direct_partitions > 1:
+        how = f"each worker reads its own source partitions ({direct_partitions} over {n} workers)"
+    else:
+        how = {
+            "hash": f"hash of the GROUP BY key ({keys}) over {n} workers",
+            "sticky": "source partition mod the worker count",
+            "round_robin": "whole micro-batches round-robin over the workers",
+            "fan_in": "every micro-batch to partition 0",
+        }[strategy]
+    if mode == "partials":
+        how += "; workers compute partial aggregates, merged by the job (two-phase)"
+    else:
+        how += "; output in arrival order per source partition"
+    return Routing(mode, strategy, how)
+
+
+def _orderable(sql: str) -> bool:
+    """Whether ``_ordered`` can add the arrival sequence to the statement's output."""
+    return sql.startswith("SELECT ") and not sql.startswith("SELECT DISTINCT")
+
+
+def _ordered(sql: str) -> str:
+    """``sql`` with the row's arrival sequence as a first column ``__order``."""
+    return "SELECT __seq AS __order, " + sql[len("SELECT ") :]
+
+
+def routing_text(plan, processor, source=None) -> str:
+    n = processor.num_partitions()
+    return choose(plan, n, _direct_partitions(source) if source is not None else 0).text
+
+
+def _direct_partitions(source) -> int:
+    count = getattr(source, "partition_count", 0)
+    reader = getattr(source, "partition_reader", None)
+    if reader is None or count < 2 or reader([]) is None:
+        return 0
+    return count
+
+
+class V2Executor(V1Executor):
+    """Runs a plan with N partition workers (see the module docstring)."""
+
+    def __init__(self, job) -> None:
+        super().__init__(job)
+        processor = job.processor
+        self.n = processor.num_partitions()
+        self.affinity = bool(processor.config.enable_core_affinity or self.opts.get("enable_affinity"))
+        self.pool: WorkerPool | None = None
+        self.route: Routing | None = None
+        self.direct = False
+        self.sent = 0  # micro-batches routed so far
+        self.inflight: collections.deque = collections.deque()  # (worker, kind, batch number)
+        self.pending_rows: dict[int, list] = {}  # split batch number -> replies still to order
+        self.key_rows = [0] * self.n  # keyed EMIT CHANGES: partial rows since each worker's compaction
+        self.key_floor = [0] * self.n
+        self.records_to = [0] * self.n
+        self.key_columns: tuple[str, ...] | None = None  # the routing keys, when bare source columns
+        self.late_by = [0] * self.n
+
+    # ---- setup ----------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        super().prepare()
+        try:
+            if self.scan is not None:
+                self.route = Routing(
+                    "v1", "", "DuckDB's own reader on every core (scan pushdown): no workers"
+                )
+                return
+            self.route = choose(self.plan, self.n, _direct_partitions(self.source))
+            if not self.route.workers:
+                return
+            self.direct = self.route.strategy == "sticky" and _direct_partitions(self.source) > 1
+            self.arrow = None  # the workers compute the partials
+            self.pool = WorkerPool(self.n, affinity=self.affinity, max_in_flight=IN_FLIGHT)
+            if self.route.mode == "keyed":
+                self._setup_keyed()
+            if self.direct:
+                self._open_direct()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup_keyed(self) -> None:
+        sql = self.sql
+        create = {
+            "aggregate": f"CREATE OR REPLACE TEMP TABLE __state AS {sql.partial} LIMIT 0",
+            "session": f"CREATE OR REPLACE TEMP TABLE __sbuf AS {sql.buffer_insert} LIMIT 0",
+            "buffered": f"CREATE OR REPLACE TEMP TABLE __rbuf AS {sql.buffer_insert} LIMIT 0",
+        }[self.plan.shape]
+        empty = self._internal(empty_table(self.source.schema), observe=False)
+        for i in range(self.n):
+            self.pool.send(i, Batch(empty, create))
+        for i in range(self.n):
+            self.pool.drain(i)
+
+    def _open_direct(self) -> None:
+        plan, sql = self.plan, self.sql
+        rows_mode = self.route.mode == "rows"
+        col = plan.time.column
+        if plan.windowed and col is not None and col not in self.source.schema.names:
+            col = next(c for c in self.source.schema.names if c.lower() == col.lower())  # bound in _bind
+        spec = {
+            "source": plan.source.name,
+            "windowed": plan.windowed,
+            "time": col,
+            "time_format": plan.time.format,
+            "window": plan.window,
+            "max_rows": int(self.opts.get("max_batch_size") or 262144),
+            "out": (sql.project,) if rows_mode else _partial_variants(sql.partial_all, plan.window),
+            "out_late": (sql.project,) if rows_mode else _partial_variants(sql.partial, plan.window),
+            "late": self._late_select() if plan.windowed else None,
+        }
+        self.direct_workers = []
+        for i in range(self.n):
+            parts = [p for p in range(self.source.partition_count) if p % self.n == i]
+            if parts:
+                spec_i = dict(spec, reader=self.source.partition_reader(parts))
+                self.pool.send(i, Call("velosql.runtime.direct:open_partitions", spec_i))
+                self.direct_workers.append(i)
+        for i in self.direct_workers:
+            self.pool.drain(i)
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        if self.direct:
+            try:
+                self._run_direct()
+            finally:
+                self.close()
+            return
+        super().run()
+
+    def _run_direct(self) -> None:
+        """Ask each worker for its next micro-batch until every one has read all its partitions."""
+        stop = self.job.stop_event
+        for _ in range(IN_FLIGHT):
+            for i in self.direct_workers:
+                self._request_read(i)
+        while self.inflight:
+            worker, _, _ = self.inflight.popleft()
+            reply = self.pool.receive(worker)
+            t0 = time.monotonic()
+            done = self._direct_reply(reply)
+            self._flush_rejects()
+            self.metrics.busy_seconds += time.monotonic() - t0
+            if self.stopped_by_limit:
+                break
+            if not done and not stop.is_set():
+                self._request_read(worker)
+        if self.stopped_by_limit:
+            self.job.limit_reached = True
+            stop.set()
+            return
+        self._finish()
+
+    def _request_read(self, worker: int) -> None:
+        wm = self.tracker.watermark if self.plan.windowed else NEG_INF
+        self.pool.send(worker, Call("velosql.runtime.direct:read", wm))
+        self.inflight.append((worker, "direct", wm))
+
+    def _direct_reply(self, reply) -> bool:
+        """Merge one worker's micro-batch; True when the worker has read everything."""
+        info = reply.value
+        self.metrics.records_in += info["rows"]
+        self.records_to[reply.partition] += info["rows"]
+        if info["rows"]:
+            self.metrics.batches += 1
+        for location, error, raw in info["rejects"]:
+            self._reject(location, error, raw)
+        if info["maxima"]:
+            parts, ets = zip(*info["maxima"])
+            self.tracker.observe(pa.array(ets, pa.int64()), pa.array(parts, pa.int32()))
+        for partition in info["ended"]:
+            self.tracker.end_partition(partition)
+        if info["late"] is not None:
+            self._store_late(pa.ipc.open_stream(info["late"]).read_all(), reply.partition)
+        if info["low"] is not None and self.plan.window is not None:
+            self._open_window(info["low"])
+        if reply.table is not None and reply.table.num_rows:
+            if self.route.mode == "rows":
+                self._write(reply.table)
+            else:
+                self._merge_partials(reply.table)
+        if self.plan.windowed:
+            # A read in flight judges its rows late against the watermark it was sent with, so its
+            # partials may still add to any window ending after that: windows close only up to
+            # the oldest watermark a worker is still reading with.
+            wm = min([self.tracker.watermark, *(sent for _, _, sent in self.inflight)])
+            self.metrics.watermark = wm
+            self._after_watermark(wm)
+        return info["done"]
+
+    # ---- routed micro-batches -------------------------------------------------------------------
+
+    def _process(self, batches: list[pa.RecordBatch]) -> None:
+        if self.pool is None:
+            super()._process(batches)
+            return
+        t0 = time.monotonic()
+        table = pa.Table.from_batches(batches)
+        self.metrics.records_in += table.num_rows
+        self.metrics.batches += 1
+        table = self._internal(table)
+        try:
+            late = False
+            if self.plan.windowed and not self.on_time:
+                with self._registered("__in", table):
+                    late = self._late(table)
+            self._route(table, late)
+        except duckdb.Error as exc:
+            raise JobError(f"job {self.plan.name!r}: {_first_line(exc)}") from None
+        if self.plan.windowed:
+            self.metrics.watermark = self.tracker.watermark
+            self._after_watermark(self.tracker.watermark)
+        self.metrics.busy_seconds += time.monotonic() - t0
+
+    def _route(self, table: pa.Table, late: bool) -> None:
+        """Send the micro-batch, whole or split, with the statements each worker runs on it."""
+        mode, sql, batch = self.route.mode, self.sql, self.sent
+        self.sent += 1
+        if mode == "partials":
+            statements, result, kind = self._partial_sql(table, late), -1, "partials"
+        elif mode == "rows":
+            statements, result, kind = sql.project, -1, "rows"
+        elif self.plan.shape == "aggregate":  # EMIT CHANGES: the change rows, then the batch's partials
+            partial = self._partial_sql(table, late)
+            statements, result, kind = (sql.changes, f"INSERT INTO __state {partial}"), 0, "changes"
+        elif self.plan.shape == "session":
+            statements, result, kind = f"INSERT INTO __sbuf {sql.buffer_insert}", -1, "none"
+        else:  # ROWS WINDOW BUFFER: the rows with their window values, then the buffer's new rows
+            update = f"CREATE OR REPLACE TEMP TABLE __rbuf AS {sql.state_update}"
+            statements, result, kind = (sql.project, update), 0, "rows"
+        parts = self._split(table)
+        if parts is None:
+            worker = self._whole_batch_worker()
+            self.records_to[worker] += table.num_rows
+            self._send(worker, Batch(table, statements, result), kind, batch)
+            if kind == "changes":
+                self._after_keyed_insert(worker, table.num_rows)
+            return
+        if kind in ("rows", "changes"):  # replies are put back in arrival order
+            first = statements if isinstance(statements, str) else statements[0]
+            statements = (
+                _ordered(first) if isinstance(statements, str) else (_ordered(first), *statements[1:])
+            )
+            kind = "ordered"
+            self.pending_rows[batch] = [sum(1 for p in parts if p.num_rows)]
+        for worker, part in enumerate(parts):
+            if part.num_rows:
+                self.records_to[worker] += part.num_rows
+                self._send(worker, Batch(part, statements, result), kind, batch)
+                if kind == "ordered" and self.plan.shape == "aggregate":
+                    self._after_keyed_insert(worker, part.num_rows)
+
+    def _whole_batch_worker(self) -> int:
+        if self.route.strategy == "fan_in":
+            return 0
+        return (self.sent - 1) % self.n
+
+    def _split(self, table: pa.Table) -> list[pa.Table] | None:
+        """The micro-batch's rows per worker; None when it goes whole to one worker."""
+        strategy = self.route.strategy
+        if strategy in ("round_robin", "fan_in") or self.n == 1:
+            if self.route.mode == "keyed" and self.n > 1 and strategy != "fan_in":
+                raise AssertionError("keyed plans are routed by key")
+            return None
+        if strategy == "sticky":
+            ids = routing.sticky_partition_ids(table, PARTITION_COL, self.n)
+        else:
+            keys = self._keys(table)
+            ids = routing.stable_partition_ids(keys, keys.column_names, self.n)
+        return routing.split(table, ids, self.n)
+
+    def _keys(self, table: pa.Table) -> pa.Table:
+        """The routing key columns of the micro-batch's rows (computed by DuckDB unless they are
+        bare source columns)."""
+        if self.key_columns is None:
+            self.key_columns = _bare_columns(self.sql.route_keys, table.schema.names) or ()
+        if self.key_columns:
+            return table.select(self.key_columns)
+        with self._registered("__in", table):
+            return self.con.sql(self.sql.route_keys).to_arrow_table()
+
+    def _partial_sql(self, table: pa.Table, late: bool) -> str:
+        partial = self.sql.partial if late else self.sql.partial_all
+        if self.plan.window is None or table.num_rows == 0:
+            return partial
+        low = pc.min(table["__et"]).as_py()
+        if low is None:
+            return partial
+        self._open_window(low)
+        return W.nonnegative_variant(partial, self.plan.window) if low >= 0 else partial
+
+    def _open_window(self, low: int) -> None:
+        end = _min_window_end(self.plan.window, low)
+        self.min_open_end = end if self.min_open_end is None else min(self.min_open_end, end)
+
+    def _send(self, worker: int, request, kind: str, batch: int) -> None:
+        # Each worker answers in order and replies are taken in the order requests were sent, so
+        # room on this worker is made by taking replies from the oldest on (backpressure: the
+        # reader stops once its queue is full).
+        while self.pool.outstanding(worker) >= self.pool.max_in_flight:
+            self._take_reply()
+        self.pool.send(worker, request)
+        self.inflight.append((worker, kind, batch))
+
+    def _take_reply(self) -> None:
+        worker, kind, batch = self.inflight.popleft()
+        reply = self.pool.receive(worker)
+        if kind == "rows" or (kind == "changes" and reply.table is not None):
+            self._write(reply.table)
+        elif kind == "partials":
+            if reply.table.num_rows:
+                self._merge_partials(reply.table)
+        elif kind == "ordered":
+            waiting = self.pending_rows[batch]
+            waiting.append(reply.table)
+            if len(waiting) == waiting[0] + 1:
+                del self.pending_rows[batch]
+                rows = pa.concat_tables(waiting[1:])
+                order = pc.sort_indices(rows["__order"])
+                self._write(rows.take(order).drop_columns(["__order"]))
+        elif kind == "emit":
+            self._write(reply.table)
+        elif kind == "count":
+            self.key_floor[worker] = reply.table.column(0)[0].as_py()
+        elif kind != "none":
+            raise AssertionError(f"unexpected reply kind {kind!r}")
+
+    def _drain(self) -> None:
+        while self.inflight:
+            self._take_reply()
+
+    def _after_keyed_insert(self, worker: int, rows: int) -> None:
+        """Compact a worker's EMIT CHANGES state now and then, as V1 compacts its own."""
+        self.key_rows[worker] += rows
+        if self.key_rows[worker] > max(16_384, 4 * self.key_floor[worker]):
+            compact = (
+                f"CREATE OR REPLACE TEMP TABLE __state AS {self.sql.state_update}",
+                "SELECT count(*) FROM __state",
+            )
+            self._send(worker, Query(compact), "count", 0)
+            self.key_rows[worker] = 0
+
+    # ---- merged state, watermarks, end ----------------------------------------------------------
+
+    def _after_watermark(self, wm: int) -> None:
+        if self.pool is None or self.route.mode == "rows":
+            super()._after_watermark(wm)
+            return
+        if self.route.mode == "partials":
+            if not self.direct and self.min_open_end is not None and self.min_open_end <= wm:
+                self._drain()  # every partial row of the closing windows is in __state first
+            super()._after_watermark(wm)
+            return
+        # Keyed: the workers hold the state; the watermark reaches each one in-band.
+        if self.plan.shape == "aggregate" and self.plan.window is not None:
+            if self.min_open_end is None or self.min_open_end > wm:
+                return
+            for i in range(self.n):
+                self._send(i, Query(self.sql.evict.replace("$WM", str(wm))), "none", 0)
+            self.min_open_end = _next_window_end(self.plan.window, wm)
+        elif self.plan.shape == "session" and wm != NEG_INF:
+            statements = (
+                self.sql.session_emit.replace("$WM", str(wm)),
+                f"CREATE OR REPLACE TEMP TABLE __sbuf AS {self.sql.session_keep.replace('$WM', str(wm))}",
+            )
+            for i in range(self.n):
+                self._send(i, Query(statements, 0), "emit", 0)
+
+    def _finish(self) -> None:
+        if self.pool is not None and not self.direct:
+            self._drain()
+            if self.route.mode == "keyed":
+                wm = self.tracker.finish()
+                self.metrics.watermark = wm
+                self.min_open_end = NEG_INF
+                self._after_watermark(wm)
+                self._drain()
+                for sink in self.sinks:
+                    sink.flush()
+                return
+        super()._finish()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.pool is not None:
+                self.pool.close()
+
+    def _store_late(self, late: pa.Table, worker: int) -> None:
+        if not late.num_rows:
+            return
+        self.metrics.late_rows += late.num_rows
+        self.late_by[worker] += late.num_rows
+        if self.opts.get("late.data.strategy") != "drop":
+            with self._registered("__late", late):
+                self.con.execute(f'INSERT INTO "{self.plan.late_table}" SELECT * FROM __late').fetchall()
+
+    # ---- metrics --------------------------------------------------------------------------------
+
+    def partition_metrics(self) -> list[dict]:
+        """Per worker: pid, cores, batches, records in and out, queue depth, busy/waiting seconds."""
+        if self.pool is None:
+            return []
+        return [
+            {
+                "partition": m.partition,
+                "pid": m.pid,
+                "cores": list(m.cores) if m.cores is not None else None,
+                "affinity_error": m.affinity_error,
+                "batches": m.requests,
+                "records_in": self.records_to[m.partition],
+                "records_out": m.rows_received,
+                "queue_depth": self.pool.outstanding(m.partition) if not self.pool.closed else 0,
+                "late_rows": self.late_by[m.partition],
+                "busy_seconds": round(m.busy_seconds, 3),
+                "waiting_seconds": round(m.wait_seconds, 3),
+            }
+            for m in self.pool.metrics()
+        ]
+
+
+def _bare_columns(route_keys: str, names: list[str]) -> tuple[str, ...] | None:
+    """The source columns ``route_keys`` selects when each key is a bare column, else None."""
+    from sqlglot import exp
+
+    select = exp.maybe_parse(route_keys, dialect="duckdb")
+    by_lower = {n.lower(): n for n in names}
+    out = []
+    for node in select.expressions:
+        if not isinstance(node, exp.Column) or node.name.lower() not in by_lower:
+            return None
+        out.append(by_lower[node.name.lower()])
+    return tuple(out)
+
+
+def _partial_variants(partial: str, window) -> tuple[str, str]:
+    """The partial SQL, and its variant for batches whose event times are all >= 0."""
+    return partial, W.nonnegative_variant(partial, window)
