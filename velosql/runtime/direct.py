@@ -21,8 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..connectors.base import OFFSET_COL, PARTITION_COL, PartitionEnd, SourceContext
-from .v1 import _any_late
-from .watermark import NEG_INF, event_time_us
+from .watermark import NEG_INF, any_late, event_time_us, without_null_time
 
 _END = object()
 SEQ_PARTITION_SHIFT = 40  # __seq = partition << 40 | offset: arrival order within each partition
@@ -76,17 +75,8 @@ def _run(con, spec: dict, table: pa.Table, watermark: int, info: dict, rejects: 
         else:
             et = pa.chunked_array(event_time_us(table[col], spec["time_format"], col))
         if et.null_count:
-            bad = table.filter(pc.is_null(et))
-            for part, off in zip(bad[PARTITION_COL].to_pylist(), bad[OFFSET_COL].to_pylist()):
-                rejects.append(
-                    (
-                        f"{spec['source']} partition {part} offset {off}",
-                        f"event-time column {col!r} is NULL",
-                        None,
-                    )
-                )
-            keep = pc.is_valid(et)
-            table, et = table.filter(keep), et.filter(keep)
+            table, et, bad = without_null_time(table, et, spec["source"], col)
+            rejects.extend(bad)
         if table.num_rows == 0:
             return None
         maxima = pa.table({"p": table[PARTITION_COL], "e": et}).group_by("p").aggregate([("e", "max")])
@@ -96,7 +86,7 @@ def _run(con, spec: dict, table: pa.Table, watermark: int, info: dict, rejects: 
         low = pc.min(et).as_py()
         info["low"] = low
         if watermark != NEG_INF and spec["window"] is not None:
-            late = _any_late(spec["window"], table["__et"], table["__wm"])
+            late = any_late(spec["window"], table["__et"], table["__wm"])
         if late:
             statements = spec["out_late"]
         if low >= 0 and len(statements) > 1:

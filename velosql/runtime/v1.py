@@ -21,12 +21,12 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..connectors.base import OFFSET_COL, PARTITION_COL, PartitionEnd, SourceContext, _arange, empty_table
+from ..connectors.base import PARTITION_COL, PartitionEnd, SourceContext, _arange, empty_table
 from ..errors import DataError, JobError, SqlError
 from ..plan import windows as W
 from . import pushdown, running
 from .arrow_partials import ArrowPartials
-from .watermark import NEG_INF, WatermarkTracker, event_time_us
+from .watermark import NEG_INF, WatermarkTracker, any_late, event_time_us, without_null_time
 
 _END = object()
 _log = logging.getLogger("velosql")
@@ -189,7 +189,7 @@ class V1Executor:
         if observe:
             window = self.plan.window
             wm = self.tracker.observe_unless_on_time(
-                et, table[PARTITION_COL].combine_chunks(), lambda e, wm: _any_late(window, e, wm)
+                et, table[PARTITION_COL].combine_chunks(), lambda e, wm: any_late(window, e, wm)
             )
         # No row can be late: every row may as well have seen no watermark at all.
         self.on_time = wm is None
@@ -198,16 +198,10 @@ class V1Executor:
         return table.append_column("__et", et).append_column("__wm", wm)
 
     def _reject_null_time(self, table: pa.Table, et: pa.Array, col: str):
-        bad = pc.is_null(et)
-        rows = table.filter(bad)
-        for part, off in zip(rows[PARTITION_COL].to_pylist(), rows[OFFSET_COL].to_pylist()):
-            self._reject(
-                f"{self.plan.source.name} partition {part} offset {off}",
-                f"event-time column {col!r} is NULL",
-                None,
-            )
-        keep = pc.invert(bad)
-        return table.filter(keep), et.filter(keep)
+        table, et, rejects = without_null_time(table, et, self.plan.source.name, col)
+        for location, error, raw in rejects:
+            self._reject(location, error, raw)
+        return table, et
 
     def _reject(self, location: str, error: str, raw: str | None) -> None:
         strategy = self.opts.get("failure_strategy", "SendToDLQ")
@@ -479,7 +473,7 @@ class V1Executor:
         if (
             not self.plan.windowed
             or self.on_time
-            or not _any_late(self.plan.window, table["__et"], table["__wm"])
+            or not any_late(self.plan.window, table["__et"], table["__wm"])
         ):
             return False
         late = self.con.sql(self._late_select()).to_arrow_table()
@@ -642,28 +636,6 @@ class RowQueue:
             self.rows -= rows
             self.cond.notify_all()
             return item
-
-
-def _any_late(window, et: pa.ChunkedArray, wm: pa.ChunkedArray) -> bool:
-    """Vectorised pre-check of the late condition, so the late-row query runs only when needed."""
-    # Every window holding et ends after et, so a row not behind its watermark is never late: one
-    # comparison settles the common case (disorder within the allowed lateness).
-    if not pc.any(pc.less(et, wm)).as_py():
-        return False
-    if window.kind == "session":
-        return True
-    if window.kind == "tumbling":
-        start = pc.subtract(et, _posmod(et, window.size_us))
-    else:  # the earliest sliding window holding et starts after et - size
-        base = pc.subtract(et, window.size_us)
-        start = pc.add(pc.subtract(base, _posmod(base, window.advance_us)), window.advance_us)
-    return bool(pc.any(pc.less_equal(pc.add(start, window.size_us), wm)).as_py())
-
-
-def _posmod(values, m: int):
-    """values mod m in [0, m) with integer kernels (pyarrow's divide truncates toward zero)."""
-    rem = pc.subtract(values, pc.multiply(pc.divide(values, m), m))
-    return pc.add(rem, pc.multiply(pc.cast(pc.less(rem, 0), pa.int64()), m))
 
 
 def _min_window_end(window, et: int) -> int:

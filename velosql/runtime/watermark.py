@@ -13,6 +13,7 @@ import time
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..connectors.base import OFFSET_COL, PARTITION_COL
 from ..errors import DataError
 
 NEG_INF = -(2**63)
@@ -295,3 +296,38 @@ class WatermarkTracker:
         """End of input: every window closes."""
         self.watermark = POS_INF
         return self.watermark
+
+
+def any_late(window, et: pa.ChunkedArray, wm: pa.ChunkedArray) -> bool:
+    """Vectorised pre-check of the late condition, so the late-row query runs only when needed."""
+    # Every window holding et ends after et, so a row not behind its watermark is never late: one
+    # comparison settles the common case (disorder within the allowed lateness).
+    if not pc.any(pc.less(et, wm)).as_py():
+        return False
+    if window.kind == "session":
+        return True
+    if window.kind == "tumbling":
+        start = pc.subtract(et, _posmod(et, window.size_us))
+    else:  # the earliest sliding window holding et starts after et - size
+        base = pc.subtract(et, window.size_us)
+        start = pc.add(pc.subtract(base, _posmod(base, window.advance_us)), window.advance_us)
+    return bool(pc.any(pc.less_equal(pc.add(start, window.size_us), wm)).as_py())
+
+
+def _posmod(values, m: int):
+    """values mod m in [0, m) with integer kernels (pyarrow's divide truncates toward zero)."""
+    rem = pc.subtract(values, pc.multiply(pc.divide(values, m), m))
+    return pc.add(rem, pc.multiply(pc.cast(pc.less(rem, 0), pa.int64()), m))
+
+
+def without_null_time(table: pa.Table, et: pa.Array, source: str, col: str):
+    """``table`` and ``et`` without the rows whose event time is NULL, and those rows as dead
+    letters ``(location, error, raw)`` naming their source partition and offset."""
+    bad = pc.is_null(et)
+    rows = table.filter(bad)
+    rejects = [
+        (f"{source} partition {part} offset {off}", f"event-time column {col!r} is NULL", None)
+        for part, off in zip(rows[PARTITION_COL].to_pylist(), rows[OFFSET_COL].to_pylist())
+    ]
+    keep = pc.invert(bad)
+    return table.filter(keep), et.filter(keep), rejects
