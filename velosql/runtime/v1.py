@@ -357,16 +357,20 @@ class V1Executor:
         self.metrics.batches += 1
         table = self._internal(table)
         try:
-            # EMIT CHANGES from the batch's own columns: DuckDB need not scan the batch at all.
-            if not (self.plain_rows and self._running_changes(table)):
-                with self._registered("__in", table):
-                    self._process_sql(table)
+            self._step(table)
         except duckdb.Error as exc:
             raise JobError(f"job {self.plan.name!r}: {_first_line(exc)}") from None
         if self.plan.windowed:
             self.metrics.watermark = self.tracker.watermark
             self._after_watermark(self.tracker.watermark)
         self.metrics.busy_seconds += time.monotonic() - t0
+
+    def _step(self, table: pa.Table) -> None:
+        """What one micro-batch (with ``__seq``, ``__et``, ``__wm``) does to the state and sinks."""
+        # EMIT CHANGES from the batch's own columns: DuckDB need not scan the batch at all.
+        if not (self.plain_rows and self._running_changes(table)):
+            with self._registered("__in", table):
+                self._process_sql(table)
 
     def _process_sql(self, table: pa.Table) -> None:
         """The micro-batch's statements, with the batch registered as ``__in``."""
@@ -485,19 +489,28 @@ class V1Executor:
         return True
 
     def _insert_partials(self, table: pa.Table, late: bool = True) -> None:
-        partial = self.sql.partial if late else self.sql.partial_all
-        low = pc.min(table["__et"]).as_py() if self.plan.window is not None else None
-        if low is not None and low >= 0:
-            partial = W.nonnegative_variant(partial, self.plan.window)
+        partial, low = self._partial_for(table, late)
         rows = self.arrow.compute(table) if self.arrow is not None and not late else None
         if rows is not None:
             self._merge_partials(rows)
             return
         n = self.con.execute(f"INSERT INTO __state {partial}").fetchall()[0][0]
         if low is not None and n:
-            end = _min_window_end(self.plan.window, low)
-            self.min_open_end = end if self.min_open_end is None else min(self.min_open_end, end)
+            self._open_window(low)
         self._after_insert(n)
+
+    def _partial_for(self, table: pa.Table, late: bool) -> tuple[str, int | None]:
+        """The micro-batch's partial aggregate SQL, and its earliest event time (windowed plans)."""
+        partial = self.sql.partial if late else self.sql.partial_all
+        low = pc.min(table["__et"]).as_py() if self.plan.window is not None else None
+        if low is not None and low >= 0:
+            partial = W.nonnegative_variant(partial, self.plan.window)
+        return partial, low
+
+    def _open_window(self, low: int) -> None:
+        """Partials from event time ``low`` on are in the state: note the earliest window end."""
+        end = _min_window_end(self.plan.window, low)
+        self.min_open_end = end if self.min_open_end is None else min(self.min_open_end, end)
 
     def _merge_partials(self, rows: pa.Table) -> None:
         """Append partial rows computed elsewhere (pyarrow, DuckDB's scan, V2 workers) to ``__state``."""

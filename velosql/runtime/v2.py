@@ -37,15 +37,13 @@ import collections
 import dataclasses
 import time
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..connectors.base import PARTITION_COL, empty_table
-from ..errors import JobError
 from ..plan import windows as W
 from . import routing
-from .v1 import V1Executor, _first_line, _min_window_end, _next_window_end
+from .v1 import V1Executor, _next_window_end
 from .watermark import NEG_INF
 from .workers import Batch, Call, Query, WorkerPool
 
@@ -110,13 +108,10 @@ def choose(plan, n: int, direct_partitions: int = 0) -> Routing:
             "session": "SESSION windows",
             "buffered": "ROWS WINDOW BUFFER",
         }[plan.shape]
+        if not sql.route_keys and (plan.shape == "buffered" or plan.group_keys):
+            text = f"one partition (the V1 engine): {what} without a key the workers can route by"
+            return Routing("v1", "", text)
         if not sql.route_keys:
-            if (plan.shape == "buffered" or plan.group_keys) and not sql.route_keys:
-                return Routing(
-                    "v1",
-                    "",
-                    f"one partition (the V1 engine): {what} over a FROM that is more than the source",
-                )
             text = f"every row to partition 0: {what} without a key keep all rows in one place"
             return Routing(mode, "fan_in", text)
         text = f"hash of {keys} over {n} workers, state held by each worker"
@@ -126,8 +121,7 @@ def choose(plan, n: int, direct_partitions: int = 0) -> Routing:
     if requested in (None, "smart"):
         # The source's partitioning key is not known to match the GROUP BY key: hash on it, or read
         # partitions directly when nothing is grouped.
-        grouped = mode == "partials" and sql.route_keys
-        strategy = "hash" if grouped else "sticky"
+        strategy = "hash" if mode == "partials" and sql.route_keys else "sticky"
     else:
         strategy = requested
     if strategy == "hash" and not sql.route_keys:
@@ -159,11 +153,6 @@ def _orderable(sql: str) -> bool:
 def _ordered(sql: str) -> str:
     """``sql`` with the row's arrival sequence as a first column ``__order``."""
     return "SELECT __seq AS __order, " + sql[len("SELECT ") :]
-
-
-def routing_text(plan, processor, source=None) -> str:
-    n = processor.num_partitions()
-    return choose(plan, n, _direct_partitions(source) if source is not None else 0).text
 
 
 def _direct_partitions(source) -> int:
@@ -331,27 +320,16 @@ class V2Executor(V1Executor):
 
     # ---- routed micro-batches -------------------------------------------------------------------
 
-    def _process(self, batches: list[pa.RecordBatch]) -> None:
+    def _step(self, table: pa.Table) -> None:
+        """Store the micro-batch's late rows here, then send it to the workers."""
         if self.pool is None:
-            super()._process(batches)
+            super()._step(table)
             return
-        t0 = time.monotonic()
-        table = pa.Table.from_batches(batches)
-        self.metrics.records_in += table.num_rows
-        self.metrics.batches += 1
-        table = self._internal(table)
-        try:
-            late = False
-            if self.plan.windowed and not self.on_time:
-                with self._registered("__in", table):
-                    late = self._late(table)
-            self._route(table, late)
-        except duckdb.Error as exc:
-            raise JobError(f"job {self.plan.name!r}: {_first_line(exc)}") from None
-        if self.plan.windowed:
-            self.metrics.watermark = self.tracker.watermark
-            self._after_watermark(self.tracker.watermark)
-        self.metrics.busy_seconds += time.monotonic() - t0
+        late = False
+        if self.plan.windowed and not self.on_time:
+            with self._registered("__in", table):
+                late = self._late(table)
+        self._route(table, late)
 
     def _route(self, table: pa.Table, late: bool) -> None:
         """Send the micro-batch, whole or split, with the statements each worker runs on it."""
@@ -371,7 +349,7 @@ class V2Executor(V1Executor):
             statements, result, kind = (sql.project, update), 0, "rows"
         parts = self._split(table)
         if parts is None:
-            worker = self._whole_batch_worker()
+            worker = 0 if self.route.strategy == "fan_in" else batch % self.n
             self.records_to[worker] += table.num_rows
             self._send(worker, Batch(table, statements, result), kind, batch)
             if kind == "changes":
@@ -391,17 +369,10 @@ class V2Executor(V1Executor):
                 if kind == "ordered" and self.plan.shape == "aggregate":
                     self._after_keyed_insert(worker, part.num_rows)
 
-    def _whole_batch_worker(self) -> int:
-        if self.route.strategy == "fan_in":
-            return 0
-        return (self.sent - 1) % self.n
-
     def _split(self, table: pa.Table) -> list[pa.Table] | None:
         """The micro-batch's rows per worker; None when it goes whole to one worker."""
         strategy = self.route.strategy
         if strategy in ("round_robin", "fan_in") or self.n == 1:
-            if self.route.mode == "keyed" and self.n > 1 and strategy != "fan_in":
-                raise AssertionError("keyed plans are routed by key")
             return None
         if strategy == "sticky":
             ids = routing.sticky_partition_ids(table, PARTITION_COL, self.n)
@@ -421,18 +392,11 @@ class V2Executor(V1Executor):
             return self.con.sql(self.sql.route_keys).to_arrow_table()
 
     def _partial_sql(self, table: pa.Table, late: bool) -> str:
-        partial = self.sql.partial if late else self.sql.partial_all
-        if self.plan.window is None or table.num_rows == 0:
-            return partial
-        low = pc.min(table["__et"]).as_py()
-        if low is None:
-            return partial
-        self._open_window(low)
-        return W.nonnegative_variant(partial, self.plan.window) if low >= 0 else partial
-
-    def _open_window(self, low: int) -> None:
-        end = _min_window_end(self.plan.window, low)
-        self.min_open_end = end if self.min_open_end is None else min(self.min_open_end, end)
+        """The partial SQL the workers run on this batch (whose windows are open from now on)."""
+        partial, low = self._partial_for(table, late)
+        if low is not None:
+            self._open_window(low)
+        return partial
 
     def _send(self, worker: int, request, kind: str, batch: int) -> None:
         # Each worker answers in order and replies are taken in the order requests were sent, so
@@ -446,7 +410,7 @@ class V2Executor(V1Executor):
     def _take_reply(self) -> None:
         worker, kind, batch = self.inflight.popleft()
         reply = self.pool.receive(worker)
-        if kind == "rows" or (kind == "changes" and reply.table is not None):
+        if kind in ("rows", "changes", "emit"):
             self._write(reply.table)
         elif kind == "partials":
             if reply.table.num_rows:
@@ -459,8 +423,6 @@ class V2Executor(V1Executor):
                 rows = pa.concat_tables(waiting[1:])
                 order = pc.sort_indices(rows["__order"])
                 self._write(rows.take(order).drop_columns(["__order"]))
-        elif kind == "emit":
-            self._write(reply.table)
         elif kind == "count":
             self.key_floor[worker] = reply.table.column(0)[0].as_py()
         elif kind != "none":
