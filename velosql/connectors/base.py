@@ -130,8 +130,8 @@ def _arange(n: int) -> pa.Array:
     global _ARANGE
     if _ARANGE is None or len(_ARANGE) < n:
         size = max(n, 1 << 16)
-        ones = pa.repeat(pa.scalar(1, pa.int64()), size)
-        _ARANGE = pc.subtract(pc.cumulative_sum(ones), pa.scalar(1, pa.int64()))
+        one = int_scalar(1)
+        _ARANGE = pc.subtract(pc.cumulative_sum(pa.repeat(one, size)), one)
     return _ARANGE.slice(0, n)
 
 
@@ -151,11 +151,11 @@ def with_system_columns(batch: pa.RecordBatch, partition: int, first_offset: int
     if PARTITION_COL in names:
         part = batch.column(PARTITION_COL).cast(pa.int32())
     else:
-        part = pa.repeat(pa.scalar(partition, pa.int32()), n)
+        part = pa.repeat(int_scalar(partition, pa.int32()), n)
     if OFFSET_COL in names:
         offsets = batch.column(OFFSET_COL).cast(pa.int64())
     else:
-        offsets = pc.add(_arange(n), pa.scalar(first_offset, pa.int64()))
+        offsets = pc.add(_arange(n), int_scalar(first_offset))
     return pa.RecordBatch.from_arrays([*arrays, part, offsets], schema=system_schema(fields))
 
 
@@ -165,6 +165,15 @@ def text_scalar(text: str) -> pa.StringScalar:
     data = text.encode()
     offsets = pa.py_buffer(struct.pack("<ii", 0, len(data)))
     return pa.StringArray.from_buffers(1, offsets, pa.py_buffer(data))[0]
+
+
+def int_scalar(value: int, type: pa.DataType | None = None) -> pa.Scalar:
+    """An integer scalar (int64 unless ``type`` says) built from buffers, for the same reason as
+    :func:`text_scalar`: a Python int handed to ``pa.scalar`` or to a compute function is a
+    conversion too."""
+    type = type or pa.int64()
+    data = pa.py_buffer(value.to_bytes(type.bit_width // 8, "little", signed=True))
+    return pa.Array.from_buffers(type, 1, [None, data])[0]
 
 
 def empty_table(schema: pa.Schema) -> pa.Table:

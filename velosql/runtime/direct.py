@@ -20,7 +20,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..connectors.base import OFFSET_COL, PARTITION_COL, PartitionEnd, SourceContext
+from ..connectors.base import OFFSET_COL, PARTITION_COL, PartitionEnd, SourceContext, int_scalar
 from .watermark import NEG_INF, any_late, event_time_us, without_null_time
 
 _END = object()
@@ -64,14 +64,14 @@ def read(con: duckdb.DuckDBPyConnection, state: dict, watermark: int):
 
 def _run(con, spec: dict, table: pa.Table, watermark: int, info: dict, rejects: list) -> pa.Table:
     partition = pc.cast(table[PARTITION_COL], pa.int64())
-    seq = pc.add(pc.shift_left(partition, SEQ_PARTITION_SHIFT), table[OFFSET_COL])
+    seq = pc.add(pc.shift_left(partition, int_scalar(SEQ_PARTITION_SHIFT)), table[OFFSET_COL])
     table = table.append_column("__seq", seq)
     late = False
     statements = spec["out"]
     if spec["windowed"]:
         col = spec["time"]
         if col is None:
-            et = pa.repeat(pa.scalar(time.time_ns() // 1000, pa.int64()), table.num_rows)
+            et = pa.repeat(int_scalar(time.time_ns() // 1000), table.num_rows)
         else:
             et = pa.chunked_array(event_time_us(table[col], spec["time_format"], col))
         if et.null_count:
@@ -79,9 +79,7 @@ def _run(con, spec: dict, table: pa.Table, watermark: int, info: dict, rejects: 
             rejects.extend(bad)
         if table.num_rows == 0:
             return None
-        maxima = pa.table({"p": table[PARTITION_COL], "e": et}).group_by("p").aggregate([("e", "max")])
-        info["maxima"] = list(zip(maxima["p"].to_pylist(), maxima["e_max"].to_pylist()))
-        wm = pa.repeat(pa.scalar(watermark, pa.int64()), table.num_rows)
+        wm = pa.repeat(int_scalar(watermark), table.num_rows)
         table = table.append_column("__et", et).append_column("__wm", wm)
         low = pc.min(et).as_py()
         info["low"] = low
@@ -93,6 +91,8 @@ def _run(con, spec: dict, table: pa.Table, watermark: int, info: dict, rejects: 
             statements = statements[1:]
     con.register("__in", table)
     try:
+        if spec["windowed"]:  # each partition's largest event time, for the job's watermark
+            info["maxima"] = con.execute(f"SELECT {PARTITION_COL}, max(__et) FROM __in GROUP BY 1").fetchall()
         if late:
             rows = con.sql(spec["late"]).to_arrow_table()
             if rows.num_rows:

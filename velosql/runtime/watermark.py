@@ -13,7 +13,7 @@ import time
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..connectors.base import OFFSET_COL, PARTITION_COL
+from ..connectors.base import OFFSET_COL, PARTITION_COL, int_scalar
 from ..errors import DataError
 
 NEG_INF = -(2**63)
@@ -42,7 +42,7 @@ def event_time_us(column: pa.ChunkedArray | pa.Array, fmt: str | None, name: str
             factor = _UNITS.get((fmt or "epoch_millis").lower())
             if factor is None:
                 raise DataError(f"event.time.format {fmt!r} does not apply to numeric column {name!r}")
-            return pc.multiply(column, factor).cast(pa.int64())
+            return pc.multiply(column, int_scalar(factor)).cast(pa.int64())
         if pa.types.is_string(t) or pa.types.is_large_string(t):
             if fmt and fmt.lower() not in ("iso8601", "iso_8601"):
                 return pc.strptime(column, format=fmt, unit="us").cast(pa.int64())
@@ -307,17 +307,18 @@ def any_late(window, et: pa.ChunkedArray, wm: pa.ChunkedArray) -> bool:
     if window.kind == "session":
         return True
     if window.kind == "tumbling":
-        start = pc.subtract(et, _posmod(et, window.size_us))
+        start = pc.subtract(et, _posmod(et, int_scalar(window.size_us)))
     else:  # the earliest sliding window holding et starts after et - size
-        base = pc.subtract(et, window.size_us)
-        start = pc.add(pc.subtract(base, _posmod(base, window.advance_us)), window.advance_us)
-    return bool(pc.any(pc.less_equal(pc.add(start, window.size_us), wm)).as_py())
+        advance = int_scalar(window.advance_us)
+        base = pc.subtract(et, int_scalar(window.size_us))
+        start = pc.add(pc.subtract(base, _posmod(base, advance)), advance)
+    return bool(pc.any(pc.less_equal(pc.add(start, int_scalar(window.size_us)), wm)).as_py())
 
 
-def _posmod(values, m: int):
+def _posmod(values, m: pa.Scalar):
     """values mod m in [0, m) with integer kernels (pyarrow's divide truncates toward zero)."""
     rem = pc.subtract(values, pc.multiply(pc.divide(values, m), m))
-    return pc.add(rem, pc.multiply(pc.cast(pc.less(rem, 0), pa.int64()), m))
+    return pc.add(rem, pc.multiply(pc.cast(pc.less(rem, int_scalar(0)), pa.int64()), m))
 
 
 def without_null_time(table: pa.Table, et: pa.Array, source: str, col: str):
