@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import pty
 import re
-import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from terminal import read_pty
 
 # Every job these tests run, on V1 and on each V2 entry of the processor matrix (conftest.py).
 pytestmark = pytest.mark.usefixtures("processor_matrix")
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 60  # seconds a command may take before the test gives up on it
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r")
 SUMMARY = re.compile(
     r"^velosql: job (\w+) (\w+): (\d+) records in, (\d+) out, (\d+) late, (\d+) dead letters, "
     r"[0-9.]+s \((\d+) rows/s\)$"
@@ -178,35 +175,6 @@ def test_malformed_row_with_fail_batch_fails_the_job(tmp_path, app):
 
 
 # ---- signals: the jobs stop cleanly and flush --------------------------------------------------
-
-
-def read_pty(master: int, proc: subprocess.Popen, until: re.Pattern | None, seen: list[str]) -> str:
-    """Read the program's terminal into ``seen`` until ``until`` matches it (ANSI codes removed)
-    or, when ``until`` is None, until the program has exited and its terminal is drained."""
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        text = ANSI.sub("", "".join(seen))
-        if until is not None and until.search(text):
-            return text
-        ready, _, _ = select.select([master], [], [], 0.1)
-        chunk = read_chunk(master) if ready else b""
-        if chunk:
-            seen.append(chunk.decode("utf-8", "replace"))
-        elif proc.poll() is not None:
-            if until is None:
-                return text
-            pytest.fail(f"velosql exited ({proc.returncode}) before showing {until.pattern!r}:\n{text}")
-    proc.kill()
-    pytest.fail(f"timed out reading velosql's terminal:\n{ANSI.sub('', ''.join(seen))}")
-
-
-def read_chunk(master: int) -> bytes:
-    try:
-        return os.read(master, 65536)
-    except OSError as exc:  # EIO: the program exited and its end of the terminal is closed
-        if exc.errno != errno.EIO:
-            raise
-        return b""
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import pickle
@@ -11,11 +10,11 @@ import subprocess
 import sys
 import textwrap
 import time
-from multiprocessing.connection import wait
 
 import psutil
 import pyarrow as pa
 import pytest
+from processes import gone, wait_gone
 
 from velosql.errors import ConfigError, InvalidPartitionCountError, JobError, WorkerError
 from velosql.runtime.workers import Batch, Marker, Query, Setup, WorkerPool
@@ -24,33 +23,6 @@ DEADLINE = 20.0  # seconds; generous for a loaded CI machine, and only reached o
 # Runs for minutes on one core: a worker that is busy until it is stopped or killed.
 ENDLESS = "SELECT sum(i * i % 7) FROM range(10_000_000_000) t(i)"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def gone(pid: int) -> bool:
-    """Whether ``pid`` no longer runs (exited, or a zombie nobody has reaped yet)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_gone(pids: list[int], timeout: float = DEADLINE) -> list[int]:
-    """Wait until none of ``pids`` runs, at most ``timeout`` seconds; return those still running."""
-    deadline = time.monotonic() + timeout
-    for pid in pids:
-        try:
-            fd = os.pidfd_open(pid)  # readable once the process has exited
-        except ProcessLookupError:
-            continue
-        except (AttributeError, OSError):  # no pidfd (not Linux, old kernel): psutil polls
-            with contextlib.suppress(psutil.NoSuchProcess):
-                psutil.wait_procs([psutil.Process(pid)], max(0.0, deadline - time.monotonic()))
-            continue
-        try:
-            wait([fd], max(0.0, deadline - time.monotonic()))
-        finally:
-            os.close(fd)
-    return [pid for pid in pids if not gone(pid)]
 
 
 def pids_of(pool: WorkerPool) -> list[int]:

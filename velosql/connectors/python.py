@@ -75,6 +75,12 @@ class Channel:
             self._cond.notify_all()
             return table.num_rows
 
+    @property
+    def pending(self) -> int:
+        """Pushed tables the slowest reader has not taken yet (at most ``max_pending`` while read)."""
+        with self._cond:
+            return len(self._entries)
+
     def close(self) -> None:
         """No more data: readers finish after what was pushed."""
         with self._cond:

@@ -34,6 +34,7 @@ class Metrics:
     finished: float | None = None
     busy_seconds: float = 0.0
     waiting_seconds: float = 0.0
+    sink_seconds: float = 0.0  # part of busy_seconds: writing to the sinks (a slow sink shows here)
 
     def as_dict(self) -> dict:
         elapsed = (self.finished or time.monotonic()) - self.started
@@ -50,6 +51,7 @@ class Metrics:
             "records_per_second": round(self.records_in / elapsed) if elapsed > 0 else 0,
             "busy_seconds": round(self.busy_seconds, 3),
             "waiting_seconds": round(self.waiting_seconds, 3),
+            "sink_seconds": round(self.sink_seconds, 3),
         }
 
 

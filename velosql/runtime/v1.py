@@ -277,6 +277,7 @@ class V1Executor:
                         pending, rows = [], 0
                     self.tracker.end_partition(item.partition)
                 else:  # idle tick
+                    self._idle()
                     if pending and time.monotonic() - first_at >= timeout:
                         self._process(pending)
                         pending, rows = [], 0
@@ -296,6 +297,9 @@ class V1Executor:
                 self.job.stop_event.set()
             reader.join(timeout=5)
             self.close()
+
+    def _idle(self) -> None:
+        """Called when the source had nothing within the batch timeout (V2 checks its workers)."""
 
     def close(self) -> None:
         """Close the sinks, the scan and the source (also when the job never ran)."""
@@ -586,8 +590,10 @@ class V1Executor:
                 out = out.slice(0, room)
                 self.stopped_by_limit = True
         self.emitted_rows += out.num_rows
+        t0 = time.monotonic()
         for sink in self.sinks:
             self._deliver(sink, out)
+        self.metrics.sink_seconds += time.monotonic() - t0
         self.metrics.records_out += out.num_rows
 
     def _deliver(self, sink, out: pa.Table) -> None:

@@ -320,6 +320,13 @@ class V2Executor(V1Executor):
 
     # ---- routed micro-batches -------------------------------------------------------------------
 
+    def _idle(self) -> None:
+        """While the source is idle: fail on a dead worker, and deliver the replies in flight (a
+        micro-batch's results must not wait for the next one to arrive)."""
+        if self.pool is not None:
+            self.pool.check()
+            self._drain()
+
     def _step(self, table: pa.Table) -> None:
         """Store the micro-batch's late rows here, then send it to the workers."""
         if self.pool is None:

@@ -364,6 +364,17 @@ class WorkerPool:
         """How many requests to worker ``partition`` have no reply returned yet."""
         return len(self._worker(partition).pending)
 
+    def check(self) -> None:
+        """Raise :class:`WorkerError` for a worker that has died, even one with nothing outstanding.
+
+        A job calls this while its source is idle, so a worker killed between requests fails the
+        job at once instead of at the next micro-batch.
+        """
+        for i in range(len(self._workers)):
+            worker = self._worker(i)
+            if worker.process.exitcode is not None:
+                raise self._lost(worker)
+
     def metrics(self) -> list[WorkerMetrics]:
         """A copy of each worker's counters, by partition."""
         return [dataclasses.replace(w.metrics) for w in self._workers]

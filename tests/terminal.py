@@ -1,0 +1,45 @@
+"""Reading a program's terminal (a pty) in tests of the ``velosql`` command."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import select
+import subprocess
+import time
+
+import pytest
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r")
+
+
+def read_pty(
+    master: int, proc: subprocess.Popen, until: re.Pattern | None, seen: list[str], timeout: float = 60
+) -> str:
+    """Read the program's terminal into ``seen`` until ``until`` matches it (ANSI codes removed)
+    or, when ``until`` is None, until the program has exited and its terminal is drained."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = ANSI.sub("", "".join(seen))
+        if until is not None and until.search(text):
+            return text
+        ready, _, _ = select.select([master], [], [], 0.1)
+        chunk = read_chunk(master) if ready else b""
+        if chunk:
+            seen.append(chunk.decode("utf-8", "replace"))
+        elif proc.poll() is not None:
+            if until is None:
+                return text
+            pytest.fail(f"velosql exited ({proc.returncode}) before showing {until.pattern!r}:\n{text}")
+    proc.kill()
+    pytest.fail(f"timed out reading velosql's terminal:\n{ANSI.sub('', ''.join(seen))}")
+
+
+def read_chunk(master: int) -> bytes:
+    try:
+        return os.read(master, 65536)
+    except OSError as exc:  # EIO: the program exited and its end of the terminal is closed
+        if exc.errno != errno.EIO:
+            raise
+        return b""

@@ -1,0 +1,220 @@
+"""V2 jobs as a whole: no worker outlives its job however the job ends, affinity is visible on the
+workers from outside, and a slow sink holds the source back instead of growing memory.
+
+Real processes, a real FIFO as the slow sink, waits on events or on process exit, never sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow as pa
+import pytest
+from processes import DEADLINE, gone, wait_gone
+from terminal import read_pty
+
+import velosql
+from velosql.errors import JobError, WorkerError
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = "'src.type' = 'python', 'src.schema' = 'k VARCHAR, v BIGINT'"
+# One query per way V2 runs one: partials merged by the job, rows passed through, keyed state.
+MODES = {
+    "partials": "SELECT k, count(*) AS n, sum(v) AS total FROM src GROUP BY k EMIT FINAL",
+    "rows": "SELECT k, v * 2 AS v2 FROM src WHERE v >= 0",
+    "keyed": "SELECT k, count(*) AS n FROM src GROUP BY k EMIT CHANGES",
+}
+
+
+def data(n: int, start: int = 0) -> pa.Table:
+    return pa.table(
+        {
+            "k": pa.array([f"k{i % 7}" for i in range(start, start + n)]),
+            "v": pa.array(range(start, start + n), pa.int64()),
+        }
+    )
+
+
+def statement(mode: str, processor: str = "v2:2", sink: str = "") -> str:
+    return f"CREATE STREAM out AS {MODES[mode]} WITH ({SCHEMA}, processor = '{processor}'{sink})"
+
+
+def worker_processes(job) -> list[psutil.Process]:
+    """The job's workers, as processes looked up by the pids its metrics report."""
+    return [psutil.Process(p["pid"]) for p in job.metrics()["partitions"]]
+
+
+def wait_for(condition, what: str, timeout: float = DEADLINE) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        threading.Event().wait(0.01)
+
+
+@pytest.fixture
+def engine():
+    with velosql.connect() as e:
+        yield e
+
+
+# ---- no worker outlives its job ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_stopped_job_leaves_no_worker(engine, mode):
+    job = engine.execute(statement(mode))
+    engine.push("src", data(100))
+    wait_for(lambda: job.metrics()["records_in"] == 100, "the job to read 100 records")
+    workers = worker_processes(job)
+    assert len(workers) == 2 and not any(gone(w.pid) for w in workers)
+    job.stop()
+    assert job.status == "Stopped"
+    assert wait_gone([w.pid for w in workers]) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_killed_worker_fails_the_idle_job_naming_the_partition(engine, mode):
+    job = engine.execute(statement(mode))
+    engine.push("src", data(100))
+    wait_for(lambda: job.metrics()["records_in"] == 100, "the job to read 100 records")
+    workers = worker_processes(job)
+    # Nothing more arrives: the job notices the death while its source is idle, not at the next batch.
+    os.kill(workers[1].pid, signal.SIGKILL)
+    with pytest.raises(WorkerError, match=r"^Partition 1 worker \(pid \d+\) was killed by SIGKILL"):
+        job.wait(DEADLINE)
+    assert job.status == "Error"
+    assert wait_gone([w.pid for w in workers]) == []
+
+
+def test_an_exception_in_the_job_leaves_no_worker(engine, tmp_path):
+    """The job thread itself fails (its sink's reader went away); its workers go with it."""
+    fifo = tmp_path / "out.jsonl"
+    os.mkfifo(fifo)
+    # The sink opens the FIFO when the job is deployed; its reader closes it straight away.
+    reader = threading.Thread(target=lambda: open(fifo, "rb").close())
+    reader.start()
+    sink = f", 'out.type' = 'file_sink', 'out.path' = '{fifo}', 'out.format' = 'jsonl'"
+    job = engine.execute(statement("rows", sink=sink))
+    reader.join(DEADLINE)
+    workers = worker_processes(job)
+    engine.push("src", data(100))
+    with pytest.raises(
+        JobError, match=r"writing 100 rows to file_sink jsonl .*out\.jsonl failed: .*Broken pipe"
+    ):
+        job.wait(DEADLINE)
+    assert job.status == "Error"
+    assert wait_gone([w.pid for w in workers]) == []
+
+
+def test_ctrl_c_leaves_no_worker_and_affinity_is_visible_from_outside(tmp_path):
+    """``velosql run`` on V2 with affinity: each worker is pinned to one core, as the operating
+    system reports it; Ctrl-C stops the job, flushes it and ends every worker."""
+    (tmp_path / "in.csv").write_text("k,v\na,1\nb,2\na,3\n")
+    (tmp_path / "app.sql").write_text(
+        "CREATE STREAM totals AS SELECT k, sum(v) AS total FROM src GROUP BY k EMIT FINAL\n"
+        "WITH ('src.type' = 'file_source', 'src.path' = 'in.csv', 'src.watch' = 'true',\n"
+        "      'src.poll_interval' = '50ms', 'totals.type' = 'file_sink', 'totals.path' = 'totals.csv');\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PROCESSOR_CONFIG", "VELOSQL_CONFIG")}
+    env.update(PYTHONPATH=str(REPO), TERM="xterm", COLUMNS="200")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "velosql", "run", "app.sql", "--processor", "v2:3:affinity"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+    )
+    os.close(slave)
+    seen: list[str] = []
+    try:
+        read_pty(master, proc, re.compile(r"totals\s+Running\s+3\s"), seen)
+        workers = [
+            child
+            for child in psutil.Process(proc.pid).children()
+            if any("spawn_main" in part for part in child.cmdline())
+        ]
+        allowed = sorted(psutil.Process().cpu_affinity())
+        assert sorted(w.cpu_affinity() for w in workers) == sorted(
+            [allowed[i % len(allowed)]] for i in range(3)
+        )
+        proc.send_signal(signal.SIGINT)
+        text = read_pty(master, proc, None, seen)
+        assert proc.wait(DEADLINE) == 130, text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert "Traceback" not in text
+    assert wait_gone([w.pid for w in workers]) == []
+    assert sorted((tmp_path / "totals.csv").read_text().splitlines()) == ["a,4", "b,2", "k,total"]
+
+
+# ---- latency and backpressure ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["rows", "keyed"])
+def test_results_of_the_last_micro_batch_arrive_while_the_source_is_idle(engine, mode):
+    """A micro-batch's output leaves the workers without waiting for more input to push it out."""
+    job = engine.execute(statement(mode))
+    engine.push("src", data(100))
+    # One output row per input row in both modes (EMIT CHANGES: each row changes its group).
+    wait_for(lambda: job.metrics()["records_out"] == 100, "the 100 result rows")
+    job.stop()
+
+
+@pytest.mark.parametrize("processor", ["v1", "v2:2"])
+def test_a_slow_sink_makes_the_source_wait(engine, tmp_path, processor):
+    """While the sink's reader reads nothing, pushing blocks once the source holds ``max_pending``
+    tables: the queues between source, job, workers and sink stay bounded; once the reader reads,
+    every record arrives."""
+    fifo = tmp_path / "out.jsonl"
+    os.mkfifo(fifo)
+    release = threading.Event()
+    lines: list[bytes] = []
+
+    def read_slowly() -> None:
+        with open(fifo, "rb") as fh:
+            release.wait(DEADLINE)
+            lines.extend(fh)
+
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    sink = f", 'out.type' = 'file_sink', 'out.path' = '{fifo}', 'out.format' = 'jsonl', max_batch_size = 1000"
+    job = engine.execute(statement("rows", processor, sink))
+    channel = engine.channel("src")
+    batches, pushed = 500, []
+
+    def push_all() -> None:
+        for i in range(batches):
+            engine.push("src", data(1000, i * 1000))
+            pushed.append(i)
+
+    pusher = threading.Thread(target=push_all)
+    pusher.start()
+    try:
+        wait_for(lambda: channel.pending == channel.max_pending, "the source to fill up")
+        # The pusher is held at the bound: what the job took is a few micro-batches in flight.
+        assert pusher.is_alive()
+        assert len(pushed) <= channel.max_pending + 16, len(pushed)
+        assert job.metrics()["records_in"] <= 16 * 1000
+    finally:
+        release.set()
+        pusher.join(DEADLINE)
+        engine.close_source("src")
+        reader.join(DEADLINE)
+    job.wait(DEADLINE)
+    assert len(lines) == batches * 1000
+    assert job.metrics()["sink_seconds"] > 0
