@@ -150,6 +150,12 @@ def test_ctrl_c_leaves_no_worker_and_affinity_is_visible_from_outside(tmp_path):
         assert sorted(w.cpu_affinity() for w in workers) == sorted(
             [allowed[i % len(allowed)]] for i in range(3)
         )
+        # The live display has a row per worker with the pid and core the system reports.
+        shown = read_pty(master, proc, re.compile(r"p2 pid \d+ core \d+"), seen)
+        rows = dict(re.findall(r"p\d pid (\d+) core (\d+)", shown))
+        assert {int(pid): [int(core)] for pid, core in rows.items()} == {
+            w.pid: w.cpu_affinity() for w in workers
+        }
         proc.send_signal(signal.SIGINT)
         text = read_pty(master, proc, None, seen)
         assert proc.wait(DEADLINE) == 130, text
@@ -160,6 +166,48 @@ def test_ctrl_c_leaves_no_worker_and_affinity_is_visible_from_outside(tmp_path):
     assert "Traceback" not in text
     assert wait_gone([w.pid for w in workers]) == []
     assert sorted((tmp_path / "totals.csv").read_text().splitlines()) == ["a,4", "b,2", "k,total"]
+
+
+# ---- metrics --------------------------------------------------------------------------------------
+
+
+def test_metrics_per_partition_in_the_job_show_jobs_and_explain_analyze(engine):
+    windowed = (
+        "CREATE STREAM w AS SELECT k, count(*) AS n FROM tw GROUP BY k WINDOW TUMBLING(ts, 1m) EMIT FINAL "
+        "WITH ('tw.type' = 'python', 'tw.schema' = 'k VARCHAR, ts TIMESTAMP', processor = 'v2:2', "
+        "partitioning_strategy = 'hash')"
+    )
+    job = engine.execute(windowed)
+    plain = engine.execute(
+        "CREATE STREAM p AS SELECT k FROM tp WITH ('tp.type' = 'python', 'tp.schema' = 'k VARCHAR', processor = 'v1')"
+    )
+    start = 1_700_000_000_000_000
+    for batch in range(2):
+        keys = [f"k{i % 7}" for i in range(100)]
+        ts = pa.array([start + (batch * 100 + i) * 1_000_000 for i in range(100)], pa.timestamp("us"))
+        engine.push("tw", pa.table({"k": keys, "ts": ts}))
+        wait_for(lambda n=(batch + 1) * 100: job.metrics()["records_in"] == n, f"{(batch + 1) * 100} records")
+    m = job.metrics()
+    parts = m["partitions"]
+    assert [p["partition"] for p in parts] == [0, 1]
+    assert sum(p["records_in"] for p in parts) == 200
+    busiest = max(p["records_in"] for p in parts)
+    assert m["skew"] == round(busiest / 100, 2)
+    # The second batch was sent with the watermark the first one set.
+    assert all(p["watermark"] is not None and p["watermark"] <= m["watermark"] for p in parts)
+    assert all(p["pid"] and p["cores"] is None and p["busy_seconds"] >= 0 for p in parts)
+
+    shown = engine.execute("SHOW JOBS").to_pylist()
+    by_name = {row["name"]: row for row in shown}
+    assert by_name["p"]["partitions"] is None and by_name["p"]["skew"] is None
+    assert [p["pid"] for p in by_name["w"]["partitions"]] == [p["pid"] for p in parts]
+
+    text = engine.execute(f"EXPLAIN ANALYZE {windowed}")
+    for p in parts:
+        assert re.search(rf"^  partition {p['partition']}: pid={p['pid']}, cores=None, ", text, re.M), text
+    assert re.search(r"^  metrics: .*skew=", text, re.M), text
+    job.stop()
+    plain.stop()
 
 
 # ---- latency and backpressure ------------------------------------------------------------------

@@ -225,7 +225,11 @@ class Engine:
 
     def _show_jobs(self) -> pa.Table:
         rows = [j.metrics() for j in self.jobs()]
-        return pa.Table.from_pylist(rows) if rows else pa.table({"name": pa.array([], pa.string())})
+        if not rows:
+            return pa.table({"name": pa.array([], pa.string())})
+        # Every job's keys (V2 jobs add skew and partitions), name first; missing values are NULL.
+        keys = list(dict.fromkeys(["name", "status", "processor", *(k for r in rows for k in r)]))
+        return pa.table({k: [r.get(k) for r in rows] for k in keys})
 
     # ---- Python in and out ----------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from typing import TextIO
 
 from ..runtime.job import Job
 
-_COLUMNS = ("job", "status", "in", "out", "rows/s", "watermark", "late", "dlq", "time")
+_COLUMNS = ("job", "status", "in", "out", "rows/s", "watermark", "late", "dlq", "queue", "skew", "time")
 
 
 def summary_line(job: Job) -> str:
@@ -37,7 +37,10 @@ class LiveProgress:
     """A table of the jobs' metrics, redrawn in place on a terminal at every :meth:`update`.
 
     Columns: records in and out, input rows per second, watermark, late rows, dead letters (dlq)
-    and elapsed time.
+    and elapsed time. A V2 job with workers has a row per worker below its own: its pid and cores,
+    how busy it was (share of the elapsed time), its rows, the watermark it last worked with and
+    its queue (requests not yet answered); the job's row shows the skew (busiest worker's rows
+    over the mean).
 
     The table is transient: :meth:`close` erases it, leaving the terminal to the summary lines.
     """
@@ -73,6 +76,8 @@ def _table(jobs: list[Job]):
         table.add_column(name, justify="left" if text else "right", no_wrap=text, min_width=len(name))
     for job in jobs:
         m = job.metrics()
+        elapsed = m["elapsed_seconds"]
+        skew = m.get("skew")
         table.add_row(
             job.name,
             m["status"],
@@ -82,8 +87,25 @@ def _table(jobs: list[Job]):
             m["watermark"] or "-",
             str(m["late_rows"]),
             str(m["dead_letters"]),
-            f"{m['elapsed_seconds']:.1f}s",
+            "-",
+            f"{skew:.2f}" if skew is not None else "-",
+            f"{elapsed:.1f}s",
         )
+        for p in m.get("partitions", []):
+            cores = ",".join(map(str, p["cores"])) if p["cores"] else "any"
+            table.add_row(
+                f"  p{p['partition']} pid {p['pid']} core {cores}",
+                f"busy {p['busy_seconds'] / elapsed:.0%}" if elapsed > 0 else "",
+                str(p["records_in"]),
+                str(p["records_out"]),
+                str(round(p["records_in"] / elapsed)) if elapsed > 0 else "0",
+                p["watermark"] or "-",
+                str(p["late_rows"]),
+                "",
+                str(p["queue_depth"]),
+                "",
+                "",
+            )
     return table
 
 

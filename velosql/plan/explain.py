@@ -95,5 +95,9 @@ def explain_text(plan: StreamPlan, processor, job=None) -> str:
         lines.append(f"  note:        {note}")
     if job is not None:
         m = job.metrics()
+        parts = m.pop("partitions", None) or []
         lines.append("  metrics:     " + ", ".join(f"{k}={v}" for k, v in m.items()))
+        for part in parts:
+            i = part.pop("partition")
+            lines.append(f"  partition {i}: " + ", ".join(f"{k}={v}" for k, v in part.items()))
     return "\n".join(lines)

@@ -46,7 +46,7 @@ class Metrics:
             "late_rows": self.late_rows,
             "dead_letters": self.dead_letters,
             "sink_retries": self.sink_retries,
-            "watermark": _format_wm(wm),
+            "watermark": format_watermark(wm),
             "elapsed_seconds": round(elapsed, 3),
             "records_per_second": round(self.records_in / elapsed) if elapsed > 0 else 0,
             "busy_seconds": round(self.busy_seconds, 3),
@@ -55,7 +55,8 @@ class Metrics:
         }
 
 
-def _format_wm(wm: int | None) -> str | None:
+def format_watermark(wm: int | None) -> str | None:
+    """A watermark as text: a timestamp, ``"end of input"``, or None before the first one."""
     if wm is None or wm <= -(2**62):
         return None
     if wm >= 2**62:
@@ -141,7 +142,10 @@ class Job:
         )
         partitions = getattr(self.executor, "partition_metrics", None)
         if partitions is not None:
-            data["partitions"] = partitions()
+            data["partitions"] = parts = partitions()
+            # Skew: the busiest worker's rows over the mean (1.0 is an even spread).
+            rows = [p["records_in"] for p in parts]
+            data["skew"] = round(max(rows) * len(rows) / sum(rows), 2) if sum(rows) else None
         return data
 
     def __repr__(self) -> str:

@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 from ..connectors.base import PARTITION_COL, empty_table
 from ..plan import windows as W
 from . import routing
+from .job import format_watermark
 from .v1 import V1Executor, _next_window_end
 from .watermark import NEG_INF
 from .workers import Batch, Call, Query, WorkerPool
@@ -182,6 +183,7 @@ class V2Executor(V1Executor):
         self.records_to = [0] * self.n
         self.key_columns: tuple[str, ...] | None = None  # the routing keys, when bare source columns
         self.late_by = [0] * self.n
+        self.part_wm: list[int | None] = [None] * self.n  # the watermark each worker last worked with
 
     # ---- setup ----------------------------------------------------------------------------------
 
@@ -284,6 +286,7 @@ class V2Executor(V1Executor):
     def _request_read(self, worker: int) -> None:
         wm = self.tracker.watermark if self.plan.windowed else NEG_INF
         self.pool.send(worker, Call("velosql.runtime.direct:read", wm))
+        self.part_wm[worker] = wm if self.plan.windowed else None
         self.inflight.append((worker, "direct", wm))
 
     def _direct_reply(self, reply) -> bool:
@@ -413,6 +416,8 @@ class V2Executor(V1Executor):
             self._take_reply()
         self.pool.send(worker, request)
         self.inflight.append((worker, kind, batch))
+        if self.plan.windowed:
+            self.part_wm[worker] = self.tracker.watermark
 
     def _take_reply(self) -> None:
         worker, kind, batch = self.inflight.popleft()
@@ -509,7 +514,8 @@ class V2Executor(V1Executor):
     # ---- metrics --------------------------------------------------------------------------------
 
     def partition_metrics(self) -> list[dict]:
-        """Per worker: pid, cores, batches, records in and out, queue depth, busy/waiting seconds."""
+        """Per worker: pid, cores, batches, records in and out, queue depth, late rows, watermark,
+        busy/waiting seconds."""
         if self.pool is None:
             return []
         return [
@@ -523,6 +529,7 @@ class V2Executor(V1Executor):
                 "records_out": m.rows_received,
                 "queue_depth": self.pool.outstanding(m.partition) if not self.pool.closed else 0,
                 "late_rows": self.late_by[m.partition],
+                "watermark": format_watermark(self.part_wm[m.partition]),
                 "busy_seconds": round(m.busy_seconds, 3),
                 "waiting_seconds": round(m.wait_seconds, 3),
             }
