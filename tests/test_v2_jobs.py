@@ -266,3 +266,21 @@ def test_a_slow_sink_makes_the_source_wait(engine, tmp_path, processor):
     job.wait(DEADLINE)
     assert len(lines) == batches * 1000
     assert job.metrics()["sink_seconds"] > 0
+
+
+def test_queue_threshold_bounds_the_records_waiting_at_each_worker(engine):
+    """Workers slower than the job: each one's queue (records behind the micro-batch it works on)
+    stays under ``queue_threshold`` plus one micro-batch, and nothing is lost."""
+    slow = "SELECT k, v, length(repeat(md5(k || v), 20000)) AS w FROM src"
+    job = engine.execute(
+        f"CREATE STREAM out AS {slow} WITH ({SCHEMA}, processor = 'v2:2', partitioning_strategy = "
+        "'round_robin', max_batch_size = 100, queue_threshold = 150)"
+    )
+    for i in range(60):
+        engine.push("src", data(100, i * 100))
+    engine.close_source("src")
+    job.wait(DEADLINE)
+    m = job.metrics()
+    assert m["records_out"] == 6000
+    assert [p["records_in"] for p in m["partitions"]] == [3000, 3000]
+    assert all(0 < p["queue_peak"] < 150 + 100 for p in m["partitions"]), m["partitions"]

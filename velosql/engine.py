@@ -119,13 +119,20 @@ class Engine:
         return self.con.sql(query)
 
     def _plan(self, stmt: CreateStream) -> StreamPlan:
-        chosen = "partitioning_strategy" in stmt.properties or "partitioning_strategy" in stmt.annotations
-        if not chosen:
-            strategy = configured_settings(self.config_path).partitioning_strategy
-            if strategy is not None:  # the config file's default strategy, as if written in WITH
-                stmt = dataclasses.replace(
-                    stmt, properties={**stmt.properties, "partitioning_strategy": strategy}
-                )
+        # The config file's processor settings apply, as if written in WITH, where the statement
+        # does not choose.
+        settings = configured_settings(self.config_path)
+        defaults = {
+            "partitioning_strategy": settings.partitioning_strategy,
+            "queue_threshold": str(settings.queue_threshold),
+        }
+        added = {
+            key: value
+            for key, value in defaults.items()
+            if value is not None and key not in stmt.properties and key not in stmt.annotations
+        }
+        if added:
+            stmt = dataclasses.replace(stmt, properties={**stmt.properties, **added})
         return plan(stmt)
 
     def _prepare(self, p: StreamPlan) -> Job:

@@ -191,7 +191,8 @@ OPTIONS: tuple[Option, ...] = (
         "queue_threshold",
         "int",
         1000,
-        "Records a V2 partition queue holds before the producer waits (backpressure).",
+        "Records that may wait in a V2 worker's queue behind the micro-batch it works on; when "
+        "full the job waits, and so does the source (backpressure). One micro-batch always fits.",
     ),
     _job(
         "failure_strategy",

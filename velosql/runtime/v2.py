@@ -55,7 +55,10 @@ STRATEGIES = {
     "round_robin": "round_robin", "roundrobin": "round_robin",
     "fan_in": "fan_in", "fanin": "fan_in",
 }  # fmt: skip
-IN_FLIGHT = 2  # micro-batches per worker: one being worked on, one waiting
+IN_FLIGHT = 2  # direct reads per worker: one being worked on, one waiting
+# Requests a worker may have outstanding at most. The records waiting behind the one it works on
+# are bounded by ``queue_threshold`` (see ``_send``); this bounds the small requests between them.
+MAX_IN_FLIGHT = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +187,11 @@ class V2Executor(V1Executor):
         self.key_columns: tuple[str, ...] | None = None  # the routing keys, when bare source columns
         self.late_by = [0] * self.n
         self.part_wm: list[int | None] = [None] * self.n  # the watermark each worker last worked with
+        self.queue_threshold = int(self.opts.get("queue_threshold") or 1000)
+        self.queued: list[collections.deque] = [
+            collections.deque() for _ in range(self.n)
+        ]  # rows per request
+        self.queue_peak = [0] * self.n  # most records ever waiting at each worker
 
     # ---- setup ----------------------------------------------------------------------------------
 
@@ -200,7 +208,7 @@ class V2Executor(V1Executor):
                 return
             self.direct = self.route.strategy == "sticky" and _direct_partitions(self.source) > 1
             self.arrow = None  # the workers compute the partials
-            self.pool = WorkerPool(self.n, affinity=self.affinity, max_in_flight=IN_FLIGHT)
+            self.pool = WorkerPool(self.n, affinity=self.affinity, max_in_flight=MAX_IN_FLIGHT)
             if self.route.mode == "keyed":
                 self._setup_keyed()
             if self.direct:
@@ -409,19 +417,28 @@ class V2Executor(V1Executor):
         return partial
 
     def _send(self, worker: int, request, kind: str, batch: int) -> None:
-        # Each worker answers in order and replies are taken in the order requests were sent, so
-        # room on this worker is made by taking replies from the oldest on (backpressure: the
-        # reader stops once its queue is full).
-        while self.pool.outstanding(worker) >= self.pool.max_in_flight:
+        """Send when the worker's queue has room, taking replies (oldest first) until it has.
+
+        The worker works on its oldest request; those behind it are its queue. A request joins the
+        queue while it holds fewer than ``queue_threshold`` records (so one always can, whatever
+        its size, and the worker never waits for the job between micro-batches), and never more
+        than MAX_IN_FLIGHT requests. Meanwhile the job reads no more input: the source waits.
+        """
+        queued = self.queued[worker]
+        while queued and (len(queued) >= MAX_IN_FLIGHT or sum(queued) - queued[0] >= self.queue_threshold):
             self._take_reply()
+        rows = request.table.num_rows if isinstance(request, Batch) else 0
         self.pool.send(worker, request)
         self.inflight.append((worker, kind, batch))
+        queued.append(rows)
+        self.queue_peak[worker] = max(self.queue_peak[worker], sum(queued) - queued[0])
         if self.plan.windowed:
             self.part_wm[worker] = self.tracker.watermark
 
     def _take_reply(self) -> None:
         worker, kind, batch = self.inflight.popleft()
         reply = self.pool.receive(worker)
+        self.queued[worker].popleft()
         if kind in ("rows", "changes", "emit"):
             self._write(reply.table)
         elif kind == "partials":
@@ -528,6 +545,8 @@ class V2Executor(V1Executor):
                 "records_in": self.records_to[m.partition],
                 "records_out": m.rows_received,
                 "queue_depth": self.pool.outstanding(m.partition) if not self.pool.closed else 0,
+                "queue_records": sum(self.queued[m.partition]) - (self.queued[m.partition] or [0])[0],
+                "queue_peak": self.queue_peak[m.partition],
                 "late_rows": self.late_by[m.partition],
                 "watermark": format_watermark(self.part_wm[m.partition]),
                 "busy_seconds": round(m.busy_seconds, 3),
