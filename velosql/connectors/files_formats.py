@@ -38,6 +38,11 @@ _TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary())
 _DICT_TEXT = pa.dictionary(pa.int32(), pa.string())
 
 
+def dictionary_text(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with its VARCHAR columns dictionary-encoded, as the CSV and Parquet readers decode them."""
+    return pa.schema([pa.field(f.name, _DICT_TEXT if f.type == pa.string() else f.type) for f in schema])
+
+
 def _values(chunk: pa.Array) -> pa.Array:
     """The distinct text of a dictionary-encoded chunk (or the chunk itself)."""
     return chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk
@@ -233,7 +238,7 @@ class CsvDecoder:
     @staticmethod
     def decoded_schema(schema: pa.Schema) -> pa.Schema:
         """The schema of the decoded batches: text columns dictionary-encoded (see :meth:`fix`)."""
-        return pa.schema([pa.field(f.name, _DICT_TEXT if f.type == pa.string() else f.type) for f in schema])
+        return dictionary_text(schema)
 
     def fix(self, schema: pa.Schema) -> None:
         """Fix the schema every later block is decoded to."""
