@@ -628,6 +628,11 @@ def _worker_main(conn: Connection, core: int | None) -> None:
         if con is not None:
             con.close()
         conn.close()
+    # Stopped cleanly: skip the interpreter's teardown of DuckDB, pyarrow and numpy (~40 ms of
+    # every V2 job's stop, measured on 2 workers). Everything of ours is closed above.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _serve(conn: Connection, con: duckdb.DuckDBPyConnection, outbox: queue.SimpleQueue) -> None:
