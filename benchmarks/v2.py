@@ -9,19 +9,26 @@ The trades stream (workloads.py) is written once as 8 Parquet files, one per ``_
 reading that directory with a ``file_source`` (results to a python sink), as a whole:
 
 * **V1** — one process; the scan pushdown is off, so this is the streaming engine (with it on, a
-  window-less GROUP BY over files is DuckDB's own scan on every core, in V1 and V2 alike).
+  window-less GROUP BY over files is DuckDB's own scan on every core, in V1 and V2 alike). V1 runs
+  DuckDB on one thread, but pyarrow decodes Parquet and computes partials on its own thread pool
+  (one thread per core), so V1 already uses more than one core: the ``cores used`` column.
+* **V1, pyarrow on 1 thread** — the same with pyarrow's pools cut to one thread: a one-core
+  baseline, to show what V2's workers gain over one core.
 * **V2:N partitioned** — ``partitioning_strategy = 'sticky'``: each worker reads its own files.
 * **V2:N hash** — ``partitioning_strategy = 'hash'``: the job reads the files and routes every
   micro-batch by the hash of ``symbol`` (grouped queries only).
 * **DuckDB direct** — the same query over ``read_parquet`` with N threads, one call.
 
-Speedup is over V1 in the same run; efficiency is speedup ÷ workers.
+Speedup is over V1 in the same run; efficiency is speedup ÷ workers. ``cores used`` is the CPU
+time of the benchmark process and its reaped children (the workers) during the run ÷ its wall time.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import resource
 import statistics
 import sys
 import time
@@ -40,6 +47,7 @@ import velosql  # noqa: E402
 from velosql.config import usable_cpus  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks.md"
+ONE_CORE = "V1, pyarrow on 1 thread"
 BEGIN, END = "<!-- BEGIN GENERATED: benchmarks/v2.py --write-docs -->", "<!-- END GENERATED V2 -->"
 AGGS = "COUNT(*) AS n, SUM(quantity) AS vol, AVG(price) AS avg_price, MIN(price) AS lo, MAX(price) AS hi"
 QUERIES = {
@@ -74,6 +82,28 @@ def ensure_files(rows: int) -> Path:
     return folder
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have exited (the workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@contextlib.contextmanager
+def pyarrow_threads(n: int | None):
+    """pyarrow's CPU and I/O pools cut to ``n`` threads for the block (None: unchanged)."""
+    if n is None:
+        yield
+        return
+    cpu, io = pa.cpu_count(), pa.io_thread_count()
+    pa.set_cpu_count(n)
+    pa.set_io_thread_count(n)
+    try:
+        yield
+    finally:
+        pa.set_cpu_count(cpu)
+        pa.set_io_thread_count(io)
+
+
 def velosql_job(name: str, folder: Path, processor: str, strategy: str | None) -> tuple[float, int, dict]:
     opts = [
         "'trades.type' = 'file_source'",
@@ -91,14 +121,15 @@ def velosql_job(name: str, folder: Path, processor: str, strategy: str | None) -
     sql = f"CREATE STREAM q AS {QUERIES[name]} WITH ({', '.join(opts)})"
     e = velosql.connect()
     try:
-        t0 = time.perf_counter()
+        c0, t0 = cpu_seconds(), time.perf_counter()
         job = e.execute(sql)
         job.wait()
-        seconds = time.perf_counter() - t0
         out = e.pull("q")
         metrics = job.metrics()
     finally:
-        e.close()
+        e.close()  # the workers have exited when this returns: their CPU time is counted
+    seconds = time.perf_counter() - t0
+    metrics["cores_used"] = (cpu_seconds() - c0) / seconds
     return seconds, out.num_rows, metrics
 
 
@@ -115,26 +146,33 @@ def measure(rows: int, repeat: int, workers: list[int]) -> list[dict]:
     results = []
     for name in QUERIES:
         runs: dict[str, list[float]] = {}
+        cores: dict[str, list[float]] = {}
         outs: dict[str, int] = {}
         skew: dict[str, float] = {}
-        configs = [("V1", "v1", None)]
+        configs = [("V1", "v1", None, None), (ONE_CORE, "v1", None, 1)]
         for n in workers:
-            configs.append((f"V2:{n} partitioned", f"v2:{n}", "sticky"))
+            configs.append((f"V2:{n} partitioned", f"v2:{n}", "sticky", None))
             if name != "filter":
-                configs.append((f"V2:{n} hash", f"v2:{n}", "hash"))
+                configs.append((f"V2:{n} hash", f"v2:{n}", "hash", None))
+        for _, processor, strategy, _ in configs[::2]:  # untimed: files and modules in the page cache
+            velosql_job(name, folder, processor, strategy)
         for _ in range(repeat):
-            for label, processor, strategy in configs:
-                seconds, n_out, m = velosql_job(name, folder, processor, strategy)
+            for label, processor, strategy, threads in configs:
+                with pyarrow_threads(threads):
+                    seconds, n_out, m = velosql_job(name, folder, processor, strategy)
                 runs.setdefault(label, []).append(seconds)
+                cores.setdefault(label, []).append(m["cores_used"])
                 outs[label] = n_out
-                parts = [p["records_in"] for p in m.get("partitions", [])]
-                if parts and sum(parts):
-                    skew[label] = max(parts) / (sum(parts) / len(parts))
-                log(f"{name:7s} {label:18s} {seconds:7.3f}s  {rows / seconds / 1e6:6.2f}M rows/s")
+                if m.get("skew"):
+                    skew[label] = m["skew"]
+                log(
+                    f"{name:7s} {label:24s} {seconds:7.3f}s  {rows / seconds / 1e6:6.2f}M rows/s  "
+                    f"{m['cores_used']:.2f} cores"
+                )
             for n in sorted({1, *workers}):
                 seconds, n_out = duck_direct(name, folder, n)
                 runs.setdefault(f"DuckDB {n} thread{'s' if n > 1 else ''}", []).append(seconds)
-        base = statistics.median(runs["V1"])
+        base, one = statistics.median(runs["V1"]), statistics.median(runs[ONE_CORE])
         for label, times in runs.items():
             t = statistics.median(times)
             n = int(label.split(":")[1].split()[0]) if label.startswith("V2") else None
@@ -144,7 +182,9 @@ def measure(rows: int, repeat: int, workers: list[int]) -> list[dict]:
                     "engine": label,
                     "rows_per_s": rows / t,
                     "seconds": t,
+                    "cores_used": statistics.median(cores[label]) if label in cores else None,
                     "speedup": base / t if label.startswith("V") else None,
+                    "speedup_one": one / t if label.startswith("V") else None,
                     "efficiency": base / t / n if n else None,
                     "skew": skew.get(label),
                     "rows_out": outs.get(label),
@@ -157,23 +197,24 @@ def measure(rows: int, repeat: int, workers: list[int]) -> list[dict]:
 
 
 def render(results: list[dict], command: str, rows: int) -> str:
+    def num(value: float | None, fmt: str) -> str:
+        return format(value, fmt) if value is not None else "—"
+
     lines = [
         f"Command: `{command}` — {rows:,} trades rows in 8 Parquet files, {usable_cpus()} usable cores, "
-        f"median of the runs. Speedup is over V1 in the same run; efficiency = speedup ÷ workers; "
-        "skew = busiest worker's rows ÷ the mean.",
+        "median of the runs. Speedup is over V1 in the same run (and over V1 with pyarrow on one "
+        "thread); efficiency = speedup over V1 ÷ workers; cores used = CPU seconds of the process "
+        "and its workers ÷ wall seconds; skew = busiest worker's rows ÷ the mean.",
         "",
-        "| query | engine | rows/s | seconds | speedup vs V1 | efficiency | skew |",
-        "|---|---|---|---|---|---|---|",
+        "| query | engine | rows/s | seconds | cores used | speedup vs V1 | vs V1 on 1 thread | efficiency | skew |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['query']} | {r['engine']} | {r['rows_per_s'] / 1e6:.2f}M | {r['seconds']:.3f} | "
-            + (f"{r['speedup']:.2f}x" if r["speedup"] else "—")
-            + " | "
-            + (f"{r['efficiency']:.2f}" if r["efficiency"] else "—")
-            + " | "
-            + (f"{r['skew']:.2f}" if r["skew"] else "—")
-            + " |"
+            f"{num(r['cores_used'], '.2f')} | {num(r['speedup'], '.2f')}{'x' if r['speedup'] else ''} | "
+            f"{num(r['speedup_one'], '.2f')}{'x' if r['speedup_one'] else ''} | "
+            f"{num(r['efficiency'], '.2f')} | {num(r['skew'], '.2f')} |"
         )
     return "\n".join(lines)
 
