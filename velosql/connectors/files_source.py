@@ -67,6 +67,13 @@ class _File:
     offset: int = 0  # records consumed, decoded or rejected: the next record's _offset
     done: bool = False  # Parquet: read completely
     failed_size: int = -1  # Parquet, watched: file size when it last failed to open
+    row_groups: tuple[int, int] | None = None  # Parquet split: row groups [first, end) only
+    split: int | None = None  # V2 direct read: the split's number (its PartitionEnd), else None
+
+    @property
+    def unit(self) -> int:
+        """What the watermark tracks this file's progress under: its split, else its partition."""
+        return self.partition if self.split is None else self.split
 
 
 @dataclass
@@ -162,6 +169,7 @@ class FileSource(Source):
         self._files: list[_File] = []
         self._known: set[str] = set()
         self._executor: ThreadPoolExecutor | None = None
+        self.reading: int | None = None  # bounded read: the unit (see _File.unit) being read now
 
     def _count(self, value: object, key: str, minimum: int = 0) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -222,25 +230,47 @@ class FileSource(Source):
 
     # ---- partitions read by other processes (V2 direct read) -----------------------------------
 
-    def partition_reader(self, partitions: list[int]) -> dict | None:
-        """What a V2 worker needs to read ``partitions`` of this open source by itself, with the
-        same format and columns (picklable; see :meth:`for_partitions`). None when the source is not
-        a plain bounded read of several files (watching, ``max_records``)."""
+    def splits(self, want: int, cut: bool = True) -> list[tuple]:
+        """The pieces V2 workers can read on their own, in source order: ``(path, partition, row
+        groups, first offset)``; empty when the source is not a plain bounded read (watching,
+        ``max_records``).
+
+        Each file is a piece. When there are fewer files than ``want`` and ``cut`` allows, each
+        Parquet file is cut into up to ``want / files`` runs of whole row groups; its rows keep
+        their file's partition and their row number in the file as ``_offset`` (so ``__seq``
+        orders them as the file does), but the runs are read at the same time: only a reader that
+        needs no order within a partition may cut.
+        """
         if self._watch or self._max_records is not None:
-            return None
+            return []
+        per_file = -(-want // max(len(self._files), 1)) if cut else 1
+        out = []
+        for f in self._files:
+            if self._format != "parquet" or per_file < 2:
+                out.append((f.path, f.partition, None, 0))
+                continue
+            import pyarrow.parquet as pq
+
+            meta = pq.ParquetFile(f.path).metadata
+            sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+            cuts = min(per_file, len(sizes)) or 1
+            bounds = [round(k * len(sizes) / cuts) for k in range(cuts + 1)]
+            for a, b in zip(bounds, bounds[1:]):
+                out.append((f.path, f.partition, (a, b), sum(sizes[:a])))
+        return out
+
+    def partition_reader(self, pieces: list[tuple[int, tuple]]) -> dict:
+        """What a V2 worker needs to read ``pieces`` (``(split number, piece of :meth:`splits`)``)
+        of this open source by itself, with the same format and columns (picklable; see
+        :meth:`for_partitions`)."""
         return {
             "name": self.name,
             "options": self._options,
             "format": self._format,
             "has_headers": self._has_headers,
             "user": self._user,
-            "files": [(f.path, f.partition) for f in self._files if f.partition in set(partitions)],
+            "files": pieces,
         }
-
-    @property
-    def partition_count(self) -> int:
-        """How many partitions (files) the open source has now."""
-        return len(self._files)
 
     @classmethod
     def for_partitions(cls, reader: dict, ctx: SourceContext) -> FileSource:
@@ -250,10 +280,17 @@ class FileSource(Source):
         source._format = reader["format"]
         source._has_headers = reader["has_headers"]
         source._files = [
-            _File(path, partition, to_skip=source._skip_lines + source._header_lines)
-            for path, partition in reader["files"]
+            _File(
+                path,
+                partition,
+                to_skip=source._skip_lines + source._header_lines,
+                offset=offset,
+                row_groups=row_groups,
+                split=split,
+            )
+            for split, (path, partition, row_groups, offset) in reader["files"]
         ]
-        source._known = {path for path, _ in reader["files"]}
+        source._known = {f.path for f in source._files}
         source._fix_schema(reader["user"])
         return source
 
@@ -283,10 +320,11 @@ class FileSource(Source):
             return
         if not self._watch:
             for f in self._files:
+                self.reading = f.unit
                 yield from self._drain(f, final=True)
                 if stop.is_set():
                     return
-                yield PartitionEnd(f.partition)
+                yield PartitionEnd(f.unit)
                 if self._exhausted:
                     return
             return
@@ -629,7 +667,8 @@ class FileSource(Source):
             raise DataError(
                 f"{f.path}: Parquet file has no column {missing[0]!r} (it has {pf.schema_arrow.names})"
             )
-        for batch in pf.iter_batches(batch_size=self._batch_size, columns=names):
+        groups = None if f.row_groups is None else range(*f.row_groups)
+        for batch in pf.iter_batches(batch_size=self._batch_size, columns=names, row_groups=groups):
             try:
                 table = pa.Table.from_batches([batch]).cast(self._decoded)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:

@@ -42,8 +42,8 @@ def open_partitions(con: duckdb.DuckDBPyConnection, state: dict, spec: dict):
 
 def read(con: duckdb.DuckDBPyConnection, state: dict, watermark: int):
     """The next micro-batch of the worker's partitions, through the partition-local statement."""
-    spec, events, rejects = state["spec"], state["events"], state["rejects"]
-    pieces, rows, ended, done = [], 0, [], False
+    spec, events, rejects, source = state["spec"], state["events"], state["rejects"], state["source"]
+    pieces, spans, rows, ended, done = [], [], 0, [], False
     while rows < spec["max_rows"]:
         item = next(events, _END)
         if item is _END:
@@ -54,15 +54,22 @@ def read(con: duckdb.DuckDBPyConnection, state: dict, watermark: int):
         elif item is not None:
             pieces.append(item)
             rows += item.num_rows
+            # The split the batch came from: the watermark's unit (see FileSource.splits).
+            if spans and spans[-1][0] == source.reading:
+                spans[-1][1] += item.num_rows
+            else:
+                spans.append([source.reading, item.num_rows])
     info = {"rows": rows, "ended": ended, "done": done, "maxima": [], "late": None, "low": None}
     table = None
     if pieces:
-        table = _run(con, spec, pa.Table.from_batches(pieces), watermark, info, rejects)
+        table = _run(con, spec, pa.Table.from_batches(pieces), watermark, info, rejects, spans)
     info["rejects"], rejects[:] = list(rejects), []
     return info, table
 
 
-def _run(con, spec: dict, table: pa.Table, watermark: int, info: dict, rejects: list) -> pa.Table:
+def _run(
+    con, spec: dict, table: pa.Table, watermark: int, info: dict, rejects: list, spans: list
+) -> pa.Table:
     partition = pc.cast(table[PARTITION_COL], pa.int64())
     seq = pc.add(pc.shift_left(partition, int_scalar(SEQ_PARTITION_SHIFT)), table[OFFSET_COL])
     table = table.append_column("__seq", seq)
@@ -74,6 +81,7 @@ def _run(con, spec: dict, table: pa.Table, watermark: int, info: dict, rejects: 
             et = pa.repeat(int_scalar(time.time_ns() // 1000), table.num_rows)
         else:
             et = pa.chunked_array(event_time_us(table[col], spec["time_format"], col))
+        info["maxima"] = _maxima(et, spans)
         if et.null_count:
             table, et, bad = without_null_time(table, et, spec["source"], col)
             rejects.extend(bad)
@@ -91,8 +99,6 @@ def _run(con, spec: dict, table: pa.Table, watermark: int, info: dict, rejects: 
             statements = statements[1:]
     con.register("__in", table)
     try:
-        if spec["windowed"]:  # each partition's largest event time, for the job's watermark
-            info["maxima"] = con.execute(f"SELECT {PARTITION_COL}, max(__et) FROM __in GROUP BY 1").fetchall()
         if late:
             rows = con.sql(spec["late"]).to_arrow_table()
             if rows.num_rows:
@@ -103,3 +109,15 @@ def _run(con, spec: dict, table: pa.Table, watermark: int, info: dict, rejects: 
         return con.sql(statements[0]).to_arrow_table()
     finally:
         con.unregister("__in")
+
+
+def _maxima(et: pa.ChunkedArray, spans: list) -> list[tuple[int, int]]:
+    """Each split's largest event time in the micro-batch (rows of one split are consecutive)."""
+    best: dict[int, int] = {}
+    start = 0
+    for unit, rows in spans:
+        top = pc.max(et.slice(start, rows)).as_py()
+        start += rows
+        if top is not None and (unit not in best or top > best[unit]):
+            best[unit] = top
+    return list(best.items())

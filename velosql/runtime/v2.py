@@ -91,8 +91,9 @@ def requested_strategy(plan) -> str | None:
 
 
 def choose(plan, n: int, direct_partitions: int = 0) -> Routing:
-    """The routing of ``plan`` over ``n`` workers; ``direct_partitions``: how many partitions the
-    source offers workers to read themselves (0: none, it cannot be read from another process)."""
+    """The routing of ``plan`` over ``n`` workers; ``direct_partitions``: how many pieces (files,
+    runs of row groups) the source offers workers to read themselves (0: none, it cannot be read
+    from another process)."""
     sql = plan.sql
     if not sql.local:
         return Routing(
@@ -134,7 +135,10 @@ def choose(plan, n: int, direct_partitions: int = 0) -> Routing:
     if split and strategy in ("hash", "sticky"):
         strategy = "round_robin"
     if strategy == "sticky" and direct_partitions > 1:
-        how = f"each worker reads its own source partitions ({direct_partitions} over {n} workers)"
+        how = (
+            f"each worker reads its own pieces of the source ({direct_partitions} files or runs of "
+            f"Parquet row groups over {n} workers)"
+        )
     else:
         how = {
             "hash": f"hash of the GROUP BY key ({keys}) over {n} workers",
@@ -159,12 +163,12 @@ def _ordered(sql: str) -> str:
     return "SELECT __seq AS __order, " + sql[len("SELECT ") :]
 
 
-def _direct_partitions(source) -> int:
-    count = getattr(source, "partition_count", 0)
-    reader = getattr(source, "partition_reader", None)
-    if reader is None or count < 2 or reader([]) is None:
-        return 0
-    return count
+def _direct_splits(source, n: int, cut: bool) -> list[tuple]:
+    """The pieces of ``source`` N workers can read on their own (see ``FileSource.splits``); empty
+    when there are fewer than two, or the source cannot be read by pieces."""
+    splits = getattr(source, "splits", None)
+    pieces = splits(n, cut) if splits is not None else []
+    return pieces if len(pieces) > 1 else []
 
 
 class V2Executor(V1Executor):
@@ -203,10 +207,14 @@ class V2Executor(V1Executor):
                     "v1", "", "DuckDB's own reader on every core (scan pushdown): no workers"
                 )
                 return
-            self.route = choose(self.plan, self.n, _direct_partitions(self.source))
+            # Runs of one file's row groups are read at once, so only partial aggregates (ordered
+            # by __seq when it matters) may cut a file; rows keep each partition's order.
+            cut = choose(self.plan, self.n).mode == "partials"
+            self.splits = _direct_splits(self.source, self.n, cut)
+            self.route = choose(self.plan, self.n, len(self.splits))
             if not self.route.workers:
                 return
-            self.direct = self.route.strategy == "sticky" and _direct_partitions(self.source) > 1
+            self.direct = self.route.strategy == "sticky" and len(self.splits) > 1
             self.arrow = None  # the workers compute the partials
             self.pool = WorkerPool(self.n, affinity=self.affinity, max_in_flight=MAX_IN_FLIGHT)
             if self.route.mode == "keyed":
@@ -249,9 +257,11 @@ class V2Executor(V1Executor):
         }
         self.direct_workers = []
         for i in range(self.n):
-            parts = [p for p in range(self.source.partition_count) if p % self.n == i]
-            if parts:
-                spec_i = dict(spec, reader=self.source.partition_reader(parts))
+            # Worker i reads every n-th piece: files and runs of row groups alike, numbered in
+            # source order (a piece's number is its unit in the job's watermark).
+            pieces = [(k, piece) for k, piece in enumerate(self.splits) if k % self.n == i]
+            if pieces:
+                spec_i = dict(spec, reader=self.source.partition_reader(pieces))
                 self.pool.send(i, Call("velosql.runtime.direct:open_partitions", spec_i))
                 self.direct_workers.append(i)
         for i in self.direct_workers:

@@ -1,0 +1,142 @@
+"""V2's direct read: with ``sticky``, each worker reads its own pieces of a bounded file source
+(files, or runs of row groups of one Parquet file) and the job merges what they send back.
+
+Differential: whatever the pieces and the worker count, the result is what DuckDB's batch SQL
+gives over the same rows, and a projection's rows come in the files' order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import velosql
+
+EXAMPLES = 8
+START = dt.datetime(2024, 1, 1)
+QUERIES = {
+    "project": (
+        "SELECT k, v, ts FROM src WHERE v % 3 <> 0",
+        "SELECT k, v, ts FROM t WHERE v % 3 <> 0 ORDER BY seq",
+    ),
+    "group": (
+        # first(v): the first in arrival order, which a cut file's runs must keep (by __seq).
+        "SELECT k, count(*) AS n, sum(v) AS total, min(ts) AS lo, first(v) AS f FROM src GROUP BY k EMIT FINAL",
+        "SELECT k, count(*), sum(v), min(ts), first(v ORDER BY seq) FROM t GROUP BY k",
+    ),
+    "tumble": (
+        "SELECT k, _window_start AS ws, count(*) AS n, max(v) AS top FROM src GROUP BY k "
+        "WINDOW TUMBLING(ts, 10s) EMIT FINAL",
+        "SELECT k, time_bucket(INTERVAL '10 seconds', ts) AS ws, count(*), max(v) FROM t GROUP BY ALL",
+    ),
+}
+
+
+@st.composite
+def streams(draw) -> pa.Table:
+    """Rows in event-time order up to a jitter of a few seconds, keys from a small set."""
+    n = draw(st.integers(1, 400))
+    keys = draw(st.lists(st.sampled_from(["a", "b", "c", "d", "é"]), min_size=n, max_size=n))
+    jitter = draw(st.lists(st.integers(-3, 3), min_size=n, max_size=n))
+    return pa.table(
+        {
+            "k": keys,
+            "v": pa.array([(i * 7919) % 1000 - 300 for i in range(n)], pa.int64()),
+            "ts": pa.array(
+                [START + dt.timedelta(seconds=i // 4 + j) for i, j in zip(range(n), jitter)],
+                pa.timestamp("us"),
+            ),
+        }
+    )
+
+
+def write(table: pa.Table, folder, layout: str, pieces: int) -> str:
+    """The rows as files under ``folder``; returns the source path. The files' order is the rows'."""
+    if layout == "one parquet":
+        pq.write_table(table, folder / "one.parquet", row_group_size=max(1, -(-table.num_rows // pieces)))
+        return str(folder / "one.parquet")
+    size = -(-table.num_rows // pieces)
+    for i in range(pieces):
+        part = table.slice(i * size, size)
+        if layout == "parquet files":
+            pq.write_table(part, folder / f"part{i}.parquet")
+        else:
+            pcsv.write_csv(part, folder / f"part{i}.csv")
+    return str(folder / ("*.parquet" if layout == "parquet files" else "*.csv"))
+
+
+def velosql_rows(path: str, query: str, processor: str, layout: str) -> tuple[list[tuple], dict]:
+    options = [
+        "'src.type' = 'file_source'",
+        f"'src.path' = '{path}'",
+        "'o.type' = 'python'",
+        f"processor = '{processor}'",
+        "partitioning_strategy = 'sticky'",
+        "scan_pushdown = false",
+        "'watermark.max_out_of_orderness' = '1h'",  # no row is late: the batch result applies
+    ]
+    if layout == "csv files":
+        options.append("'src.schema' = 'k VARCHAR, v BIGINT, ts TIMESTAMP'")
+    engine = velosql.connect()
+    try:
+        job = engine.execute(f"CREATE STREAM o AS {query} WITH ({', '.join(options)})")
+        job.wait(60)
+        return engine.pull("o").to_pylist(), job.metrics()
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("processor", ["v2:2", "v2:3"])
+@pytest.mark.parametrize("layout", ["one parquet", "parquet files", "csv files"])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(table=streams(), pieces=st.integers(1, 7), shape=st.sampled_from(sorted(QUERIES)))
+def test_direct_read_gives_the_batch_result(tmp_path_factory, processor, layout, table, pieces, shape):
+    folder = tmp_path_factory.mktemp("src")
+    path = write(table, folder, layout, pieces)
+    query, batch_sql = QUERIES[shape]
+    got, metrics = velosql_rows(path, query, processor, layout)
+    con = duckdb.connect()
+    con.register("t", table.append_column("seq", pa.array(range(table.num_rows), pa.int64())))
+    want = con.execute(batch_sql).fetchall()
+    rows = [tuple(r.values()) for r in got]
+    assert sorted(rows) == sorted(want)
+    if shape == "project":
+        # Each file's rows in its order (v is unique: it names the row); one file wholly in order.
+        seq = {v: i for i, v in enumerate(table["v"].to_pylist())}
+        size = -(-table.num_rows // pieces) if layout != "one parquet" else table.num_rows
+        for file in range(pieces):
+            order = [seq[r[1]] for r in rows if seq[r[1]] // size == file]
+            assert order == sorted(order)
+    assert metrics["records_in"] == table.num_rows
+    assert metrics["late_rows"] == 0
+
+
+def test_one_parquet_file_is_read_by_every_worker(tmp_path):
+    """Row groups of one file are cut into runs, one per worker: both read, neither reads twice."""
+    table = pa.table({"k": ["x", "y"] * 5000, "v": pa.array(range(10_000), pa.int64())})
+    pq.write_table(table, tmp_path / "one.parquet", row_group_size=1000)
+    engine = velosql.connect()
+    try:
+        sql = (
+            "CREATE STREAM o AS SELECT k, sum(v) AS s FROM src GROUP BY k EMIT FINAL "
+            f"WITH ('src.type' = 'file_source', 'src.path' = '{tmp_path / 'one.parquet'}', "
+            "'o.type' = 'python', processor = 'v2:2', partitioning_strategy = 'sticky', scan_pushdown = false)"
+        )
+        job = engine.execute(sql)
+        job.wait(60)
+        assert sorted(engine.pull("o").to_pylist(), key=lambda r: r["k"]) == [
+            {"k": "x", "s": sum(range(0, 10_000, 2))},
+            {"k": "y", "s": sum(range(1, 10_000, 2))},
+        ]
+        assert [p["records_in"] for p in job.metrics()["partitions"]] == [5000, 5000]
+        text = engine.execute(f"EXPLAIN ANALYZE {sql}")
+        assert "each worker reads its own pieces of the source (2 files or runs" in text
+    finally:
+        engine.close()
