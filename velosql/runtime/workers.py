@@ -72,6 +72,7 @@ import duckdb
 import pyarrow as pa
 
 from ..errors import ConfigError, InvalidPartitionCountError, JobError, WorkerError
+from . import worker_boot
 
 __all__ = ["Batch", "Call", "Marker", "Query", "Reply", "Request", "Setup", "WorkerMetrics", "WorkerPool"]
 
@@ -259,7 +260,7 @@ class WorkerPool:
                 core = cores[i % len(cores)] if cores else None
                 parent_end, child_end = ctx.Pipe(duplex=True)
                 process = ctx.Process(
-                    target=_worker_main,
+                    target=worker_boot.main,
                     args=(child_end, core),
                     name=f"velosql-worker-{i}",
                     daemon=True,
