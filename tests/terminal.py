@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
+import pty
 import re
 import select
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +46,19 @@ def read_chunk(master: int) -> bytes:
         if exc.errno != errno.EIO:
             raise
         return b""
+
+
+def start_on_pty(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    """``python -m velosql *args`` with its stderr on a new terminal; returns the process and the
+    terminal's master end (for :func:`read_pty`; the caller closes it)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "velosql", *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+    )
+    os.close(slave)
+    return proc, master

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pty
 import re
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from terminal import read_pty
+from terminal import read_pty, start_on_pty
 
 # Every job these tests run, on V1 and on each V2 entry of the processor matrix (conftest.py).
 pytestmark = pytest.mark.usefixtures("processor_matrix")
@@ -181,16 +180,7 @@ def test_malformed_row_with_fail_batch_fails_the_job(tmp_path, app):
 def test_signal_stops_a_watched_job_and_flushes(tmp_path, signum, code):
     (tmp_path / "trades.csv").write_text(TRADES)
     (tmp_path / "app.sql").write_text(PER_MINUTE)
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "velosql", "run", "app.sql"],
-        cwd=tmp_path,
-        env=env(TERM="xterm", COLUMNS="200"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=slave,
-    )
-    os.close(slave)
+    proc, master = start_on_pty(["run", "app.sql"], tmp_path, env(TERM="xterm", COLUMNS="200"))
     seen: list[str] = []
     try:
         # The live display on the terminal shows when all three rows have been read.

@@ -7,11 +7,8 @@ Real processes, a real FIFO as the slow sink, waits on events or on process exit
 from __future__ import annotations
 
 import os
-import pty
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +17,7 @@ import psutil
 import pyarrow as pa
 import pytest
 from processes import DEADLINE, gone, wait_gone
-from terminal import read_pty
+from terminal import read_pty, start_on_pty
 
 import velosql
 from velosql.errors import JobError, WorkerError
@@ -71,13 +68,19 @@ def engine():
 # ---- no worker outlives its job ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_a_stopped_job_leaves_no_worker(engine, mode):
+def running(engine, mode: str):
+    """A V2:2 job of ``mode`` that has read 100 records, and its two live workers."""
     job = engine.execute(statement(mode))
     engine.push("src", data(100))
     wait_for(lambda: job.metrics()["records_in"] == 100, "the job to read 100 records")
     workers = worker_processes(job)
     assert len(workers) == 2 and not any(gone(w.pid) for w in workers)
+    return job, workers
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_stopped_job_leaves_no_worker(engine, mode):
+    job, workers = running(engine, mode)
     job.stop()
     assert job.status == "Stopped"
     assert wait_gone([w.pid for w in workers]) == []
@@ -85,10 +88,7 @@ def test_a_stopped_job_leaves_no_worker(engine, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_killed_worker_fails_the_idle_job_naming_the_partition(engine, mode):
-    job = engine.execute(statement(mode))
-    engine.push("src", data(100))
-    wait_for(lambda: job.metrics()["records_in"] == 100, "the job to read 100 records")
-    workers = worker_processes(job)
+    job, workers = running(engine, mode)
     # Nothing more arrives: the job notices the death while its source is idle, not at the next batch.
     os.kill(workers[1].pid, signal.SIGKILL)
     with pytest.raises(WorkerError, match=r"^Partition 1 worker \(pid \d+\) was killed by SIGKILL"):
@@ -128,16 +128,7 @@ def test_ctrl_c_leaves_no_worker_and_affinity_is_visible_from_outside(tmp_path):
     )
     env = {k: v for k, v in os.environ.items() if k not in ("PROCESSOR_CONFIG", "VELOSQL_CONFIG")}
     env.update(PYTHONPATH=str(REPO), TERM="xterm", COLUMNS="200")
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "velosql", "run", "app.sql", "--processor", "v2:3:affinity"],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=slave,
-    )
-    os.close(slave)
+    proc, master = start_on_pty(["run", "app.sql", "--processor", "v2:3:affinity"], tmp_path, env)
     seen: list[str] = []
     try:
         read_pty(master, proc, re.compile(r"totals\s+Running\s+3\s"), seen)
@@ -171,6 +162,13 @@ def test_ctrl_c_leaves_no_worker_and_affinity_is_visible_from_outside(tmp_path):
 # ---- metrics --------------------------------------------------------------------------------------
 
 
+def settled(job, n: int) -> bool:
+    """Whether ``n`` records reached the workers and every reply is in (the job is idle: the job's
+    own counters and watermark are set before it takes the replies)."""
+    parts = job.metrics()["partitions"]
+    return sum(p["records_in"] for p in parts) == n and all(p["queue_depth"] == 0 for p in parts)
+
+
 def test_metrics_per_partition_in_the_job_show_jobs_and_explain_analyze(engine):
     windowed = (
         "CREATE STREAM w AS SELECT k, count(*) AS n FROM tw GROUP BY k WINDOW TUMBLING(ts, 1m) EMIT FINAL "
@@ -186,7 +184,7 @@ def test_metrics_per_partition_in_the_job_show_jobs_and_explain_analyze(engine):
         keys = [f"k{i % 7}" for i in range(100)]
         ts = pa.array([start + (batch * 100 + i) * 1_000_000 for i in range(100)], pa.timestamp("us"))
         engine.push("tw", pa.table({"k": keys, "ts": ts}))
-        wait_for(lambda n=(batch + 1) * 100: job.metrics()["records_in"] == n, f"{(batch + 1) * 100} records")
+        wait_for(lambda n=(batch + 1) * 100: settled(job, n), f"{(batch + 1) * 100} records at the workers")
     m = job.metrics()
     parts = m["partitions"]
     assert [p["partition"] for p in parts] == [0, 1]
