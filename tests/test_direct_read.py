@@ -140,3 +140,57 @@ def test_one_parquet_file_is_read_by_every_worker(tmp_path):
         assert "each worker reads its own pieces of the source (2 files or runs" in text
     finally:
         engine.close()
+
+
+@st.composite
+def overlapping_files(draw) -> list[pa.Table]:
+    """2-4 files, each in event-time order, over time ranges that overlap in any order."""
+    files = []
+    for f in range(draw(st.integers(2, 4))):
+        start = draw(st.integers(0, 120))
+        steps = draw(st.lists(st.integers(0, 5), min_size=1, max_size=60))
+        seconds = [start + sum(steps[: i + 1]) for i in range(len(steps))]
+        files.append(
+            pa.table(
+                {
+                    "k": [f"k{(f + i) % 3}" for i in range(len(seconds))],
+                    "v": pa.array([f * 1000 + i for i in range(len(seconds))], pa.int64()),
+                    "ts": pa.array([START + dt.timedelta(seconds=s) for s in seconds], pa.timestamp("us")),
+                }
+            )
+        )
+    return files
+
+
+@pytest.mark.parametrize(("processor", "strategy"), [("v1", "hash"), ("v2:2", "sticky"), ("v2:2", "hash")])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=overlapping_files())
+def test_files_whose_event_times_overlap_are_not_late_against_each_other(
+    tmp_path_factory, processor, strategy, files
+):
+    """Files are read one after another (V1, and each V2 worker): the watermark waits for every
+    file's first row, so with no lateness at all no row is late and the result is the batch one."""
+    folder = tmp_path_factory.mktemp("src")
+    for i, table in enumerate(files):
+        pcsv.write_csv(table, folder / f"part{i}.csv")
+    engine = velosql.connect()
+    try:
+        job = engine.execute(
+            "CREATE STREAM o AS SELECT k, _window_start AS ws, count(*) AS n, sum(v) AS total FROM src "
+            "GROUP BY k WINDOW TUMBLING(ts, 10s) EMIT FINAL WITH ('src.type' = 'file_source', "
+            f"'src.path' = '{folder}/*.csv', 'src.schema' = 'k VARCHAR, v BIGINT, ts TIMESTAMP', "
+            f"'o.type' = 'python', processor = '{processor}', partitioning_strategy = '{strategy}', "
+            "scan_pushdown = false, 'watermark.max_out_of_orderness' = '0s')"
+        )
+        job.wait(60)
+        got = sorted(tuple(r.values()) for r in engine.pull("o").to_pylist())
+        metrics = job.metrics()
+    finally:
+        engine.close()
+    con = duckdb.connect()
+    con.register("t", pa.concat_tables(files))
+    want = con.execute(
+        "SELECT k, time_bucket(INTERVAL '10 seconds', ts) AS ws, count(*), sum(v) FROM t GROUP BY ALL"
+    ).fetchall()
+    assert metrics["late_rows"] == 0
+    assert got == sorted(want)

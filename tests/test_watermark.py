@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from velosql.runtime import watermark as W
-from velosql.runtime.watermark import NEG_INF, POS_INF, WatermarkTracker
+from velosql.runtime.watermark import NEG_INF, NOT_YET, POS_INF, WatermarkTracker
 
 
 def _wrap(x: int) -> int:
@@ -84,6 +84,12 @@ class Reference:
         self.maxima.pop(p, None)
         self.last_seen.pop(p, None)
 
+    def expect(self, parts: list[int], now: float) -> None:
+        for p in parts:  # awaited: counts as NOT_YET until it delivers
+            if p not in self.maxima:
+                self.maxima[p] = NOT_YET
+                self.last_seen[p] = now
+
 
 def _clock(now: list[float]):
     return mock.patch.object(W, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
@@ -108,6 +114,9 @@ def _run(tracker: WatermarkTracker, ref: Reference, ops: list, now: list[float])
             elif kind == "end":
                 tracker.end_partition(op[1])
                 ref.end_partition(op[1])
+            elif kind == "expect":
+                tracker.expect(op[1])
+                ref.expect(op[1], now[0])
             elif kind == "tick":
                 now[0] += op[1]
             elif kind == "advance":
@@ -155,6 +164,8 @@ def scenarios(draw, infinite: bool = False):
     cuts = sorted(set(draw(st.lists(st.integers(0, n), max_size=6))))
     bounds = [0, *cuts, n]
     ops: list = []
+    if draw(st.booleans()):  # files of a bounded source, awaited until each delivers (expect)
+        ops.append(("expect", draw(st.lists(st.integers(0, count - 1), max_size=count, unique=True))))
     if draw(st.booleans()):  # prior state: an earlier batch from some of the partitions
         m = draw(st.integers(1, 20))
         ops.append(("batch", draw(event_times(m, infinite)), draw(partitions(m, count))))
@@ -319,3 +330,16 @@ def test_a_partition_counts_its_earlier_maximum_from_the_first_row_of_a_batch():
     t.end_partition(1)
     seen = t.observe(pa.array([0, 0], pa.int64()), pa.array([0, 1], pa.int32())).to_pylist()
     assert seen == [1, 1]
+
+
+def test_expected_partitions_hold_the_watermark_until_each_delivers():
+    """Files read one after another: the second file's rows are not late against the first's."""
+    t = WatermarkTracker(lateness_us=0)
+    t.expect([0, 1])
+    seen = t.observe(pa.array([100, 200, 300], pa.int64()), pa.array([0, 0, 0], pa.int32()))
+    assert all(s <= NOT_YET for s in seen.to_pylist()) and t.watermark <= NOT_YET
+    t.end_partition(0)
+    # Partition 1 starts earlier than where 0 ended: none of its rows is behind the watermark.
+    seen = t.observe(pa.array([50, 60], pa.int64()), pa.array([1, 1], pa.int32()))
+    assert seen.to_pylist()[0] <= NOT_YET and seen.to_pylist()[1] == 50
+    assert t.watermark == 60

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from ..errors import JobError, VelosqlError
 from ..plan.planner import StreamPlan
+from .watermark import NOT_YET
 
 STARTING, RUNNING, STOPPING, STOPPED, FINISHED, FAILED = (
     "Starting",
@@ -57,7 +58,7 @@ class Metrics:
 
 def format_watermark(wm: int | None) -> str | None:
     """A watermark as text: a timestamp, ``"end of input"``, or None before the first one."""
-    if wm is None or wm <= -(2**62):
+    if wm is None or wm <= NOT_YET:  # no partition delivered yet, or one is still awaited
         return None
     if wm >= 2**62:
         return "end of input"

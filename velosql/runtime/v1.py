@@ -82,6 +82,14 @@ class V1Executor:
         except DataError as exc:
             # Name the statement too: the WITH clause is where the user fixes a bad path.
             raise DataError(f"{plan.location}: {exc}") from None
+        if plan.windowed:
+            # The files of a bounded source are read one after another, and their event times may
+            # overlap: the watermark waits for each file's first row rather than judging it late
+            # against the files read before it (the result is then the batch result).
+            splits = getattr(self.source, "splits", None)
+            pieces = splits(1, False) if splits is not None else []
+            if len(pieces) > 1:
+                self.tracker.expect(partition for _, partition, _, _ in pieces)
         try:
             self._bind()
             self.sinks = self.job.engine._make_sinks(plan, self.con)

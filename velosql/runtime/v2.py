@@ -255,6 +255,8 @@ class V2Executor(V1Executor):
             "out_late": (sql.project,) if rows_mode else _partial_variants(sql.partial, plan.window),
             "late": self._late_select() if plan.windowed else None,
         }
+        if plan.windowed:  # each piece is a unit of the watermark, awaited until it delivers
+            self.tracker.expect(range(len(self.splits)))
         self.direct_workers = []
         for i in range(self.n):
             # Worker i reads every n-th piece: files and runs of row groups alike, numbered in

@@ -18,6 +18,11 @@ from ..errors import DataError
 
 NEG_INF = -(2**63)
 POS_INF = 2**63 - 1
+# The maximum of a partition that is expected but has delivered nothing yet (see
+# WatermarkTracker.expect): before any real event time (~73,000 years before 1970 in µs), and far
+# enough from int64's end that subtracting a lateness never wraps. A watermark at or below it is
+# no watermark yet.
+NOT_YET = -(2**61)
 _UNITS = {"epoch_millis": 1_000, "epoch_seconds": 1_000_000, "epoch_micros": 1}
 
 
@@ -286,6 +291,17 @@ class WatermarkTracker:
         if active:
             self.watermark = max(self.watermark, min(active.values()) - self.lateness)
         return self.watermark
+
+    def expect(self, partitions) -> None:
+        """Partitions that will deliver later, such as the files of a bounded source read one
+        after another: each counts as having delivered nothing (:data:`NOT_YET`) until its first
+        row, so the watermark waits for it instead of judging its rows late against the
+        partitions read before it. An idle timeout still releases one that delivers nothing."""
+        now = time.monotonic()
+        for p in partitions:
+            if p not in self.max_by_partition:
+                self.max_by_partition[p] = NOT_YET
+                self.last_seen[p] = now
 
     def end_partition(self, partition: int) -> None:
         """A finished partition no longer holds the watermark back."""
