@@ -13,6 +13,7 @@ import time
 
 import psutil
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from processes import gone, wait_gone
 
@@ -111,6 +112,24 @@ def test_large_batches_travel_as_files_in_memory_and_leave_none_behind():
     assert [r.table.to_pylist()[0]["n"] for r in replies] == [table.num_rows, 10] * 2
     assert replies[0].table.to_pylist()[0]["s"] == sum(range(table.num_rows))
     assert not os.path.exists(directory)
+
+
+def test_a_scattered_batch_gives_each_worker_its_rows_and_leaves_no_file():
+    """scatter(): one file for all; each worker sees only its rows, without the routing column;
+    the file goes once the last of them has replied."""
+    table = trades(3000)
+    route = pa.array([(i * 7) % 3 for i in range(3000)], pa.int32())
+    with WorkerPool(3) as p:
+        directory = p._files
+        p.scatter(table.append_column("__route", route), "__route", [0, 2], "SELECT * FROM __in ORDER BY id")
+        first = p.receive(0)
+        assert len(os.listdir(directory)) == 1  # worker 2 has not replied yet
+        second = p.receive(2)
+        assert os.listdir(directory) == []
+    for reply, worker in ((first, 0), (second, 2)):
+        want = table.filter(pc.equal(route, worker))
+        assert reply.table.column_names == table.column_names
+        assert reply.table.to_pylist() == want.to_pylist()
 
 
 @pytest.mark.parametrize("max_in_flight", [1, 2, 3])

@@ -46,7 +46,7 @@ from . import routing
 from .job import format_watermark
 from .v1 import V1Executor, _next_window_end
 from .watermark import NEG_INF
-from .workers import Batch, Call, Query, WorkerPool
+from .workers import FILE_MIN_ROWS, Batch, Call, Query, WorkerPool
 
 STRATEGIES = {
     "hash": "hash", "always_hash": "hash", "alwayshash": "hash",
@@ -59,6 +59,7 @@ IN_FLIGHT = 2  # direct reads per worker: one being worked on, one waiting
 # Requests a worker may have outstanding at most. The records waiting behind the one it works on
 # are bounded by ``queue_threshold`` (see ``_send``); this bounds the small requests between them.
 MAX_IN_FLIGHT = 16
+ROUTE_COL = "__route"  # a scattered micro-batch's column naming each row's worker
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,39 +378,49 @@ class V2Executor(V1Executor):
         else:  # ROWS WINDOW BUFFER: the rows with their window values, then the buffer's new rows
             update = f"CREATE OR REPLACE TEMP TABLE __rbuf AS {sql.state_update}"
             statements, result, kind = (sql.project, update), 0, "rows"
-        parts = self._split(table)
-        if parts is None:
+        ids = self._ids(table)
+        if ids is None:
             worker = 0 if self.route.strategy == "fan_in" else batch % self.n
             self.records_to[worker] += table.num_rows
             self._send(worker, Batch(table, statements, result), kind, batch)
             if kind == "changes":
                 self._after_keyed_insert(worker, table.num_rows)
             return
+        counts = pc.value_counts(ids)
+        rows = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
+        targets = sorted(rows)
         if kind in ("rows", "changes"):  # replies are put back in arrival order
             first = statements if isinstance(statements, str) else statements[0]
             statements = (
                 _ordered(first) if isinstance(statements, str) else (_ordered(first), *statements[1:])
             )
             kind = "ordered"
-            self.pending_rows[batch] = [sum(1 for p in parts if p.num_rows)]
-        for worker, part in enumerate(parts):
-            if part.num_rows:
-                self.records_to[worker] += part.num_rows
-                self._send(worker, Batch(part, statements, result), kind, batch)
-                if kind == "ordered" and self.plan.shape == "aggregate":
-                    self._after_keyed_insert(worker, part.num_rows)
+            self.pending_rows[batch] = [len(targets)]
+        if table.num_rows >= FILE_MIN_ROWS and len(targets) > 1:
+            # One file for all: each worker selects its rows (in parallel, not on this thread).
+            for worker in targets:
+                self._make_room(worker)
+            self.pool.scatter(table.append_column(ROUTE_COL, ids), ROUTE_COL, targets, statements, result)
+            for worker in targets:
+                self._sent(worker, rows[worker], kind, batch)
+        else:
+            for worker, part in enumerate(routing.split(table, ids, self.n)):
+                if part.num_rows:
+                    self._send(worker, Batch(part, statements, result), kind, batch)
+        for worker in targets:
+            self.records_to[worker] += rows[worker]
+            if kind == "ordered" and self.plan.shape == "aggregate":
+                self._after_keyed_insert(worker, rows[worker])
 
-    def _split(self, table: pa.Table) -> list[pa.Table] | None:
-        """The micro-batch's rows per worker; None when it goes whole to one worker."""
+    def _ids(self, table: pa.Table) -> pa.Array | None:
+        """The worker of each row of the micro-batch; None when it goes whole to one worker."""
         strategy = self.route.strategy
         if strategy in ("round_robin", "fan_in") or self.n == 1:
             return None
         if strategy == "sticky":
-            ids = routing.sticky_partition_ids(table, PARTITION_COL, self.n)
-        else:
-            keys = self._keys(table)
-            ids = routing.stable_partition_ids(keys, keys.column_names, self.n)
-        return routing.split(table, ids, self.n)
+            return routing.sticky_partition_ids(table, PARTITION_COL, self.n)
+        keys = self._keys(table)
+        return routing.stable_partition_ids(keys, keys.column_names, self.n)
 
     def _keys(self, table: pa.Table) -> pa.Table:
         """The routing key columns of the micro-batch's rows (computed by DuckDB unless they are
@@ -436,11 +447,18 @@ class V2Executor(V1Executor):
         its size, and the worker never waits for the job between micro-batches), and never more
         than MAX_IN_FLIGHT requests. Meanwhile the job reads no more input: the source waits.
         """
+        self._make_room(worker)
+        self.pool.send(worker, request)
+        self._sent(worker, request.table.num_rows if isinstance(request, Batch) else 0, kind, batch)
+
+    def _make_room(self, worker: int) -> None:
         queued = self.queued[worker]
         while queued and (len(queued) >= MAX_IN_FLIGHT or sum(queued) - queued[0] >= self.queue_threshold):
             self._take_reply()
-        rows = request.table.num_rows if isinstance(request, Batch) else 0
-        self.pool.send(worker, request)
+
+    def _sent(self, worker: int, rows: int, kind: str, batch: int) -> None:
+        """Record a request just sent to ``worker``: its reply is awaited in order."""
+        queued = self.queued[worker]
         self.inflight.append((worker, kind, batch))
         queued.append(rows)
         self.queue_peak[worker] = max(self.queue_peak[worker], sum(queued) - queued[0])

@@ -193,12 +193,13 @@ class WorkerMetrics:
 class _Worker:
     """The parent's side of one worker: its process, pipe end, unanswered requests and metrics."""
 
-    __slots__ = ("process", "conn", "pending", "metrics", "failure")
+    __slots__ = ("process", "conn", "pending", "shared", "metrics", "failure")
 
     def __init__(self, process, conn: Connection, metrics: WorkerMetrics) -> None:
         self.process = process
         self.conn = conn
         self.pending: collections.deque[str] = collections.deque()  # descriptions, oldest first
+        self.shared: collections.deque[str | None] = collections.deque()  # each request's shared file
         self.metrics = metrics
         self.failure: JobError | None = None  # set once the worker is dead or its pipe unusable
 
@@ -252,6 +253,7 @@ class WorkerPool:
             prefix="velosql-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
         )
         self._sent_files = 0
+        self._shared: dict[str, int] = {}  # scattered batch file -> workers yet to reply
         self._finalizer = weakref.finalize(self, _shutdown, self._workers, stop_timeout, self._files)
         cores, reason = _allowed_cores() if affinity else (None, None)
         ctx = multiprocessing.get_context("spawn")
@@ -272,6 +274,7 @@ class WorkerPool:
                     child_end.close()  # only the worker holds it now, so its death reads as EOF here
                 worker = _Worker(process, parent_end, WorkerMetrics(i, process.pid, affinity_error=reason))
                 worker.pending.append("its start-up")
+                worker.shared.append(None)
                 self._workers.append(worker)
             deadline = time.monotonic() + start_timeout
             for worker in self._workers:
@@ -333,9 +336,53 @@ class WorkerPool:
         finally:
             worker.metrics.wait_seconds += time.perf_counter() - started
         worker.pending.append(_describe(request))
+        worker.shared.append(None)
         worker.metrics.requests += 1
         worker.metrics.rows_sent += rows
         return replies
+
+    def scatter(
+        self,
+        table: pa.Table,
+        column: str,
+        partitions: Sequence[int],
+        sql: str | tuple[str, ...],
+        result: int = -1,
+    ) -> None:
+        """Send each worker in ``partitions`` the rows of ``table`` whose ``column`` holds its
+        number, as a :class:`Batch` of them (without ``column``) would, through one file they all map.
+
+        The job writes the batch once instead of splitting it and writing each part: the workers
+        select their rows (a DuckDB filter on the mapped file, in parallel). The file is removed
+        once every one of them has replied. Call only with room on each worker (see :meth:`room`).
+
+        Raises:
+            WorkerError: A worker died.
+        """
+        self._sent_files += 1
+        path = os.path.join(self._files, f"shared-{self._sent_files}.arrow")
+        _write_ipc_file(path, table)
+        self._shared[path] = len(partitions)
+        for i in partitions:
+            worker = self._worker(i)
+            header = pickle.dumps(("batch_part", (sql, result, path, column, i)))
+            started = time.perf_counter()
+            try:
+                worker.conn.send_bytes(header)
+            except OSError:
+                raise self._lost(worker) from None
+            except BaseException:
+                self._interrupted(worker)
+                raise
+            finally:
+                worker.metrics.wait_seconds += time.perf_counter() - started
+            worker.pending.append(_describe(Batch(table, sql, result)))
+            worker.shared.append(path)
+            worker.metrics.requests += 1
+
+    def room(self, partition: int) -> bool:
+        """Whether worker ``partition`` can take one more request without a reply being read."""
+        return len(self._worker(partition).pending) < self.max_in_flight
 
     def broadcast(self, request: Request) -> list[Reply]:
         """:meth:`send` ``request`` to every worker; return the replies collected, worker by worker."""
@@ -440,6 +487,12 @@ class WorkerPool:
         finally:
             worker.metrics.wait_seconds += time.perf_counter() - started
         request = worker.pending.popleft()
+        shared = worker.shared.popleft()
+        if shared is not None:  # the last reader of a scattered batch removes its file
+            self._shared[shared] -= 1
+            if not self._shared[shared]:
+                del self._shared[shared]
+                os.unlink(shared)
         worker.metrics.busy_seconds += busy
         if not ok:
             raise JobError(f"Partition {index} failed running {request}: {value}")
@@ -679,6 +732,19 @@ def _handle(con: duckdb.DuckDBPyConnection, kind: str, data: Any, payload: bytes
             return None, _run(con, *data)
         finally:
             con.unregister("__in")
+    if kind == "batch_part":
+        sql, result, path, column, me = data
+        with pa.memory_map(path) as source:
+            con.register("__all", pa.ipc.open_stream(source).read_all())
+            try:
+                con.execute(
+                    f'CREATE OR REPLACE TEMP VIEW __in AS SELECT * EXCLUDE ("{column}") FROM __all '
+                    f'WHERE "{column}" = {int(me)}'
+                )
+                return None, _run(con, sql, result)
+            finally:
+                con.execute("DROP VIEW IF EXISTS __in")
+                con.unregister("__all")
     if kind == "batch_file":
         sql, result, path = data
         with pa.memory_map(path) as source:  # the batch's buffers are the mapped file: no copy
