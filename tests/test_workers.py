@@ -271,7 +271,7 @@ def test_workers_die_with_a_parent_that_exits_abruptly():
 
         pool = WorkerPool(2)
         pool.send(1, Query({ENDLESS!r}))  # one worker idle, one busy in DuckDB
-        print(*(m.pid for m in pool.metrics()), flush=True)
+        print(pool._files, *(m.pid for m in pool.metrics()), flush=True)
         os._exit(3)
         """
     )
@@ -279,12 +279,14 @@ def test_workers_die_with_a_parent_that_exits_abruptly():
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=DEADLINE * 3
     )
     assert done.returncode == 3, done.stderr
-    pids = [int(pid) for pid in done.stdout.split()]
+    files, *pids = done.stdout.split()
+    pids = [int(pid) for pid in pids]
     assert len(pids) == 2
     survivors = wait_gone(pids)
     for pid in survivors:  # don't leak them into the rest of the run
         os.kill(pid, signal.SIGKILL)
     assert survivors == []
+    assert not os.path.exists(files)  # the workers removed the pool's directory in /dev/shm
 
 
 @pytest.mark.skipif(not hasattr(psutil.Process(), "cpu_affinity"), reason="no CPU affinity on this platform")

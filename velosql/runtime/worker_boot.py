@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 
 
-def main(conn, core: int | None) -> None:
+def main(conn, core: int | None, files: str | None = None) -> None:
     sys.modules.setdefault("numpy", None)  # "import numpy" now raises ImportError: both do without
     from .workers import _worker_main
 
-    _worker_main(conn, core)
+    _worker_main(conn, core, files)

@@ -263,7 +263,7 @@ class WorkerPool:
                 parent_end, child_end = ctx.Pipe(duplex=True)
                 process = ctx.Process(
                     target=worker_boot.main,
-                    args=(child_end, core),
+                    args=(child_end, core, self._files),
                     name=f"velosql-worker-{i}",
                     daemon=True,
                 )
@@ -354,7 +354,8 @@ class WorkerPool:
 
         The job writes the batch once instead of splitting it and writing each part: the workers
         select their rows (a DuckDB filter on the mapped file, in parallel). The file is removed
-        once every one of them has replied. Call only with room on each worker (see :meth:`room`).
+        once every one of them has replied. Call only with room on each worker (fewer than
+        ``max_in_flight`` requests outstanding): it reads no reply.
 
         Raises:
             WorkerError: A worker died.
@@ -379,10 +380,6 @@ class WorkerPool:
             worker.pending.append(_describe(Batch(table, sql, result)))
             worker.shared.append(path)
             worker.metrics.requests += 1
-
-    def room(self, partition: int) -> bool:
-        """Whether worker ``partition`` can take one more request without a reply being read."""
-        return len(self._worker(partition).pending) < self.max_in_flight
 
     def broadcast(self, request: Request) -> list[Reply]:
         """:meth:`send` ``request`` to every worker; return the replies collected, worker by worker."""
@@ -650,7 +647,7 @@ def _shutdown(workers: list[_Worker], stop_timeout: float, files: str | None = N
 # ---- the worker process ---------------------------------------------------------------------
 
 
-def _worker_main(conn: Connection, core: int | None) -> None:
+def _worker_main(conn: Connection, core: int | None, files: str | None = None) -> None:
     """A worker's entry point: pin, start the helper threads, connect, then serve until stopped."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     # Pin before any thread exists, because threads inherit the mask of the thread that starts them.
@@ -662,7 +659,9 @@ def _worker_main(conn: Connection, core: int | None) -> None:
     # pyarrow.acero and pyarrow.dataset: ~0.16 s, then ~2x faster than DuckDB's GROUP BY.)
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
-    threading.Thread(target=_exit_with_parent, name="velosql-parent-watch", daemon=True).start()
+    threading.Thread(
+        target=_exit_with_parent, args=(files,), name="velosql-parent-watch", daemon=True
+    ).start()
     outbox: queue.SimpleQueue = queue.SimpleQueue()
     sender = threading.Thread(target=_send_replies, args=(conn, outbox), name="velosql-replies", daemon=True)
     sender.start()
@@ -832,11 +831,17 @@ def _send_replies(conn: Connection, outbox: queue.SimpleQueue) -> None:
             return  # the parent closed its end; the main thread will read EOF and exit
 
 
-def _exit_with_parent() -> None:
-    """Exit as soon as the parent process is gone, even while the main thread runs a query."""
+def _exit_with_parent(files: str | None) -> None:
+    """Exit as soon as the parent process is gone, even while the main thread runs a query.
+
+    A parent that died could not remove the pool's directory of batch files in ``/dev/shm``
+    (memory): the workers remove it (each tries; the others find it gone).
+    """
     parent = multiprocessing.parent_process()
     if parent is not None:
         wait([parent.sentinel])
+        if files is not None:
+            shutil.rmtree(files, ignore_errors=True)
         os._exit(0)
 
 
