@@ -193,9 +193,8 @@ class V2Executor(V1Executor):
         self.late_by = [0] * self.n
         self.part_wm: list[int | None] = [None] * self.n  # the watermark each worker last worked with
         self.queue_threshold = int(self.opts.get("queue_threshold") or 1000)
-        self.queued: list[collections.deque] = [
-            collections.deque() for _ in range(self.n)
-        ]  # rows per request
+        # The rows of each request outstanding at each worker, oldest first.
+        self.queued: list[collections.deque] = [collections.deque() for _ in range(self.n)]
         self.queue_peak = [0] * self.n  # most records ever waiting at each worker
 
     # ---- setup ----------------------------------------------------------------------------------

@@ -323,21 +323,7 @@ class WorkerPool:
             )
         else:
             header, payload, rows = _encode(request)
-        started = time.perf_counter()
-        try:
-            worker.conn.send_bytes(header)
-            if payload is not None:
-                worker.conn.send_bytes(payload)
-        except OSError:
-            raise self._lost(worker) from None
-        except BaseException:
-            self._interrupted(worker)
-            raise
-        finally:
-            worker.metrics.wait_seconds += time.perf_counter() - started
-        worker.pending.append(_describe(request))
-        worker.shared.append(None)
-        worker.metrics.requests += 1
+        self._transmit(worker, header, payload, _describe(request), None)
         worker.metrics.rows_sent += rows
         return replies
 
@@ -364,22 +350,30 @@ class WorkerPool:
         path = os.path.join(self._files, f"shared-{self._sent_files}.arrow")
         _write_ipc_file(path, table)
         self._shared[path] = len(partitions)
+        what = _describe(Batch(table, sql, result))
         for i in partitions:
-            worker = self._worker(i)
             header = pickle.dumps(("batch_part", (sql, result, path, column, i)))
-            started = time.perf_counter()
-            try:
-                worker.conn.send_bytes(header)
-            except OSError:
-                raise self._lost(worker) from None
-            except BaseException:
-                self._interrupted(worker)
-                raise
-            finally:
-                worker.metrics.wait_seconds += time.perf_counter() - started
-            worker.pending.append(_describe(Batch(table, sql, result)))
-            worker.shared.append(path)
-            worker.metrics.requests += 1
+            self._transmit(self._worker(i), header, None, what, path)
+
+    def _transmit(
+        self, worker: _Worker, header: bytes, payload: pa.Buffer | None, what: str, shared: str | None
+    ) -> None:
+        """Write one request to the worker's pipe and record it as outstanding."""
+        started = time.perf_counter()
+        try:
+            worker.conn.send_bytes(header)
+            if payload is not None:
+                worker.conn.send_bytes(payload)
+        except OSError:
+            raise self._lost(worker) from None
+        except BaseException:
+            self._interrupted(worker)
+            raise
+        finally:
+            worker.metrics.wait_seconds += time.perf_counter() - started
+        worker.pending.append(what)
+        worker.shared.append(shared)
+        worker.metrics.requests += 1
 
     def broadcast(self, request: Request) -> list[Reply]:
         """:meth:`send` ``request`` to every worker; return the replies collected, worker by worker."""
