@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from ..connectors.base import OFFSET_COL, PARTITION_COL, PartitionEnd, SourceContext, int_scalar
 from .watermark import NEG_INF, any_late, event_time_us, without_null_time
+from .workers import ipc_buffer
 
 _END = object()
 SEQ_PARTITION_SHIFT = 40  # __seq = partition << 40 | offset: arrival order within each partition
@@ -102,10 +103,7 @@ def _run(
         if late:
             rows = con.sql(spec["late"]).to_arrow_table()
             if rows.num_rows:
-                sink = pa.BufferOutputStream()
-                with pa.ipc.new_stream(sink, rows.schema) as writer:
-                    writer.write(rows)
-                info["late"] = sink.getvalue().to_pybytes()
+                info["late"] = ipc_buffer(rows).to_pybytes()
         return con.sql(statements[0]).to_arrow_table()
     finally:
         con.unregister("__in")

@@ -558,7 +558,7 @@ def _encode(request: Request) -> tuple[bytes, pa.Buffer | None, int]:
     if isinstance(request, Batch):
         return (
             pickle.dumps(("batch", (request.sql, request.result))),
-            _ipc(request.table),
+            ipc_buffer(request.table),
             request.table.num_rows,
         )
     if isinstance(request, Query):
@@ -696,7 +696,7 @@ def _serve(conn: Connection, con: duckdb.DuckDBPyConnection, outbox: queue.Simpl
         started = time.perf_counter()
         try:
             value, table = _handle(con, kind, data, payload, state)
-            reply = None if table is None else _ipc(table)
+            reply = None if table is None else ipc_buffer(table)
             header = (True, kind, time.perf_counter() - started, reply is not None, value)
         except Exception as exc:
             reply = None
@@ -720,34 +720,38 @@ def _handle(con: duckdb.DuckDBPyConnection, kind: str, data: Any, payload: bytes
         module, _, name = function.partition(":")
         return getattr(importlib.import_module(module), name)(con, state, arg)
     if kind == "batch":
-        con.register("__in", pa.ipc.open_stream(payload).read_all())
-        try:
+        with _registered(con, "__in", payload):
             return None, _run(con, *data)
-        finally:
-            con.unregister("__in")
     if kind == "batch_part":
         sql, result, path, column, me = data
-        with pa.memory_map(path) as source:
-            con.register("__all", pa.ipc.open_stream(source).read_all())
+        with pa.memory_map(path) as source, _registered(con, "__all", source):
+            con.execute(
+                f'CREATE OR REPLACE TEMP VIEW __in AS SELECT * EXCLUDE ("{column}") FROM __all '
+                f'WHERE "{column}" = {int(me)}'
+            )
             try:
-                con.execute(
-                    f'CREATE OR REPLACE TEMP VIEW __in AS SELECT * EXCLUDE ("{column}") FROM __all '
-                    f'WHERE "{column}" = {int(me)}'
-                )
                 return None, _run(con, sql, result)
             finally:
                 con.execute("DROP VIEW IF EXISTS __in")
-                con.unregister("__all")
     if kind == "batch_file":
         sql, result, path = data
-        with pa.memory_map(path) as source:  # the batch's buffers are the mapped file: no copy
-            con.register("__in", pa.ipc.open_stream(source).read_all())
-            try:
+        try:
+            # The batch's buffers are the mapped file: no copy.
+            with pa.memory_map(path) as source, _registered(con, "__in", source):
                 return None, _run(con, sql, result)
-            finally:
-                con.unregister("__in")
-                os.unlink(path)
+        finally:
+            os.unlink(path)
     raise ValueError(f"Unknown worker request kind {kind!r}.")
+
+
+@contextlib.contextmanager
+def _registered(con: duckdb.DuckDBPyConnection, name: str, ipc):
+    """The Arrow IPC stream ``ipc`` (a buffer or a mapped file) as the table ``name`` for the block."""
+    con.register(name, pa.ipc.open_stream(ipc).read_all())
+    try:
+        yield
+    finally:
+        con.unregister(name)
 
 
 def _run(con: duckdb.DuckDBPyConnection, sql: str | tuple[str, ...], result: int) -> pa.Table:
@@ -772,7 +776,7 @@ def _write_ipc_file(path: str, table: pa.Table) -> None:
         writer.write(table)
 
 
-def _ipc(table: pa.Table | pa.RecordBatch) -> pa.Buffer:
+def ipc_buffer(table: pa.Table | pa.RecordBatch) -> pa.Buffer:
     """``table`` as Arrow IPC stream bytes, written once into a buffer of the exact size."""
     # Measuring first costs no copy and saves the regrowth copies of a BufferOutputStream.
     size = pa.MockOutputStream()
