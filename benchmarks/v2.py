@@ -161,7 +161,8 @@ def measure(rows: int, repeat: int, workers: list[int], only: list[str]) -> list
             configs.append((f"V2:{n} partitioned", f"v2:{n}", "sticky", None))
             if name != "filter":
                 configs.append((f"V2:{n} hash", f"v2:{n}", "hash", None))
-        for _, processor, strategy, _ in configs[::2]:  # untimed: files and modules in the page cache
+        # Untimed, once on V1 and once on V2: files and modules in the page cache.
+        for processor, strategy in (("v1", None), (f"v2:{workers[0]}", "sticky")):
             velosql_job(name, folder, processor, strategy)
         for _ in range(repeat):
             for label, processor, strategy, threads in configs:
