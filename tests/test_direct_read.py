@@ -72,7 +72,9 @@ def write(table: pa.Table, folder, layout: str, pieces: int) -> str:
     return str(folder / ("*.parquet" if layout == "parquet files" else "*.csv"))
 
 
-def velosql_rows(path: str, query: str, processor: str, layout: str) -> tuple[list[tuple], dict]:
+def velosql_rows(
+    path: str, query: str, processor: str, layout: str, reader: str = "duckdb"
+) -> tuple[list[tuple], dict]:
     options = [
         "'src.type' = 'file_source'",
         f"'src.path' = '{path}'",
@@ -80,6 +82,7 @@ def velosql_rows(path: str, query: str, processor: str, layout: str) -> tuple[li
         f"processor = '{processor}'",
         "partitioning_strategy = 'sticky'",
         "scan_pushdown = false",
+        f"parquet_reader = '{reader}'",
         "'watermark.max_out_of_orderness' = '1h'",  # no row is late: the batch result applies
     ]
     if layout == "csv files":
@@ -96,12 +99,23 @@ def velosql_rows(path: str, query: str, processor: str, layout: str) -> tuple[li
 @pytest.mark.parametrize("processor", ["v2:2", "v2:3"])
 @pytest.mark.parametrize("layout", ["one parquet", "parquet files", "csv files"])
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(table=streams(), pieces=st.integers(1, 7), shape=st.sampled_from(sorted(QUERIES)))
-def test_direct_read_gives_the_batch_result(tmp_path_factory, processor, layout, table, pieces, shape):
+@given(
+    table=streams(),
+    pieces=st.integers(1, 7),
+    shape=st.sampled_from(sorted(QUERIES)),
+    reader=st.sampled_from(["duckdb", "pyarrow"]),
+)
+def test_direct_read_gives_the_batch_result(
+    tmp_path_factory, processor, layout, table, pieces, shape, reader
+):
     folder = tmp_path_factory.mktemp("src")
     path = write(table, folder, layout, pieces)
     query, batch_sql = QUERIES[shape]
-    got, metrics = velosql_rows(path, query, processor, layout)
+    got, metrics = velosql_rows(path, query, processor, layout, reader)
+    # DuckDB's reader reads Parquet for plans without event time; the rest is read by pyarrow.
+    duckdb_reads = reader == "duckdb" and layout != "csv files" and shape != "tumble"
+    readers = {p["reader"] for p in metrics["partitions"] if p["records_in"]} - {None}  # None: routed
+    assert readers in (set(), {"duckdb" if duckdb_reads else "pyarrow"})
     con = duckdb.connect()
     con.register("t", table.append_column("seq", pa.array(range(table.num_rows), pa.int64())))
     want = con.execute(batch_sql).fetchall()
@@ -194,3 +208,80 @@ def test_files_whose_event_times_overlap_are_not_late_against_each_other(
     ).fetchall()
     assert metrics["late_rows"] == 0
     assert got == sorted(want)
+
+
+def typed_table(n: int) -> pa.Table:
+    """One column of each kind of Parquet type, a NULL in every fifth row."""
+
+    def col(values, typ):
+        return pa.array([None if i % 5 == 4 else v for i, v in enumerate(values)], typ)
+
+    rows = range(n)
+    return pa.table(
+        {
+            "i8": col([i % 100 - 50 for i in rows], pa.int8()),
+            "i32": col([i * 3 for i in rows], pa.int32()),
+            "i64": col([i * 10**12 for i in rows], pa.int64()),
+            "u16": col([i for i in rows], pa.uint16()),
+            "f32": col([i / 7 for i in rows], pa.float32()),
+            "f64": col([i / 3 for i in rows], pa.float64()),
+            "dec": col([f"{i}.25" for i in rows], pa.string()).cast(pa.decimal128(12, 2)),
+            "flag": col([i % 2 == 0 for i in rows], pa.bool_()),
+            "text": col([f"é{i % 7}" for i in rows], pa.string()),
+            "blob": col([bytes([i % 256]) for i in rows], pa.binary()),
+            "ts_ms": col([START + dt.timedelta(milliseconds=i) for i in rows], pa.timestamp("ms")),
+            "ts_utc": col(
+                [dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=i) for i in rows],
+                pa.timestamp("us", "UTC"),
+            ),
+            "day": col([dt.date(2024, 1, 1) + dt.timedelta(days=i % 40) for i in rows], pa.date32()),
+            "nums": col([[i, i + 1] for i in rows], pa.list_(pa.int64())),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT * FROM src",
+        "SELECT text, count(*) AS n, sum(dec) AS s, max(ts_ms) AS m, min(ts_utc) AS lo, "
+        "max(nums) AS l, min(blob) AS b, max(f32) AS a FROM src GROUP BY text EMIT FINAL",
+    ],
+)
+def test_duckdb_reader_gives_what_pyarrow_gives(tmp_path, query):
+    """Types, values and NULLs arrive as the pyarrow reader delivers them, column for column."""
+    table = typed_table(3000)
+    for i in range(3):
+        pq.write_table(table.slice(i * 1000, 1000), tmp_path / f"part{i}.parquet", row_group_size=300)
+    path = str(tmp_path / "*.parquet")
+    got = {}
+    for reader in ("duckdb", "pyarrow"):
+        rows, metrics = velosql_rows(path, query, "v2:2", "parquet files", reader)
+        assert {p["reader"] for p in metrics["partitions"]} == {reader}
+        got[reader] = rows
+    key = repr if query.startswith("SELECT *") else (lambda r: r["text"] or "")
+    assert sorted(got["duckdb"], key=key) == sorted(got["pyarrow"], key=key)
+    assert len(got["duckdb"]) == (3000 if query.startswith("SELECT *") else 8)
+
+
+def test_a_parquet_file_whose_types_differ_is_read_by_pyarrow(tmp_path):
+    """A file whose column type is not the source's own goes through pyarrow's conversion."""
+    pq.write_table(pa.table({"k": ["a", "b"], "v": pa.array([1, 2], pa.int32())}), tmp_path / "p0.parquet")
+    pq.write_table(pa.table({"k": ["a", "c"], "v": pa.array([3, 4], pa.int64())}), tmp_path / "p1.parquet")
+    engine = velosql.connect()
+    try:
+        job = engine.execute(
+            "CREATE STREAM o AS SELECT k, sum(v) AS s FROM src GROUP BY k EMIT FINAL WITH ("
+            f"'src.type' = 'file_source', 'src.path' = '{tmp_path}/*.parquet', 'src.schema' = 'k VARCHAR, v BIGINT', "
+            "'o.type' = 'python', processor = 'v2:2', partitioning_strategy = 'sticky', scan_pushdown = false)"
+        )
+        job.wait(60)
+        assert sorted(tuple(r.values()) for r in engine.pull("o").to_pylist()) == [
+            ("a", 4),
+            ("b", 2),
+            ("c", 4),
+        ]
+        readers = {p["partition"]: p["reader"] for p in job.metrics()["partitions"]}
+        assert readers == {0: "pyarrow", 1: "duckdb"}
+    finally:
+        engine.close()

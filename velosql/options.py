@@ -260,6 +260,16 @@ OPTIONS: tuple[Option, ...] = (
         "result and dead letters as reading record by record); `false` reads record by record.",
     ),
     _job(
+        "parquet_reader",
+        "enum",
+        "duckdb",
+        "How V2 workers that read their own Parquet pieces (sticky direct read, no window) read "
+        "them: `duckdb` runs the partition-local SQL straight on DuckDB's Parquet reader, one run "
+        "of row groups per micro-batch, when every file holds the source's columns with the "
+        "source's types (else pyarrow reads it); `pyarrow` always decodes to Arrow first.",
+        ("duckdb", "pyarrow"),
+    ),
+    _job(
         "mode",
         "str",
         None,

@@ -76,6 +76,18 @@ class _File:
         return self.partition if self.split is None else self.split
 
 
+@dataclass(frozen=True)
+class ParquetRun:
+    """Rows ``[first, end)`` (row numbers in the file, whole row groups) of one Parquet piece."""
+
+    unit: int  # the piece's unit of the watermark (see _File.unit)
+    path: str
+    partition: int
+    first: int
+    end: int
+    last: bool  # the piece's last run
+
+
 @dataclass
 class ScanSpec:
     """A bounded file source as DuckDB's ``read_csv``/``read_parquet`` would read it."""
@@ -271,6 +283,39 @@ class FileSource(Source):
             "user": self._user,
             "files": pieces,
         }
+
+    def parquet_runs(self, pieces: list[tuple[int, tuple]], rows: int) -> list[ParquetRun] | None:
+        """``pieces`` (as given to :meth:`partition_reader`) as runs of whole row groups of about
+        ``rows`` rows each, in reading order, for DuckDB's own Parquet reader; None unless every
+        file is Parquet holding every column with exactly the type this source decodes it to
+        (then pyarrow, which converts or reports, reads them)."""
+        if self._format != "parquet" or self._watch or self._max_records is not None:
+            return None
+        import pyarrow.parquet as pq
+
+        out: list[ParquetRun] = []
+        for unit, (path, partition, row_groups, _) in pieces:
+            try:
+                pf = pq.ParquetFile(path)
+            except (OSError, pa.ArrowInvalid):
+                return None
+            have = pf.schema_arrow
+            for field in self._user:
+                i = have.get_field_index(field.name)
+                if i < 0 or have.field(i).type != field.type:
+                    return None
+            meta = pf.metadata
+            first, end = row_groups or (0, meta.num_row_groups)
+            row = sum(meta.row_group(g).num_rows for g in range(first))
+            start = row
+            for g in range(first, end):
+                row += meta.row_group(g).num_rows
+                if row - start >= rows or g == end - 1:
+                    out.append(ParquetRun(unit, path, partition, start, row, g == end - 1))
+                    start = row
+            if first == end:  # no row group: the piece still ends
+                out.append(ParquetRun(unit, path, partition, row, row, True))
+        return out
 
     @classmethod
     def for_partitions(cls, reader: dict, ctx: SourceContext) -> FileSource:
