@@ -112,8 +112,8 @@ def test_direct_read_gives_the_batch_result(
     path = write(table, folder, layout, pieces)
     query, batch_sql = QUERIES[shape]
     got, metrics = velosql_rows(path, query, processor, layout, reader)
-    # DuckDB's reader reads Parquet for plans without event time; the rest is read by pyarrow.
-    duckdb_reads = reader == "duckdb" and layout != "csv files" and shape != "tumble"
+    # DuckDB's reader reads Parquet (a timestamp event time included); pyarrow reads CSV.
+    duckdb_reads = reader == "duckdb" and layout != "csv files"
     readers = {p["reader"] for p in metrics["partitions"] if p["records_in"]} - {None}  # None: routed
     assert readers in (set(), {"duckdb" if duckdb_reads else "pyarrow"})
     con = duckdb.connect()
@@ -285,3 +285,84 @@ def test_a_parquet_file_whose_types_differ_is_read_by_pyarrow(tmp_path):
         assert readers == {0: "pyarrow", 1: "duckdb"}
     finally:
         engine.close()
+
+
+TIME_TYPES = {
+    "timestamp[ms]": (pa.timestamp("ms"), "duckdb"),
+    "timestamp[s]": (pa.timestamp("s"), "duckdb"),
+    "timestamp[us, UTC]": (pa.timestamp("us", "UTC"), "duckdb"),
+    "date32": (pa.date32(), "duckdb"),
+    "timestamp[ns]": (pa.timestamp("ns"), "pyarrow"),  # event time read by pyarrow: its rules
+}
+
+
+@st.composite
+def disordered(draw) -> tuple[list[int], list[bool]]:
+    """100-300 rows: seconds out of order by up to a minute (some rows late for a 5 s
+    lateness) and now and then a day behind; some event times NULL."""
+    n = 100 * draw(st.integers(1, 3))
+    jitter = draw(st.lists(st.integers(-70, 5), min_size=n, max_size=n))
+    nulls = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    seconds = [i * 30 + (j if j > -65 else -86_400) for i, j in enumerate(jitter)]
+    return seconds, [b and i % 9 == 0 for i, b in enumerate(nulls)]
+
+
+@pytest.mark.parametrize("kind", sorted(TIME_TYPES))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    files=st.lists(disordered(), min_size=2, max_size=3),
+    size=st.sampled_from(["1m", "1h", "1d"]),
+    statistics=st.booleans(),
+)
+def test_duckdb_reader_judges_event_time_as_pyarrow_does(tmp_path_factory, kind, files, size, statistics):
+    """Windows, late rows and NULL event times: the same from both readers, whatever the type of
+    the time column (DuckDB's reader computes event time in SQL only where it is exactly
+    pyarrow's; elsewhere pyarrow reads).
+
+    One worker reads every file (v2:1 direct read), in reads of 100 rows that both readers cut
+    alike: each read is judged against the same watermark, so the same rows are late. With
+    ``statistics`` the DuckDB path takes each read's earliest and latest event time and NULL
+    count from the row groups' statistics; without, it computes them."""
+    typ, expected = TIME_TYPES[kind]
+    folder = tmp_path_factory.mktemp("src")
+    tz = dt.timezone.utc if typ == pa.timestamp("us", "UTC") else None
+    nulls = 0
+    for f, (seconds, null) in enumerate(files):
+        base = dt.datetime(2024, 1, 1, tzinfo=tz) + dt.timedelta(minutes=f)
+        times = [None if x else base + dt.timedelta(seconds=s) for s, x in zip(seconds, null)]
+        if typ == pa.date32():
+            times = [None if t is None else t.date() for t in times]
+        nulls += sum(null)
+        table = pa.table(
+            {
+                "k": [f"k{i % 3}" for i in range(len(times))],
+                "v": pa.array([f * 1000 + i for i in range(len(times))], pa.int64()),
+                "ts": pa.array(times, typ),
+            }
+        )
+        pq.write_table(table, folder / f"p{f}.parquet", row_group_size=50, write_statistics=statistics)
+    got = {}
+    for reader in ("duckdb", "pyarrow"):
+        engine = velosql.connect()
+        try:
+            job = engine.execute(
+                "CREATE STREAM o AS SELECT k, _window_start AS ws, count(*) AS n, sum(v) AS total FROM src "
+                f"GROUP BY k WINDOW TUMBLING(ts, {size}) EMIT FINAL WITH ('src.type' = 'file_source', "
+                f"'src.path' = '{folder}/*.parquet', 'src.batch_size' = 100, 'o.type' = 'python', "
+                f"processor = 'v2:1', partitioning_strategy = 'sticky', parquet_reader = '{reader}', "
+                "'watermark.max_out_of_orderness' = '5s', max_batch_size = 100)"
+            )
+            job.wait(60)
+            readers = {p["reader"] for p in job.metrics()["partitions"]}
+            assert readers == {expected if reader == "duckdb" else "pyarrow"}
+            got[reader] = (
+                sorted(tuple(r.values()) for r in engine.pull("o").to_pylist()),
+                engine.sql(
+                    "SELECT k, v, ts::VARCHAR, _event_time, _watermark FROM o__late ORDER BY v"
+                ).fetchall(),
+                engine.sql("SELECT location, error FROM o__dlq ORDER BY location").fetchall(),
+            )
+        finally:
+            engine.close()
+    assert got["duckdb"] == got["pyarrow"]
+    assert len(got["duckdb"][2]) == nulls

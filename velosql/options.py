@@ -263,10 +263,11 @@ OPTIONS: tuple[Option, ...] = (
         "parquet_reader",
         "enum",
         "duckdb",
-        "How V2 workers that read their own Parquet pieces (sticky direct read, no window) read "
-        "them: `duckdb` runs the partition-local SQL straight on DuckDB's Parquet reader, one run "
-        "of row groups per micro-batch, when every file holds the source's columns with the "
-        "source's types (else pyarrow reads it); `pyarrow` always decodes to Arrow first.",
+        "How V2 workers that read their own Parquet pieces (sticky direct read) read them: "
+        "`duckdb` runs the partition-local SQL straight on DuckDB's Parquet reader, one run of "
+        "row groups per micro-batch, when every file holds the source's columns with the "
+        "source's types and the event time (if any) is a timestamp or date column (else pyarrow "
+        "reads them); `pyarrow` always decodes to Arrow first.",
         ("duckdb", "pyarrow"),
     ),
     _job(

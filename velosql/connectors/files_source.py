@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -86,6 +87,9 @@ class ParquetRun:
     first: int
     end: int
     last: bool  # the piece's last run
+    # With a time column: its smallest and largest event time (µs; None when every value is
+    # NULL) and its NULL count, from the row groups' statistics; None when they lack some.
+    event_time: tuple[int | None, int | None, int] | None = None
 
 
 @dataclass
@@ -284,11 +288,15 @@ class FileSource(Source):
             "files": pieces,
         }
 
-    def parquet_runs(self, pieces: list[tuple[int, tuple]], rows: int) -> list[ParquetRun] | None:
+    def parquet_runs(
+        self, pieces: list[tuple[int, tuple]], rows: int, time: str | None = None
+    ) -> list[ParquetRun] | None:
         """``pieces`` (as given to :meth:`partition_reader`) as runs of whole row groups of about
         ``rows`` rows each, in reading order, for DuckDB's own Parquet reader; None unless every
         file is Parquet holding every column with exactly the type this source decodes it to
-        (then pyarrow, which converts or reports, reads them)."""
+        (then pyarrow, which converts or reports, reads them). With ``time``, the name of a
+        timestamp or date column, each run carries its event-time statistics when the file has
+        them (see :class:`ParquetRun`)."""
         if self._format != "parquet" or self._watch or self._max_records is not None:
             return None
         import pyarrow.parquet as pq
@@ -305,14 +313,18 @@ class FileSource(Source):
                 if i < 0 or have.field(i).type != field.type:
                     return None
             meta = pf.metadata
+            column = None if time is None else have.get_field_index(time)
             first, end = row_groups or (0, meta.num_row_groups)
             row = sum(meta.row_group(g).num_rows for g in range(first))
-            start = row
+            start, stats = row, []
             for g in range(first, end):
                 row += meta.row_group(g).num_rows
+                if column is not None:
+                    stats.append(_event_time_stats(meta.row_group(g), column))
                 if row - start >= rows or g == end - 1:
-                    out.append(ParquetRun(unit, path, partition, start, row, g == end - 1))
-                    start = row
+                    et = None if column is None else _combined(stats)
+                    out.append(ParquetRun(unit, path, partition, start, row, g == end - 1, et))
+                    start, stats = row, []
             if first == end:  # no row group: the piece still ends
                 out.append(ParquetRun(unit, path, partition, row, row, True))
         return out
@@ -723,6 +735,39 @@ class FileSource(Source):
             yield from self._emit(f, table)
             if self._exhausted or self._ctx.stop.is_set():
                 return
+
+
+_US = {"milliseconds": 1000, "microseconds": 1}  # a Parquet time unit in microseconds
+_DAY_US = 86_400_000_000
+
+
+def _event_time_stats(group, column: int) -> tuple[int | None, int | None, int] | None:
+    """A row group's smallest and largest event time (µs) and NULL count, from its statistics
+    (exact for the INT32 dates and INT64 timestamps written as such); None when it has none."""
+    chunk = group.column(column)
+    st = chunk.statistics
+    if st is None or st.null_count is None:
+        return None
+    if not st.has_min_max:
+        return (None, None, st.null_count) if st.null_count == group.num_rows else None
+    logical = json.loads(st.logical_type.to_json())
+    kind = logical.get("Type")
+    if kind == "Timestamp" and chunk.physical_type == "INT64" and logical.get("timeUnit") in _US:
+        factor = _US[logical["timeUnit"]]
+    elif kind == "Date" and chunk.physical_type == "INT32":
+        factor = _DAY_US
+    else:
+        return None
+    return st.min_raw * factor, st.max_raw * factor, st.null_count
+
+
+def _combined(stats: list) -> tuple[int | None, int | None, int] | None:
+    """The statistics of consecutive row groups together (None when one lacks them)."""
+    if any(s is None for s in stats):
+        return None
+    lows = [s[0] for s in stats if s[0] is not None]
+    highs = [s[1] for s in stats if s[1] is not None]
+    return (min(lows) if lows else None, max(highs) if highs else None, sum(s[2] for s in stats))
 
 
 def _try_decode(decoder, block: _Block) -> pa.Table | BlockError:

@@ -45,21 +45,26 @@ def read(con: duckdb.DuckDBPyConnection, state: dict, watermark: int):
     """The next micro-batch of the worker's partitions, through the partition-local statement."""
     spec, events, rejects, source = state["spec"], state["events"], state["rejects"], state["source"]
     pieces, spans, rows, ended, done = [], [], 0, [], False
-    while rows < spec["max_rows"]:
-        item = next(events, _END)
+    while True:
+        # The split each batch came from is the watermark's unit (see FileSource.splits).
+        item, unit = state.pop("ahead", None) or (next(events, _END), source.reading)
         if item is _END:
             done = True
             break
         if isinstance(item, PartitionEnd):
             ended.append(item.partition)
         elif item is not None:
+            if rows >= spec["max_rows"]:
+                # Full, and the partition goes on: keep the batch for the next read. (A partition
+                # that ends right after this read's rows ends with it, as a DuckDB run does.)
+                state["ahead"] = (item, unit)
+                break
             pieces.append(item)
             rows += item.num_rows
-            # The split the batch came from: the watermark's unit (see FileSource.splits).
-            if spans and spans[-1][0] == source.reading:
+            if spans and spans[-1][0] == unit:
                 spans[-1][1] += item.num_rows
             else:
-                spans.append([source.reading, item.num_rows])
+                spans.append([unit, item.num_rows])
     info = {"rows": rows, "ended": ended, "done": done, "maxima": [], "late": None, "low": None}
     table = None
     if pieces:

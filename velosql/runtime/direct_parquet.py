@@ -26,9 +26,28 @@ import pyarrow as pa
 from ..errors import DataError
 
 
-def views(con: duckdb.DuckDBPyConnection, schema: pa.Schema, runs: list, seq_shift: int) -> list[tuple]:
-    """For each run: the statement making ``__in`` its rows, its row count, the unit it ends (or
-    None) and where it is (for errors). ``schema``: the source's columns as the job sees them."""
+def event_time_sql(field: pa.Field) -> str | None:
+    """DuckDB's expression for a column's event time in microseconds, for the column types where
+    it is exactly what pyarrow's ``watermark.event_time_us`` computes: timestamps in seconds,
+    milliseconds or microseconds (with or without a time zone) and dates. None for the others
+    (nanoseconds, numbers, text), which pyarrow reads."""
+    from ..connectors.duckdb_table import quote
+
+    t = field.type
+    if pa.types.is_timestamp(t) and t.unit in ("s", "ms", "us"):
+        return f"epoch_us({quote(field.name)})"
+    if pa.types.is_date32(t):
+        return f"epoch_us(CAST({quote(field.name)} AS TIMESTAMP))"
+    return None
+
+
+def views(
+    con: duckdb.DuckDBPyConnection, schema: pa.Schema, runs: list, seq_shift: int, event_time: str | None
+) -> list[tuple]:
+    """For each run: the statement making the view ``__run`` its rows (in two parts, the job
+    watermark of the read goes between them), its row count, the unit it ends (or None), its unit
+    and where it is (for errors). ``schema``: the source's columns as the job sees them;
+    ``event_time``: the expression of :func:`event_time_sql`, None for a plan without event time."""
     from ..connectors.base import OFFSET_COL, PARTITION_COL, SYSTEM_COLUMNS
     from ..connectors.duckdb_table import quote
 
@@ -43,36 +62,77 @@ def views(con: duckdb.DuckDBPyConnection, schema: pa.Schema, runs: list, seq_shi
     out = []
     for run in runs:
         path = run.path.replace("'", "''")
-        view = (
-            f"CREATE OR REPLACE TEMP VIEW __in AS SELECT {columns}, "
+        head = (
+            f"CREATE OR REPLACE TEMP VIEW __run AS SELECT {columns}, "
             f"CAST({run.partition} AS INTEGER) AS {PARTITION_COL}, file_row_number AS {OFFSET_COL}, "
-            f"file_row_number + {run.partition << seq_shift} AS __seq "
-            f"FROM read_parquet('{path}', file_row_number = true) "
+            f"file_row_number + {run.partition << seq_shift} AS __seq"
+        )
+        if event_time is not None:
+            head += f", {event_time} AS __et, CAST("
+        tail = " AS BIGINT) AS __wm" if event_time is not None else ""
+        tail += (
+            f" FROM read_parquet('{path}', file_row_number = true) "
             f"WHERE file_row_number >= {run.first} AND file_row_number < {run.end}"
         )
         place = f"{run.path}, rows {run.first}-{run.end - 1}"
-        out.append((view, run.end - run.first, run.unit if run.last else None, place))
+        ends = run.unit if run.last else None
+        out.append(((head, tail), run.end - run.first, ends, run.unit, place, run.event_time))
     return out
 
 
 def open_runs(con: duckdb.DuckDBPyConnection, state: dict, spec: dict):
-    """Keep the worker's runs (``spec["runs"]``, from :func:`views`) and its statement."""
-    state.update(runs=collections.deque(spec["runs"]), statement=spec["statement"])
+    """Keep the worker's runs (``spec["runs"]``, from :func:`views`) and what :func:`read_run`
+    needs of the read spec (see ``V2Executor._open_direct``)."""
+    state.update(runs=collections.deque(spec["runs"]), spec=spec, bound=False)
     return None, None
 
 
 def read_run(con: duckdb.DuckDBPyConnection, state: dict, watermark: int):
-    """The next run through the statement, replied as ``direct.read`` replies. A read after the
-    last run (the job asks ahead before it knows) finds nothing."""
-    runs = state["runs"]
+    """The next run through the partition-local statement, replied as ``direct.read`` replies
+    (which this follows step for step, in SQL). A read after the last run (the job asks ahead
+    before it knows) finds nothing."""
+    runs, spec = state["runs"], state["spec"]
     info = {"rows": 0, "ended": [], "done": True, "maxima": [], "late": None, "low": None, "rejects": []}
     if not runs:
         return info, None
-    view, rows, ends, place = runs.popleft()
+    (head, tail), rows, ends, unit, place, known = runs.popleft()
+    info.update(rows=rows, ended=[] if ends is None else [ends], done=not runs)
+    statements = spec["out"]
     try:
-        con.execute(view)
-        table = con.sql(state["statement"]).to_arrow_table()
+        con.execute(f"{head}{int(watermark)}{tail}" if spec["windowed"] else head + tail)
+        if not state["bound"]:  # a view is bound when created: once __run exists
+            where = " WHERE __et IS NOT NULL" if spec["windowed"] else ""
+            con.execute(f"CREATE OR REPLACE TEMP VIEW __in AS SELECT * FROM __run{where}")
+            state["bound"] = True
+        if spec["windowed"]:
+            if known is not None:  # from the row groups' statistics: no pass over the rows
+                low, high, nulls = known
+            else:
+                low, high, nulls = con.execute(
+                    "SELECT min(__et), max(__et), count(*) - count(__et) FROM __run"
+                ).fetchall()[0]
+            behind = low is not None and low < watermark
+            if high is not None:
+                info["maxima"] = [(unit, high)]
+            if nulls:
+                error = f"event-time column {spec['time']!r} is NULL"
+                info["rejects"] = [
+                    (f"{spec['source']} partition {part} offset {offset}", error, None)
+                    for part, offset in con.execute(
+                        "SELECT _partition, _offset FROM __run WHERE __et IS NULL ORDER BY _offset"
+                    ).fetchall()
+                ]
+            info["low"] = low
+            if behind and spec["window"] is not None:  # a row behind the watermark: is it late?
+                late = con.sql(spec["late"]).to_arrow_table()
+                if late.num_rows:
+                    from .workers import ipc_buffer
+
+                    info["late"] = ipc_buffer(late).to_pybytes()
+                    statements = spec["out_late"]
+            if low is not None and low >= 0 and len(statements) > 1:
+                statements = statements[1:]
+        table = con.sql(statements[0]).to_arrow_table()
     except duckdb.Error as exc:  # name the place: the file and its rows
         raise DataError(f"{place}: {exc}") from None
-    info.update(rows=rows, ended=[] if ends is None else [ends], done=not runs)
     return info, table

@@ -36,6 +36,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
+import types
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -256,14 +257,22 @@ class V2Executor(V1Executor):
             "windowed": plan.windowed,
             "time": col,
             "time_format": plan.time.format,
-            "window": plan.window,
+            # A WindowSpec would make the worker import the SQL layer (sqlglot: ~70 ms of its start).
+            "window": None
+            if plan.window is None
+            else types.SimpleNamespace(**dataclasses.asdict(plan.window)),
             "max_rows": int(self.opts.get("max_batch_size") or 262144),
             "out": (sql.project,) if rows_mode else _partial_variants(sql.partial_all, plan.window),
             "out_late": (sql.project,) if rows_mode else _partial_variants(sql.partial, plan.window),
             "late": self._late_select() if plan.windowed else None,
         }
-        # Event time is judged per row in Arrow (see direct.py): windowed plans read with pyarrow.
-        duckdb_reads = not plan.windowed and self.opts.get("parquet_reader", "duckdb") == "duckdb"
+        event_time = None
+        if plan.windowed and col is not None:
+            event_time = direct_parquet.event_time_sql(self.source.schema.field(col))
+        # DuckDB's reader where it computes event time exactly as pyarrow does (direct_parquet.py).
+        duckdb_reads = self.opts.get("parquet_reader", "duckdb") == "duckdb" and (
+            not plan.windowed or event_time is not None
+        )
         if plan.windowed:  # each piece is a unit of the watermark, awaited until it delivers
             self.tracker.expect(range(len(self.splits)))
         self.direct_workers = []
@@ -273,7 +282,9 @@ class V2Executor(V1Executor):
             pieces = [(k, piece) for k, piece in enumerate(self.splits) if k % self.n == i]
             if not pieces:
                 continue
-            runs = self.source.parquet_runs(pieces, spec["max_rows"]) if duckdb_reads else None
+            runs = None
+            if duckdb_reads:
+                runs = self.source.parquet_runs(pieces, spec["max_rows"], col if event_time else None)
             if runs is None:
                 open_ = Call(
                     "velosql.runtime.direct:open_partitions",
@@ -281,10 +292,10 @@ class V2Executor(V1Executor):
                 )
                 self.readers[i] = "pyarrow"
             else:
-                views = direct_parquet.views(self.con, self.source.schema, runs, SEQ_PARTITION_SHIFT)
-                open_ = Call(
-                    "velosql.runtime.direct_parquet:open_runs", {"runs": views, "statement": spec["out"][0]}
+                views = direct_parquet.views(
+                    self.con, self.source.schema, runs, SEQ_PARTITION_SHIFT, event_time
                 )
+                open_ = Call("velosql.runtime.direct_parquet:open_runs", dict(spec, runs=views))
                 self.readers[i] = "duckdb"
             self.pool.send(i, open_)
             self.direct_workers.append(i)
