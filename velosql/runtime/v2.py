@@ -192,6 +192,7 @@ class V2Executor(V1Executor):
         self.sent = 0  # micro-batches routed so far
         self.inflight: collections.deque = collections.deque()  # (worker, kind, batch number)
         self.pending_rows: dict[int, list] = {}  # split batch number -> replies still to order
+        self.used_columns: dict[str, frozenset[str] | None] = {}  # statements -> columns they read
         self.partials: list[pa.Table] = []  # partial rows not merged into __state yet
         self.partial_rows = 0
         self.key_rows = [0] * self.n  # keyed EMIT CHANGES: partial rows since each worker's compaction
@@ -415,12 +416,11 @@ class V2Executor(V1Executor):
         if ids is None:
             worker = 0 if self.route.strategy == "fan_in" else batch % self.n
             self.records_to[worker] += table.num_rows
-            self._send(worker, Batch(table, statements, result), kind, batch)
+            self._send(worker, Batch(self._pruned(table, statements), statements, result), kind, batch)
             if kind == "changes":
                 self._after_keyed_insert(worker, table.num_rows)
             return
-        counts = pc.value_counts(ids)
-        rows = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
+        rows = _counts(ids, self.n)
         targets = sorted(rows)
         if kind in ("rows", "changes"):  # replies are put back in arrival order
             first = statements if isinstance(statements, str) else statements[0]
@@ -429,6 +429,7 @@ class V2Executor(V1Executor):
             )
             kind = "ordered"
             self.pending_rows[batch] = [len(targets)]
+        table = self._pruned(table, statements)
         if table.num_rows >= FILE_MIN_ROWS and len(targets) > 1:
             # One file for all: each worker selects its rows (in parallel, not on this thread).
             for worker in targets:
@@ -444,6 +445,18 @@ class V2Executor(V1Executor):
             self.records_to[worker] += rows[worker]
             if kind == "ordered" and self.plan.shape == "aggregate":
                 self._after_keyed_insert(worker, rows[worker])
+
+    def _pruned(self, table: pa.Table, statements: str | tuple[str, ...]) -> pa.Table:
+        """The micro-batch with only the columns the workers' statements read: what is not sent
+        is not copied (hash routing wrote every column of every batch, ~0.2 s per 5M rows)."""
+        key = statements if isinstance(statements, str) else "\n".join(statements)
+        names = self.used_columns.get(key, False)
+        if names is False:
+            names = self.used_columns[key] = _referenced(statements)
+        if names is None:
+            return table
+        keep = [c for c in table.column_names if c.lower() in names]
+        return table if len(keep) == table.num_columns else table.select(keep)
 
     def _ids(self, table: pa.Table) -> pa.Array | None:
         """The worker of each row of the micro-batch; None when it goes whole to one worker."""
@@ -645,6 +658,37 @@ class V2Executor(V1Executor):
             }
             for m in self.pool.metrics()
         ]
+
+
+def _counts(ids: pa.Array, n: int) -> dict[int, int]:
+    """How many rows go to each worker that gets any (one comparison per worker: for the few
+    workers of a machine cheaper than ``value_counts``' hash table)."""
+    out = {}
+    for worker in range(n):
+        rows = pc.sum(pc.equal(ids, pa.scalar(worker, ids.type))).as_py() or 0
+        if rows:
+            out[worker] = rows
+    return out
+
+
+def _referenced(statements: str | tuple[str, ...]) -> frozenset[str] | None:
+    """The lower-cased names of the columns ``statements`` read, or None when that cannot be
+    told (a ``*`` other than ``count(*)``'s, ``COLUMNS(…)``): then every column is sent."""
+    from sqlglot import exp
+
+    names: set[str] = set()
+    for sql in (statements,) if isinstance(statements, str) else statements:
+        tree = exp.maybe_parse(sql, dialect="duckdb")
+        for node in tree.walk():
+            if isinstance(node, exp.Star) and not isinstance(node.parent, exp.Count):
+                return None
+            if isinstance(node, exp.Columns) or (
+                isinstance(node, exp.Anonymous) and str(node.this).lower() == "columns"
+            ):
+                return None
+            if isinstance(node, exp.Column):  # every part: in ``s.x`` the column may be ``s``
+                names.update(part.name.lower() for part in node.parts)
+    return frozenset(names)
 
 
 def _bare_columns(route_keys: str, names: list[str]) -> tuple[str, ...] | None:
