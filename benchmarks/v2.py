@@ -51,7 +51,7 @@ from velosql.config import usable_cpus  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 ONE_CORE = "V1, pyarrow on 1 thread"
-BEGIN, END = "<!-- BEGIN GENERATED: benchmarks/v2.py --write-docs -->", "<!-- END GENERATED V2 -->"
+BEGIN, END = "<!-- BEGIN GENERATED: benchmarks/v2.py --write-docs{} -->", "<!-- END GENERATED V2{} -->"
 AGGS = "COUNT(*) AS n, SUM(quantity) AS vol, AVG(price) AS avg_price, MIN(price) AS lo, MAX(price) AS hi"
 HEAVY = "COUNT(*) AS n, MAX(md5(CAST(quantity AS VARCHAR) || CAST(price AS VARCHAR))) AS h"
 QUERIES = {
@@ -227,14 +227,18 @@ def render(results: list[dict], command: str, rows: int) -> str:
     return "\n".join(lines)
 
 
-def write_docs(text: str) -> None:
+def write_docs(text: str, rows: int) -> None:
+    """Replace the generated table of this row count (5M rows: the spec's default; each other
+    count has its own table)."""
+    suffix = "" if rows == 5_000_000 else f" --rows {rows}"
+    begin, end = BEGIN.format(suffix), END.format(suffix)
     doc = DOCS.read_text()
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in doc:
-        start, end = doc.index(BEGIN), doc.index(END) + len(END)
-        doc = doc[:start] + block + doc[end:]
+    block = f"{begin}\n{text}\n{end}"
+    if begin in doc:
+        start, stop = doc.index(begin), doc.index(end) + len(end)
+        doc = doc[:start] + block + doc[stop:]
     else:
-        doc = doc.rstrip() + "\n\n## V2 (generated)\n\n" + block + "\n"
+        doc = doc.rstrip() + f"\n\n## V2 at {rows:,} rows (generated)\n\n" + block + "\n"
     DOCS.write_text(doc)
 
 
@@ -256,7 +260,7 @@ def main() -> int:
     text = render(results, command.strip(), args.rows)
     print(text)
     if args.write_docs:
-        write_docs(text)
+        write_docs(text, args.rows)
     return 0
 
 

@@ -350,7 +350,9 @@ def test_duckdb_reader_judges_event_time_as_pyarrow_does(tmp_path_factory, kind,
                 f"GROUP BY k WINDOW TUMBLING(ts, {size}) EMIT FINAL WITH ('src.type' = 'file_source', "
                 f"'src.path' = '{folder}/*.parquet', 'src.batch_size' = 100, 'o.type' = 'python', "
                 f"processor = 'v2:1', partitioning_strategy = 'sticky', parquet_reader = '{reader}', "
-                "'watermark.max_out_of_orderness' = '5s', max_batch_size = 100)"
+                # Reads of 100 rows both ways: pyarrow's source batches, DuckDB's runs of two row
+                # groups (runs hold 4 x max_batch_size rows).
+                "'watermark.max_out_of_orderness' = '5s', max_batch_size = 25)"
             )
             job.wait(60)
             readers = {p["reader"] for p in job.metrics()["partitions"]}

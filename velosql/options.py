@@ -265,7 +265,8 @@ OPTIONS: tuple[Option, ...] = (
         "duckdb",
         "How V2 workers that read their own Parquet pieces (sticky direct read) read them: "
         "`duckdb` runs the partition-local SQL straight on DuckDB's Parquet reader, one run of "
-        "row groups per micro-batch, when every file holds the source's columns with the "
+        "whole row groups (about 4 × `max_batch_size` rows: its scan costs more to start) per "
+        "read, when every file holds the source's columns with the "
         "source's types and the event time (if any) is a timestamp or date column (else pyarrow "
         "reads them); `pyarrow` always decodes to Arrow first.",
         ("duckdb", "pyarrow"),

@@ -6,7 +6,8 @@ partitions, adds what V1 adds in the job (``__seq``, ``__et``, ``__wm``), runs t
 statement (the partial aggregate, or the projection) on them and replies with its result, the
 late rows, the bad records and, per partition, the largest event time read and whether it ended.
 The job merges the replies and keeps the job watermark: every row of one read sees the watermark
-the request carried, which can only make fewer rows late than V1, never more.
+the request carried, so a row late only against rows of its own read is kept, and which rows are
+late depends on how the workers' reads interleave (see the guide's watermark section).
 
 These functions run in the worker process (:class:`~velosql.runtime.workers.Call`).
 """
