@@ -172,7 +172,8 @@ def int_scalar(value: int, type: pa.DataType | None = None) -> pa.Scalar:
     :func:`text_scalar`: a Python int handed to ``pa.scalar`` or to a compute function is a
     conversion too."""
     type = type or pa.int64()
-    data = pa.py_buffer(value.to_bytes(type.bit_width // 8, "little", signed=True))
+    signed = pa.types.is_signed_integer(type)
+    data = pa.py_buffer(value.to_bytes(type.bit_width // 8, "little", signed=signed))
     return pa.Array.from_buffers(type, 1, [None, data])[0]
 
 

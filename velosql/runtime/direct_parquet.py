@@ -48,10 +48,10 @@ def views(
     watermark of the read goes between them), its row count, the unit it ends (or None), its unit
     and where it is (for errors). ``schema``: the source's columns as the job sees them;
     ``event_time``: the expression of :func:`event_time_sql`, None for a plan without event time."""
-    from ..connectors.base import OFFSET_COL, PARTITION_COL, SYSTEM_COLUMNS
+    from ..connectors.base import OFFSET_COL, PARTITION_COL, SYSTEM_COLUMNS, empty_table
     from ..connectors.duckdb_table import quote
 
-    con.register("__types", schema.empty_table())
+    con.register("__types", empty_table(schema))
     try:
         types = {row[0]: row[1] for row in con.sql("DESCRIBE SELECT * FROM __types").fetchall()}
     finally:

@@ -40,6 +40,8 @@ from zlib import crc32
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..connectors.base import int_scalar
+
 __all__ = [
     "NULL_HASH",
     "column_hashes",
@@ -53,14 +55,14 @@ NULL_HASH = 0x9E3779B97F4A7C15
 """The hash of NULL in every column type (the 64-bit golden ratio: any fixed constant would do)."""
 
 _U64 = pa.uint64()
-_MULTIPLIER = pa.scalar(1000003, _U64)
-_FMIX_1 = pa.scalar(0xFF51AFD7ED558CCD, _U64)
-_FMIX_2 = pa.scalar(0xC4CEB9FE1A85EC53, _U64)
-_SHIFT = pa.scalar(33, _U64)
+_MULTIPLIER = int_scalar(1000003, _U64)
+_FMIX_1 = int_scalar(0xFF51AFD7ED558CCD, _U64)
+_FMIX_2 = int_scalar(0xC4CEB9FE1A85EC53, _U64)
+_SHIFT = int_scalar(33, _U64)
 # Arbitrary but fixed for good (SHA-512's and SHA-384's initial values): changing one would move every
 # key of its kind to another worker, away from the state restored for it.
 _SEEDS = {
-    kind: pa.scalar(seed, _U64)
+    kind: int_scalar(seed, _U64)
     for kind, seed in {
         "integer": 0x6A09E667F3BCC908,
         "float": 0xBB67AE8584CAA73B,
@@ -101,7 +103,7 @@ def stable_partition_ids(table: pa.Table, keys: list[str], n: int) -> pa.Array:
     h = column_hashes(table.column(keys[0]))
     for name in keys[1:]:
         h = pc.bit_wise_xor(pc.multiply(h, _MULTIPLIER), column_hashes(table.column(name)))
-    return pc.modulo(h, pa.scalar(n, _U64)).cast(pa.int32())
+    return pc.modulo(h, int_scalar(n, _U64)).cast(pa.int32())
 
 
 def column_hashes(column: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -124,7 +126,7 @@ def column_hashes(column: pa.Array | pa.ChunkedArray) -> pa.Array:
         encoded = pc.dictionary_encode(column)
         return _spread(_text_hashes(encoded.dictionary), encoded.indices)
     if pa.types.is_null(t):
-        return pa.repeat(pa.scalar(NULL_HASH, _U64), len(column))
+        return pa.repeat(int_scalar(NULL_HASH, _U64), len(column))
     raise TypeError(
         f"cannot route by a key of type {t}: stable hashes exist for strings, binaries, numbers, "
         "booleans, decimals, dates, times, timestamps, durations and dictionaries of those"
@@ -149,7 +151,7 @@ def split(table: pa.Table, ids: pa.Array, n: int) -> list[pa.Table]:
     if isinstance(ids, pa.ChunkedArray):
         ids = ids.combine_chunks()
     if n < _FILTER_BELOW:
-        return [table.filter(pc.equal(ids, pa.scalar(p, ids.type))) for p in range(n)]
+        return [table.filter(pc.equal(ids, int_scalar(p, ids.type))) for p in range(n)]
     order = pc.sort_indices(ids)  # stable: rows of one partition keep their arrival order
     runs = pc.run_end_encode(ids.take(order))  # one run per non-empty partition, in partition order
     ends = [0] * (n + 1)
@@ -175,7 +177,7 @@ def sticky_partition_ids(table: pa.Table, partition_column: str, n: int) -> pa.A
     """
     _check_n(n)
     column = table.column(partition_column).combine_chunks().cast(pa.int64())
-    ids = pc.modulo(column, pa.scalar(n, pa.int64()))  # floored: a negative partition still lands in 0..n-1
+    ids = pc.modulo(column, int_scalar(n))  # floored: a negative partition still lands in 0..n-1
     return pc.fill_null(ids, 0).cast(pa.int32())
 
 
@@ -239,7 +241,7 @@ def _canonical_bits(values: pa.Array, kind: str) -> pa.Array:
     raw = values.view(pa.int32() if t.bit_width == 32 else pa.int64()).cast(pa.int64())
     if _NANOS[t.unit] != 1:
         # Non-checked, so it wraps (harmlessly, for hashing) only beyond the year 2262.
-        raw = pc.multiply(raw, pa.scalar(_NANOS[t.unit], pa.int64()))
+        raw = pc.multiply(raw, int_scalar(_NANOS[t.unit]))
     return raw.view(_U64)
 
 
@@ -275,7 +277,7 @@ def _text_hashes(values: pa.Array) -> pa.Array:
     bits = pa.Array.from_buffers(pa.uint32(), len(crcs), [None, pa.py_buffer(crcs)]).cast(_U64)
     h = _mix(bits, kind)
     if values.null_count:  # only a dictionary column's own dictionary may hold a NULL
-        h = pc.if_else(values.is_null(), pa.scalar(NULL_HASH, _U64), h)
+        h = pc.if_else(values.is_null(), int_scalar(NULL_HASH, _U64), h)
     return h
 
 

@@ -41,7 +41,7 @@ import types
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..connectors.base import PARTITION_COL, empty_table
+from ..connectors.base import PARTITION_COL, empty_table, int_scalar
 from ..plan import windows as W
 from . import direct_parquet, routing
 from .direct import SEQ_PARTITION_SHIFT
@@ -670,7 +670,7 @@ def _counts(ids: pa.Array, n: int) -> dict[int, int]:
     workers of a machine cheaper than ``value_counts``' hash table)."""
     out = {}
     for worker in range(n):
-        rows = pc.sum(pc.equal(ids, pa.scalar(worker, ids.type))).as_py() or 0
+        rows = pc.sum(pc.equal(ids, int_scalar(worker, ids.type))).as_py() or 0
         if rows:
             out[worker] = rows
     return out
