@@ -3,13 +3,15 @@
 Decoding a micro-batch with pyarrow and then scanning that Arrow in DuckDB cost a worker about
 twice what DuckDB's Parquet reader feeding the partition-local statement directly costs
 (2.5M trades rows on one thread: filter 0.117 s against 0.059 s). So where a worker reads its
-own Parquet pieces (see direct.py) for a plan without event time, each micro-batch is one run of
-whole row groups (``FileSource.parquet_runs``) and ``__in`` is a view over ``read_parquet`` of the
-run's row numbers with what the pyarrow path adds: the source's columns cast to the types DuckDB
-gives them in an Arrow batch (a Parquet timestamp in milliseconds is a TIMESTAMP to the reader but
-a TIMESTAMP_MS from Arrow), ``_partition``, the row number in the file as ``_offset``, and
-``__seq``. Plans with event time read with pyarrow: the watermark, late rows and NULL event times
-are judged per row in Arrow there.
+own Parquet pieces (see direct.py), each read is one run of whole row groups
+(``FileSource.parquet_runs``) and ``__in`` is a view over ``read_parquet`` of the run's row
+numbers with what the pyarrow path adds: the source's columns cast to the types DuckDB gives them
+in an Arrow batch (a Parquet timestamp in milliseconds is a TIMESTAMP to the reader but a
+TIMESTAMP_MS from Arrow), ``_partition``, the row number in the file as ``_offset`` and ``__seq``;
+with event time also ``__et`` and the read's watermark ``__wm``, rows whose event time is NULL
+going to the dead letters and late rows to the job, as ``direct.read`` does. Event time is
+computed in SQL only where it is exactly pyarrow's (:func:`event_time_sql`); other event-time
+columns are read by pyarrow.
 
 The job builds each run's view (:func:`views`); the worker's side (:func:`open_runs`,
 :func:`read_run`) imports nothing beyond what a worker has loaded at start: a job's first

@@ -605,19 +605,19 @@ class V2Executor(V1Executor):
             super()._merge_partials(table)
 
     def _finish(self) -> None:
-        if self.pool is not None and not self.direct:
+        routed = self.pool is not None and not self.direct
+        if routed:
             self._drain()
         self._flush_partials()
-        if self.pool is not None and not self.direct:
-            if self.route.mode == "keyed":
-                wm = self.tracker.finish()
-                self.metrics.watermark = wm
-                self.min_open_end = NEG_INF
-                self._after_watermark(wm)
-                self._drain()
-                for sink in self.sinks:
-                    sink.flush()
-                return
+        if routed and self.route.mode == "keyed":
+            wm = self.tracker.finish()
+            self.metrics.watermark = wm
+            self.min_open_end = NEG_INF
+            self._after_watermark(wm)
+            self._drain()
+            for sink in self.sinks:
+                sink.flush()
+            return
         super()._finish()
 
     def close(self) -> None:
@@ -680,10 +680,14 @@ def _referenced(statements: str | tuple[str, ...]) -> frozenset[str] | None:
     """The lower-cased names of the columns ``statements`` read, or None when that cannot be
     told (a ``*`` other than ``count(*)``'s, ``COLUMNS(…)``): then every column is sent."""
     from sqlglot import exp
+    from sqlglot.errors import SqlglotError
 
     names: set[str] = set()
     for sql in (statements,) if isinstance(statements, str) else statements:
-        tree = exp.maybe_parse(sql, dialect="duckdb")
+        try:
+            tree = exp.maybe_parse(sql, dialect="duckdb")
+        except SqlglotError:  # SQL sqlglot cannot read is sent whole: DuckDB runs it as it is
+            return None
         for node in tree.walk():
             if isinstance(node, exp.Star) and not isinstance(node.parent, exp.Count):
                 return None
