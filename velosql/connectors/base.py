@@ -177,6 +177,20 @@ def int_scalar(value: int, type: pa.DataType | None = None) -> pa.Scalar:
     return pa.Array.from_buffers(type, 1, [None, data])[0]
 
 
+def int_array(values: list[int], type: pa.DataType | None = None) -> pa.Array:
+    """A short integer array (int64 unless ``type`` says) built from buffers (see
+    :func:`int_scalar`)."""
+    type = type or pa.int64()
+    width, signed = type.bit_width // 8, pa.types.is_signed_integer(type)
+    data = pa.py_buffer(b"".join(v.to_bytes(width, "little", signed=signed) for v in values))
+    return pa.Array.from_buffers(type, len(values), [None, data])
+
+
+def null_scalar(type: pa.DataType) -> pa.Scalar:
+    """A NULL of ``type``, without converting Python's None (see :func:`int_scalar`)."""
+    return pa.nulls(1, type)[0]
+
+
 def empty_table(schema: pa.Schema) -> pa.Table:
     """A table of no rows. ``schema.empty_table()`` and ``pa.array([])`` convert Python values,
     and pyarrow's first conversion imports pandas (when installed): ~0.18 s of a short job."""

@@ -178,7 +178,7 @@ def sticky_partition_ids(table: pa.Table, partition_column: str, n: int) -> pa.A
     _check_n(n)
     column = table.column(partition_column).combine_chunks().cast(pa.int64())
     ids = pc.modulo(column, int_scalar(n))  # floored: a negative partition still lands in 0..n-1
-    return pc.fill_null(ids, 0).cast(pa.int32())
+    return pc.fill_null(ids, int_scalar(0, ids.type)).cast(pa.int32())
 
 
 def _check_n(n: int) -> None:

@@ -16,8 +16,12 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..connectors.base import _arange
+from ..connectors.base import _arange, int_array, int_scalar, null_scalar
 from ..plan.aggregates import SEQ
+
+# Built from buffers: a Python int handed to a compute function is converted, and pyarrow's
+# first conversion imports pandas when it is installed.
+ZERO, ONE = int_scalar(0), int_scalar(1)
 
 INTEGER_TYPES = (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32())
 
@@ -66,18 +70,18 @@ def running_partials(rows: pa.Table, aggregates) -> Running:
     order = pc.sort_indices(codes)  # stable: rows of one key stay in arrival order
     sorted_codes = codes.take(order)
     starts = pc.not_equal(
-        sorted_codes, pa.concat_arrays([pa.array([-1], codes.type), sorted_codes.slice(0, n - 1)])
+        sorted_codes, pa.concat_arrays([int_array([-1], codes.type), sorted_codes.slice(0, n - 1)])
     )
     position = _arange(n)
-    first = pc.fill_null_forward(pc.if_else(starts, position, pa.scalar(None, pa.int64())))
-    count_star = pc.add(pc.subtract(position, first), 1)
+    first = pc.fill_null_forward(pc.if_else(starts, position, null_scalar(pa.int64())))
+    count_star = pc.add(pc.subtract(position, first), ONE)
     start_at = pc.indices_nonzero(starts).cast(pa.int64())
-    last = pa.concat_arrays([pc.subtract(start_at.slice(1), 1), pa.array([n - 1], pa.int64())])
+    last = pa.concat_arrays([pc.subtract(start_at.slice(1), ONE), int_array([n - 1])])
 
     def running_sum(values: pa.Array) -> pa.Array:
         total = pc.cumulative_sum_checked(values)
         before_key = pc.fill_null_forward(
-            pc.if_else(starts, pc.subtract(total, values), pa.scalar(None, pa.int64()))
+            pc.if_else(starts, pc.subtract(total, values), null_scalar(pa.int64()))
         )
         return pc.subtract(total, before_key)
 
@@ -91,9 +95,9 @@ def running_partials(rows: pa.Table, aggregates) -> Running:
         if a.running == "count":
             columns[a.parts[0]] = seen
             continue
-        total = running_sum(pc.fill_null(x, 0))
+        total = running_sum(pc.fill_null(x, ZERO))
         # SUM of no non-null value is NULL, as in SQL.
-        total = pc.if_else(pc.equal(seen, 0), pa.scalar(None, pa.int64()), total)
+        total = pc.if_else(pc.equal(seen, ZERO), null_scalar(pa.int64()), total)
         columns[a.parts[0]] = total
         if a.running == "avg":
             columns[a.parts[1]] = seen
@@ -132,7 +136,7 @@ def change_rows(run: Running, aggregates, items, state_of) -> Changes | None:
             for p in a.parts:
                 b = t.column(p).combine_chunks()
                 if p in count_parts:
-                    merged[p] = pc.add_checked(pc.fill_null(old[p], 0), b)
+                    merged[p] = pc.add_checked(pc.fill_null(old[p], ZERO), b)
                 else:
                     merged[p] = pc.coalesce(pc.add_checked(old[p], b), old[p], b)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -141,7 +145,7 @@ def change_rows(run: Running, aggregates, items, state_of) -> Changes | None:
     for a in aggregates:
         if a.running == "avg":
             s, c = merged[a.parts[0]], merged[a.parts[1]]
-            nonzero = pc.if_else(pc.greater(c, 0), c, pa.scalar(None, pa.int64()))
+            nonzero = pc.if_else(pc.greater(c, ZERO), c, null_scalar(pa.int64()))
             finals.append(pc.divide(s.cast(pa.float64()), nonzero.cast(pa.float64())))
         else:
             finals.append(merged[a.parts[0]])
@@ -176,7 +180,7 @@ class Totals:
         want = keys.column("__k0").combine_chunks()
         if self.table is None:
             self._rest = None
-            empty = pa.array([], pa.int64())
+            empty = pa.nulls(0, pa.int64())
             return pa.table({"__k0": want.slice(0, 0), **{p: empty for p in self.parts}})
         mine = pc.is_in(self.table.column("__k0"), value_set=want, skip_nulls=False)
         self._rest = self.table.filter(pc.invert(mine))

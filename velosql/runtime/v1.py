@@ -21,7 +21,14 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..connectors.base import PARTITION_COL, PartitionEnd, SourceContext, _arange, empty_table
+from ..connectors.base import (
+    PARTITION_COL,
+    PartitionEnd,
+    SourceContext,
+    _arange,
+    empty_table,
+    int_scalar,
+)
 from ..errors import DataError, JobError, SqlError
 from ..plan import windows as W
 from . import pushdown, running
@@ -173,13 +180,13 @@ class V1Executor:
         if n == 0 and not self.plan.windowed:
             # Binding: no Python value reaches pyarrow (its first conversion imports pandas).
             return table.append_column("__seq", pa.nulls(0, pa.int64()))
-        table = table.append_column("__seq", pc.add(_arange(n), pa.scalar(self.seq, pa.int64())))
+        table = table.append_column("__seq", pc.add(_arange(n), int_scalar(self.seq)))
         self.seq += n
         if not self.plan.windowed:
             return table
         col = self.plan.time.column
         if col is None:
-            et = pa.repeat(pa.scalar(time.time_ns() // 1000, pa.int64()), n)
+            et = pa.repeat(int_scalar(time.time_ns() // 1000), n)
         else:
             if col not in table.column_names:
                 match = [c for c in table.column_names if c.lower() == col.lower()]
@@ -202,7 +209,7 @@ class V1Executor:
         # No row can be late: every row may as well have seen no watermark at all.
         self.on_time = wm is None
         if wm is None:
-            wm = pa.repeat(pa.scalar(NEG_INF, pa.int64()), table.num_rows)
+            wm = pa.repeat(int_scalar(NEG_INF), table.num_rows)
         return table.append_column("__et", et).append_column("__wm", wm)
 
     def _reject_null_time(self, table: pa.Table, et: pa.Array, col: str):

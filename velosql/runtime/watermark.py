@@ -13,7 +13,7 @@ import time
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..connectors.base import OFFSET_COL, PARTITION_COL, int_scalar
+from ..connectors.base import OFFSET_COL, PARTITION_COL, int_array, int_scalar
 from ..errors import DataError
 
 NEG_INF = -(2**63)
@@ -64,7 +64,7 @@ def _reversed_range(n: int) -> pa.Array:
     """``[n-1, n-2, … 0]`` (int64); the last one is kept, batches tend to have the same size."""
     rev = _REVERSED[0]
     if len(rev) != n:
-        rev = pc.cumulative_sum(pa.repeat(pa.scalar(-1, pa.int64()), n), start=pa.scalar(n, pa.int64()))
+        rev = pc.cumulative_sum(pa.repeat(int_scalar(-1), n), start=int_scalar(n))
         _REVERSED[0] = rev
     return rev
 
@@ -103,7 +103,7 @@ class WatermarkTracker:
         bounds = pc.min_max(partition)
         lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
         if n == 0:
-            return pa.array([], pa.int64())
+            return pa.nulls(0, pa.int64())
         seen = None
         if lo != hi and self._sortable(et, partition):
             seen = self._observe_sorted(et, partition, now, active)
@@ -149,8 +149,7 @@ class WatermarkTracker:
                 return pa.concat_arrays([head, self.observe(rest_et, rest_part)])
             rest = self.observe_unless_on_time(rest_et, rest_part, could_be_late)
             return None if rest is None else pa.concat_arrays([head, rest])
-        i64 = pa.int64()
-        top = pa.scalar(max(prior.values()), i64)
+        top = int_scalar(max(prior.values()))
         # Row i can only be late when it is behind its bound (its windows end after it). With
         # the running maximum including the row itself (which cannot put the row behind), that
         # is: the batch reaches below the job watermark, or some row trails the running maximum
@@ -158,9 +157,9 @@ class WatermarkTracker:
         running = pc.cumulative_max(et, start=top)
         behind = pc.max(pc.subtract(running, et)).as_py()
         if behind > self.lateness or pc.min(et).as_py() < self.watermark:
-            before = pa.concat_arrays([pa.array([top.as_py()], i64), running.slice(0, n - 1)])
+            before = pa.concat_arrays([pa.repeat(top, 1), running.slice(0, n - 1)])
             bound = pc.max_element_wise(
-                pc.subtract(before, pa.scalar(self.lateness, i64)), pa.scalar(self.watermark, i64)
+                pc.subtract(before, int_scalar(self.lateness)), int_scalar(self.watermark)
             )
             if could_be_late(et, bound):
                 return self.observe(et, partition)
@@ -212,13 +211,13 @@ class WatermarkTracker:
             running.append(run)
         others = [m for p, m in active.items() if p not in present]
         if others:
-            running.append(pa.repeat(pa.scalar(min(others), pa.int64()), n))
+            running.append(pa.repeat(int_scalar(min(others)), n))
         low = running[0] if len(running) == 1 else pc.min_element_wise(*running)
         if new_partition and len(running) > 1:
             # A partition seen for the first time can lower the minimum (even below L(-1), the
             # minimum before the batch); the watermark never goes back.
-            low = pc.cumulative_max(low, start=pa.scalar(min(before) if before else NEG_INF, pa.int64()))
-        first = pa.array([min(before) if before else POS_INF], pa.int64())
+            low = pc.cumulative_max(low, start=int_scalar(min(before) if before else NEG_INF))
+        first = int_array([min(before) if before else POS_INF])
         shifted = pa.concat_arrays([first, low.slice(0, n - 1)])
         # +inf means no partition had delivered anything yet: the watermark stays where it was.
         shifted = pc.if_else(pc.equal(shifted, POS_INF), self.watermark, pc.subtract(shifted, self.lateness))
@@ -266,19 +265,17 @@ class WatermarkTracker:
         final: dict[int, int] = {}
         pieces = []
         for q, a, b in zip(qs, starts, ends):
-            cm = pc.cumulative_max(v.slice(a, b - a), start=pa.scalar(prior[q], i64))
+            cm = pc.cumulative_max(v.slice(a, b - a), start=int_scalar(prior[q]))
             final[q] = cm[b - a - 1].as_py()
-            pieces += [pa.array([prior[q]], i64), cm.slice(0, b - a - 1)]
+            pieces += [int_array([prior[q]]), cm.slice(0, b - a - 1)]
         # The masked formulation reads +inf as "no watermark": leave such batches to it.
         if max(final.values()) >= POS_INF:
             return None
         # S in reverse row order: position n - 1 - s holds S(s).
         s_rev = pc.scatter(pa.concat_arrays(pieces), pc.subtract(n - 1, idx))
         last_low = min([*final.values(), other_min])
-        low = pc.take(pc.cumulative_min(s_rev, start=pa.scalar(last_low, i64)), _reversed_range(n))
-        seen = pc.max_element_wise(
-            pc.subtract(low, pa.scalar(self.lateness, i64)), pa.scalar(self.watermark, i64)
-        )
+        low = pc.take(pc.cumulative_min(s_rev, start=int_scalar(last_low)), _reversed_range(n))
+        seen = pc.max_element_wise(pc.subtract(low, int_scalar(self.lateness)), int_scalar(self.watermark))
         for q in sorted(qs, key=first.__getitem__):
             self.max_by_partition[q] = final[q]
             self.last_seen[q] = now
