@@ -337,6 +337,12 @@ def test_duckdb_reader_judges_event_time_as_pyarrow_does(tmp_path_factory, kind,
             {
                 "k": [f"k{i % 3}" for i in range(len(times))],
                 "v": pa.array([f * 1000 + i for i in range(len(times))], pa.int64()),
+                # Nested: two Parquet leaf columns, so ts is not the file's third column chunk
+                # (and the one at ts's place holds timestamps too, ten days off).
+                "pair": pa.array(
+                    [{"a": i, "b": START + dt.timedelta(days=10, seconds=i)} for i in range(len(times))],
+                    pa.struct([("a", pa.int64()), ("b", pa.timestamp("ms"))]),
+                ),
                 "ts": pa.array(times, typ),
             }
         )

@@ -313,16 +313,19 @@ class FileSource(Source):
                 if i < 0 or have.field(i).type != field.type:
                     return None
             meta = pf.metadata
-            column = None if time is None else have.get_field_index(time)
+            # The time column's chunk: nested columns before it have a chunk per leaf, so its
+            # place among the row group's chunks is found by path, not by its Arrow index.
+            leaves = [meta.schema.column(c).path for c in range(meta.num_columns)]
+            column = leaves.index(time) if time in leaves else None
             first, end = row_groups or (0, meta.num_row_groups)
             row = sum(meta.row_group(g).num_rows for g in range(first))
             start, stats = row, []
             for g in range(first, end):
                 row += meta.row_group(g).num_rows
-                if column is not None:
-                    stats.append(_event_time_stats(meta.row_group(g), column))
+                if time is not None:
+                    stats.append(None if column is None else _event_time_stats(meta.row_group(g), column))
                 if row - start >= rows or g == end - 1:
-                    et = None if column is None else _combined(stats)
+                    et = None if time is None else _combined(stats)
                     out.append(ParquetRun(unit, path, partition, start, row, g == end - 1, et))
                     start, stats = row, []
             if first == end:  # no row group: the piece still ends
