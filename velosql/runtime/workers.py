@@ -468,8 +468,10 @@ class WorkerPool:
             if worker.conn not in ready and not worker.conn.poll():
                 raise self._lost(worker)
             try:
-                ok, kind, busy, has_table, value = pickle.loads(worker.conn.recv_bytes())
-                payload = _recv_bytes(worker.conn) if has_table is True else None
+                # table_at: where the reply's table is: False (none), True (next in the pipe), or
+                # the path of the file the worker wrote it to.
+                ok, kind, busy, table_at, value = pickle.loads(worker.conn.recv_bytes())
+                payload = _recv_bytes(worker.conn) if table_at is True else None
             except (EOFError, OSError):
                 raise self._lost(worker) from None
             except BaseException:
@@ -488,13 +490,13 @@ class WorkerPool:
         if not ok:
             raise JobError(f"Partition {index} failed running {request}: {value}")
         table = None if payload is None else pa.ipc.open_stream(payload).read_all()
-        if isinstance(has_table, str):
+        if isinstance(table_at, str):
             # A large result, written by the worker into a file in memory: mapping it costs no
             # copy, where the pipe cost two and a write per 64 KiB (a filter's output, ~90 MB a
             # worker at 20M rows). The mapping outlives the file's name.
-            with pa.memory_map(has_table) as source:
+            with pa.memory_map(table_at) as source:
                 table = pa.ipc.open_stream(source).read_all()
-            os.unlink(has_table)
+            os.unlink(table_at)
         if table is not None:
             worker.metrics.rows_received += table.num_rows
         return Reply(index, kind, table, value, busy)
@@ -710,14 +712,14 @@ def _serve(
         started = time.perf_counter()
         try:
             value, table = _handle(con, kind, data, payload, state)
-            reply, has_table = None, table is not None
-            if has_table and files is not None and table.num_rows >= FILE_MIN_ROWS:
+            reply, table_at = None, table is not None  # where the table goes: see WorkerPool._read
+            if table is not None and files is not None and table.num_rows >= FILE_MIN_ROWS:
                 replies += 1
-                has_table = os.path.join(files, f"reply-{os.getpid()}-{replies}.arrow")
-                _write_ipc_file(has_table, table)
-            elif has_table:
+                table_at = os.path.join(files, f"reply-{os.getpid()}-{replies}.arrow")
+                _write_ipc_file(table_at, table)
+            elif table is not None:
                 reply = ipc_buffer(table)
-            header = (True, kind, time.perf_counter() - started, has_table, value)
+            header = (True, kind, time.perf_counter() - started, table_at, value)
         except Exception as exc:
             reply = None
             header = (False, kind, time.perf_counter() - started, False, f"{type(exc).__name__}: {exc}")
