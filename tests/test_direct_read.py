@@ -374,3 +374,72 @@ def test_duckdb_reader_judges_event_time_as_pyarrow_does(tmp_path_factory, kind,
             engine.close()
     assert got["duckdb"] == got["pyarrow"]
     assert len(got["duckdb"][2]) == nulls
+
+
+def _declared_job(tmp_path, group_by: str, key: str, strategy: str | None = None, split: str = "k"):
+    """A V2:2 job over 4 Parquet files split by ``split % 4`` (by default each value of ``k`` in one file)
+    declaring ``'src.partition_key' = key``: its rows, metrics and EXPLAIN ANALYZE text."""
+    table = pa.table({"k": pa.array([i % 8 for i in range(4000)], pa.int64()), "v": pa.array(range(4000))})
+    for f in range(4):
+        pq.write_table(
+            table.filter(pa.compute.equal(pa.compute.bit_wise_and(table[split], 3), f)),
+            tmp_path / f"p{f}.parquet",
+        )
+    opts = [
+        "'src.type' = 'file_source'",
+        f"'src.path' = '{tmp_path}'",
+        f"'src.partition_key' = '{key}'",
+        "'o.type' = 'python'",
+        "processor = 'v2:2'",
+        "scan_pushdown = false",
+    ]
+    if strategy:
+        opts.append(f"partitioning_strategy = '{strategy}'")
+    sql = f"CREATE STREAM o AS SELECT {group_by} AS g, count(*) AS n, sum(v) AS s FROM src GROUP BY {group_by} EMIT FINAL WITH ({', '.join(opts)})"
+    engine = velosql.connect()
+    try:
+        job = engine.execute(sql)
+        job.wait(60)
+        rows = sorted(tuple(r.values()) for r in engine.pull("o").to_pylist())
+        return rows, job.metrics(), engine.execute(f"EXPLAIN ANALYZE {sql}"), table
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("strategy", [None, "smart"])
+def test_a_source_partitioned_by_the_group_key_is_read_by_the_workers(tmp_path, strategy):
+    rows, metrics, text, data = _declared_job(tmp_path, "k", "K", strategy)
+    assert "sticky, as the source is partitioned by K (partition_key)" in text
+    assert {p["reader"] for p in metrics["partitions"]} == {"duckdb"}  # no router: direct reads
+    want = duckdb.sql("SELECT k, count(*), sum(v) FROM data GROUP BY k").fetchall()
+    assert rows == sorted(want)
+
+
+def test_a_partition_key_outside_the_group_key_keeps_hash_routing(tmp_path):
+    rows, metrics, text, data = _declared_job(tmp_path, "v % 5", "k")
+    assert "hash of the GROUP BY key" in text
+    assert {p["reader"] for p in metrics["partitions"]} == {None}  # routed by the job
+    want = duckdb.sql("SELECT v % 5, count(*), sum(v) FROM data GROUP BY 1").fetchall()
+    assert rows == sorted(want)
+
+
+def test_a_wrong_partition_key_costs_speed_not_results(tmp_path):
+    """Every file holds every ``k``, though the source says it is partitioned by ``k``: workers
+    still compute partial aggregates, which the job merges, so each group comes out whole."""
+    rows, metrics, text, data = _declared_job(tmp_path, "k", "k", split="v")
+    assert "sticky, as the source is partitioned by k (partition_key)" in text
+    want = duckdb.sql("SELECT k, count(*), sum(v) FROM data GROUP BY k").fetchall()
+    assert rows == sorted(want)
+
+
+def test_a_partition_key_names_a_column_of_the_source(tmp_path):
+    pq.write_table(pa.table({"k": [1]}), tmp_path / "p.parquet")
+    engine = velosql.connect()
+    try:
+        with pytest.raises(velosql.OptionError, match=r"'src.partition_key': 'nope' is not a column"):
+            engine.execute(
+                "CREATE STREAM o AS SELECT k, count(*) FROM src GROUP BY k WITH ('src.type' = "
+                f"'file_source', 'src.path' = '{tmp_path}', 'src.partition_key' = 'k, nope', 'o.type' = 'python')"
+            ).wait(60)
+    finally:
+        engine.close()

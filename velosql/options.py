@@ -108,6 +108,15 @@ OPTIONS: tuple[Option, ...] = (
     ),
     _src("batch_size", "int", 65536, "Rows per batch read from the source."),
     _src(
+        "partition_key",
+        "str",
+        None,
+        "Columns (comma-separated) the source is partitioned by: no value of them is in two "
+        "files. With a GROUP BY holding them, `smart` and an unset `partitioning_strategy` let "
+        "each V2 worker read its own files (sticky) instead of hashing every row. Only speed "
+        "depends on it: workers still merge partial aggregates.",
+    ),
+    _src(
         "watch",
         "bool",
         False,

@@ -233,6 +233,7 @@ class FileSource(Source):
                     f"{self._format} reader cannot produce it; read it as VARCHAR and cast it in the query"
                 )
             self._decoder.fix(user)
+        self._check_partition_key(user)
         self._user = user
         if self._decoder is not None:
             decoded = self._decoder.decoded_schema(user)
@@ -243,6 +244,16 @@ class FileSource(Source):
         self._batches = _Batches(self._batch_size)
         self._remaining = self._max_records
         self._exhausted = self._max_records == 0
+
+    def _check_partition_key(self, user: pa.Schema) -> None:
+        """Every column the ``partition_key`` option names is one of the source's."""
+        names = {n.lower() for n in user.names}
+        for column in str(option(self._options, "source", "partition_key") or "").split(","):
+            if column.strip() and column.strip().lower() not in names:
+                raise OptionError(
+                    f"invalid value for '{self.name}.partition_key': {column.strip()!r} is not a "
+                    f"column of the source (columns: {', '.join(user.names)})"
+                )
 
     # ---- partitions read by other processes (V2 direct read) -----------------------------------
 

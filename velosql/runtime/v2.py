@@ -133,10 +133,11 @@ def choose(plan, n: int, direct_partitions: int = 0) -> Routing:
         if requested not in (None, "hash", "smart"):
             text += f" ({what} need every row of a group in one partition, so not {requested})"
         return Routing(mode, "hash", text)
+    aligned = mode == "partials" and requested in (None, "smart") and _aligned(plan)
     if requested in (None, "smart"):
-        # The source's partitioning key is not known to match the GROUP BY key: hash on it, or read
-        # partitions directly when nothing is grouped.
-        strategy = "hash" if mode == "partials" and sql.route_keys else "sticky"
+        # Hash on the GROUP BY key unless the source declares that its partitions hold whole
+        # groups; read partitions directly when nothing is grouped.
+        strategy = "hash" if mode == "partials" and sql.route_keys and not aligned else "sticky"
     else:
         strategy = requested
     if strategy == "hash" and not sql.route_keys:
@@ -156,11 +157,35 @@ def choose(plan, n: int, direct_partitions: int = 0) -> Routing:
             "round_robin": "whole micro-batches round-robin over the workers",
             "fan_in": "every micro-batch to partition 0",
         }[strategy]
+    if aligned:
+        how = (
+            f"sticky, as the source is partitioned by {', '.join(declared_key(plan))} "
+            f"(partition_key), within the GROUP BY key: {how}"
+        )
     if mode == "partials":
         how += "; workers compute partial aggregates, merged by the job (two-phase)"
     else:
         how += "; output in arrival order per source partition"
     return Routing(mode, strategy, how)
+
+
+def declared_key(plan) -> tuple[str, ...]:
+    """The columns the source says it is partitioned by (its ``partition_key`` option)."""
+    text = plan.source.options.get("partition_key") or ""
+    return tuple(c.strip() for c in str(text).split(",") if c.strip())
+
+
+def _aligned(plan) -> bool:
+    """Whether every group lies in one source partition: the declared partition key columns are
+    all bare columns of the GROUP BY key."""
+    declared = {c.lower() for c in declared_key(plan)}
+    if not declared or not plan.sql.route_keys:
+        return False
+    from sqlglot import exp
+
+    select = exp.maybe_parse(plan.sql.route_keys, dialect="duckdb")
+    bare = {node.name.lower() for node in select.expressions if isinstance(node, exp.Column)}
+    return declared <= bare
 
 
 def _orderable(sql: str) -> bool:
