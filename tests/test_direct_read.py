@@ -151,7 +151,7 @@ def test_one_parquet_file_is_read_by_every_worker(tmp_path):
         ]
         assert [p["records_in"] for p in job.metrics()["partitions"]] == [5000, 5000]
         text = engine.execute(f"EXPLAIN ANALYZE {sql}")
-        assert "each worker reads its own pieces of the source (2 files or runs" in text
+        assert "each worker reads its own pieces of the source (2 files, runs" in text
     finally:
         engine.close()
 
@@ -441,5 +441,107 @@ def test_a_partition_key_names_a_column_of_the_source(tmp_path):
                 "CREATE STREAM o AS SELECT k, count(*) FROM src GROUP BY k WITH ('src.type' = "
                 f"'file_source', 'src.path' = '{tmp_path}', 'src.partition_key' = 'k, nope', 'o.type' = 'python')"
             ).wait(60)
+    finally:
+        engine.close()
+
+
+@st.composite
+def text_lines(draw) -> tuple[list[str | None], list[int]]:
+    """100-400 records in roughly event-time order, some a day behind (late for a 5 s lateness);
+    each is a good line (``None`` marks a NULL event time) or, now and then, a bad one; between
+    them, sometimes an empty line."""
+    n = draw(st.integers(100, 400))
+    kinds = draw(st.lists(st.sampled_from(["ok"] * 12 + ["null", "bad", "blank"]), min_size=n, max_size=n))
+    behind = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    seconds = [i * 2 - (86_400 if b and i % 7 == 0 else 0) for i, b in enumerate(behind)]
+    return kinds, seconds
+
+
+def _text_file(path, fmt: str, kinds: list[str], seconds: list[int], crlf: bool) -> None:
+    nl = "\r\n" if crlf else "\n"
+    out = ["k,v,ts"] if fmt == "csv" else []
+    for i, (kind, s) in enumerate(zip(kinds, seconds)):
+        ts = (START + dt.timedelta(seconds=s)).isoformat(sep=" ")
+        if kind == "blank":
+            out.append("")
+            continue
+        if fmt == "csv":
+            out.append(
+                {"ok": f"k{i % 3},{i},{ts}", "null": f"k{i % 3},{i},", "bad": f"k{i % 3},x{i},{ts}"}[kind]
+            )
+        else:
+            value = {"ok": f'"{ts}"', "null": "null", "bad": f'"{ts}"'}[kind]
+            v = f'"x{i}"' if kind == "bad" else str(i)
+            out.append(f'{{"k": "k{i % 3}", "v": {v}, "ts": {value}}}')
+    path.write_bytes((nl.join(out) + nl).encode())
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=text_lines(), crlf=st.booleans(), processor=st.sampled_from(["v2:2", "v2:3"]))
+def test_byte_ranges_of_one_text_file_number_records_as_v1(
+    tmp_path_factory, monkeypatch, fmt, lines, crlf, processor
+):
+    """One CSV or JSON-lines file is cut into byte ranges the workers read at once. Whatever the
+    empty lines, bad lines and NULL event times before a range, its late rows and dead letters
+    name each record as V1 does (file line, partition and offset), the windows hold every row
+    that was not late, and ``first(v)`` sees the file's order."""
+    from velosql.connectors import files_source
+
+    monkeypatch.setattr(files_source, "MIN_RANGE", 256)  # cut even a small file
+    kinds, seconds = lines
+    path = tmp_path_factory.mktemp("src") / f"one.{fmt}"
+    _text_file(path, fmt, kinds, seconds, crlf)
+    query = (
+        "SELECT k, _window_start AS ws, count(*) AS n, sum(v) AS total, first(v) AS f FROM src "
+        "GROUP BY k WINDOW TUMBLING(ts, 1m) EMIT FINAL"
+    )
+    opts = (
+        f"'src.type' = 'file_source', 'src.path' = '{path}', 'src.schema' = 'k VARCHAR, v BIGINT, ts TIMESTAMP', "
+        "'src.batch_size' = 20, 'o.type' = 'python', max_batch_size = 20, scan_pushdown = false"
+    )
+    engine = velosql.connect()
+    try:
+        # V1's numbering of every record, read whole: the oracle for offsets and dead letters.
+        job = engine.execute(
+            f"CREATE STREAM numbered AS SELECT v, _offset FROM src WITH ({opts.replace('o.type', 'numbered.type')}, processor = 'v1')"
+        )
+        job.wait(60)
+        offsets = {r["v"]: r["_offset"] for r in engine.pull("numbered").to_pylist()}
+        v1_dead = sorted(engine.sql("SELECT location, error FROM numbered__dlq").fetchall())
+        sql = f"CREATE STREAM o AS {query} WITH ({opts}, processor = '{processor}', partitioning_strategy = 'sticky', 'watermark.max_out_of_orderness' = '5s')"
+        job = engine.execute(sql)
+        job.wait(60)
+        assert "byte ranges of text files" in engine.execute(f"EXPLAIN ANALYZE {sql}")
+        assert all(p["records_in"] for p in job.metrics()["partitions"])  # every worker read
+        late = engine.sql("SELECT v, _partition, _offset FROM o__late").fetchall()
+        assert all(part == 0 and off == offsets[v] for v, part, off in late)
+        dead = sorted(engine.sql("SELECT location, error FROM o__dlq").fetchall())
+        # NULL event times name partition and offset; bad lines name the file's line: as V1's
+        # projection, which rejected the bad lines (a projection has no event time to be NULL).
+        want_nulls = sorted(
+            f"src partition 0 offset {k}"
+            for k, kind in enumerate(k2 for k2 in kinds if k2 != "blank")
+            if kind == "null"
+        )
+        assert sorted(loc for loc, err in dead if "is NULL" in err) == want_nulls
+        assert sorted((loc, err) for loc, err in dead if "is NULL" not in err) == v1_dead
+        rows = engine.pull("o").to_pylist()
+        good = {v for v, kind in zip(range(len(kinds)), kinds) if kind == "ok"}
+        assert sum(r["n"] for r in rows) + len(late) == len(good)
+        late_v = {v for v, _, _ in late}
+        con = duckdb.connect()
+        con.execute("CREATE TABLE t (k VARCHAR, v BIGINT, ts TIMESTAMP, seq BIGINT)")
+        con.executemany(
+            "INSERT INTO t VALUES (?, ?, ?, ?)",
+            [
+                (f"k{i % 3}", i, START + dt.timedelta(seconds=seconds[i]), offsets[i])
+                for i in sorted(good - late_v)
+            ],
+        )
+        want = con.execute(
+            "SELECT k, time_bucket(INTERVAL '1 minute', ts), count(*), sum(v), first(v ORDER BY seq) FROM t GROUP BY ALL"
+        ).fetchall()
+        assert sorted(tuple(r.values()) for r in rows) == sorted(want)
     finally:
         engine.close()

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from ..errors import DataError, OptionError
-from .base import SYSTEM_COLUMNS, PartitionEnd, Source, SourceContext, system_schema, with_system_columns
+from .base import (
+    SYSTEM_COLUMNS,
+    PartitionEnd,
+    Source,
+    SourceContext,
+    int_scalar,
+    system_schema,
+    with_system_columns,
+)
 from .files_formats import (
     BadLine,
     BlockError,
@@ -34,6 +42,9 @@ from .files_formats import (
 _READ_BLOCK = 4 << 20
 _MAX_WORKERS = 4  # decoding threads per source (at most the CPUs pyarrow sees)
 _SAMPLE = 1 << 20  # bytes of data the column types are inferred from
+# V2 direct read: the smallest byte range of a text file a worker reads on its own (a range
+# costs a reader start, and its late rows a count of the lines before it; see FileSource.splits).
+MIN_RANGE = 16 << 20
 
 
 def _family(fmt: str | None) -> str | None:
@@ -70,6 +81,10 @@ class _File:
     failed_size: int = -1  # Parquet, watched: file size when it last failed to open
     row_groups: tuple[int, int] | None = None  # Parquet split: row groups [first, end) only
     split: int | None = None  # V2 direct read: the split's number (its PartitionEnd), else None
+    # V2 direct read of a byte range [first byte, end) of a text file (see FileSource.splits):
+    # ``offset`` counts from the first byte until the records before it are counted (``base``).
+    byte_range: tuple[int, int] | None = None
+    base: int | None = None
 
     @property
     def unit(self) -> int:
@@ -257,24 +272,36 @@ class FileSource(Source):
 
     # ---- partitions read by other processes (V2 direct read) -----------------------------------
 
-    def splits(self, want: int, cut: bool = True) -> list[tuple]:
+    def splits(self, want: int, cut: bool = True, ranges: bool = False) -> list[tuple]:
         """The pieces V2 workers can read on their own, in source order: ``(path, partition, row
-        groups, first offset)``; empty when the source is not a plain bounded read (watching,
-        ``max_records``).
+        groups, first offset, byte range)``; empty when the source is not a plain bounded read
+        (watching, ``max_records``).
 
         Each file is a piece. When there are fewer files than ``want`` and ``cut`` allows, each
         Parquet file is cut into up to ``want / files`` runs of whole row groups; its rows keep
         their file's partition and their row number in the file as ``_offset`` (so ``__seq``
         orders them as the file does), but the runs are read at the same time: only a reader that
         needs no order within a partition may cut.
+
+        With ``ranges`` too, a CSV or JSON-lines file of at least two :data:`MIN_RANGE` bytes is
+        cut into byte ranges that start at line starts. A range's reader cannot know how many
+        records come before it without reading them, so until it must (see
+        :meth:`exact_offsets`) its rows carry the range's first byte + their index in the range
+        as ``_offset``: unique and in the file's order, but not the record's number. Only a
+        reader whose statements do not read ``_offset`` may ask for ranges.
         """
         if self._watch or self._max_records is not None:
             return []
         per_file = -(-want // max(len(self._files), 1)) if cut else 1
         out = []
         for f in self._files:
+            if per_file >= 2 and self._format != "parquet" and ranges:
+                bounds = self._line_starts(f.path, per_file)
+                for a, b in zip(bounds, bounds[1:]):
+                    out.append((f.path, f.partition, None, 0, (a, b) if len(bounds) > 2 else None))
+                continue
             if self._format != "parquet" or per_file < 2:
-                out.append((f.path, f.partition, None, 0))
+                out.append((f.path, f.partition, None, 0, None))
                 continue
             import pyarrow.parquet as pq
 
@@ -283,8 +310,33 @@ class FileSource(Source):
             cuts = min(per_file, len(sizes)) or 1
             bounds = [round(k * len(sizes) / cuts) for k in range(cuts + 1)]
             for a, b in zip(bounds, bounds[1:]):
-                out.append((f.path, f.partition, (a, b), sum(sizes[:a])))
+                out.append((f.path, f.partition, (a, b), sum(sizes[:a]), None))
         return out
+
+    def _line_starts(self, path: str, cuts: int) -> list[int]:
+        """Byte bounds cutting ``path`` into up to ``cuts`` ranges of at least :data:`MIN_RANGE`
+        bytes, each starting at a line start after the skipped lines; ``[0, size]`` when the
+        file is too small to cut."""
+        size = os.path.getsize(path)
+        cuts = min(cuts, size // MIN_RANGE)
+        if cuts < 2:
+            return [0, size]
+        bounds = [0]
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+            first = 0  # the first byte after the skipped lines (a line longer than 64 KiB: don't cut)
+            for _ in range(self._skip_lines + self._header_lines):
+                first = head.find(b"\n", first) + 1
+                if first == 0:
+                    return [0, size]
+            for k in range(1, cuts):
+                fh.seek(max(first, k * size // cuts) - 1)
+                # The next line start: after the first newline from one byte before the target.
+                pos, line = fh.tell(), fh.readline()
+                start = pos + len(line)
+                if line.endswith(b"\n") and bounds[-1] < start < size:
+                    bounds.append(start)
+        return bounds + [size]
 
     def partition_reader(self, pieces: list[tuple[int, tuple]]) -> dict:
         """What a V2 worker needs to read ``pieces`` (``(split number, piece of :meth:`splits`)``)
@@ -313,7 +365,7 @@ class FileSource(Source):
         import pyarrow.parquet as pq
 
         out: list[ParquetRun] = []
-        for unit, (path, partition, row_groups, _) in pieces:
+        for unit, (path, partition, row_groups, _, _) in pieces:
             try:
                 pf = pq.ParquetFile(path)
             except (OSError, pa.ArrowInvalid):
@@ -343,6 +395,65 @@ class FileSource(Source):
                 out.append(ParquetRun(unit, path, partition, row, row, True))
         return out
 
+    def exact_offsets(self, partition: pa.ChunkedArray, offset: pa.ChunkedArray) -> pa.ChunkedArray:
+        """``offset`` (the ``_offset`` of rows this source read, with their ``partition``) as a
+        reader from each file's start numbers them: the rows of a byte range (see
+        :meth:`splits`) number from the range's first byte until the records before that byte
+        are counted, here, once per range and only when asked."""
+        import pyarrow.compute as pc
+
+        for f in self._files:
+            if f.byte_range is None or f.byte_range[0] == 0:
+                continue
+            first, end = f.byte_range
+            inside = pc.and_(
+                pc.equal(partition, int_scalar(f.partition, pa.int32())),
+                pc.and_(pc.greater_equal(offset, int_scalar(first)), pc.less(offset, int_scalar(end))),
+            )
+            if not pc.any(inside).as_py():
+                continue
+            if f.base is None:
+                f.base = self._records_before(f.path, first)
+            offset = pc.if_else(inside, pc.add(offset, int_scalar(f.base - first)), offset)
+        return offset
+
+    def _records_before(self, path: str, stop: int) -> int:
+        """The records (rows decoded or lines rejected) of ``path`` before byte ``stop``, a line
+        start: the ``_offset`` a reader from the file's start gives the record there.
+
+        A block of lines holding no empty or blank line and no carriage return has one record
+        per line, so its newlines are counted (~1 GB/s); any other block is decoded as the
+        reader decodes it.
+        """
+        skip, records, pos, want = self._skip_lines + self._header_lines, 0, 0, _READ_BLOCK
+        with open(path, "rb") as fh:
+            while pos < stop:
+                fh.seek(pos)
+                data = fh.read(min(want, stop - pos))
+                end = len(data) if pos + len(data) >= stop else data.rfind(b"\n") + 1
+                if end == 0:  # a line longer than the block
+                    want *= 2
+                    continue
+                want, start = _READ_BLOCK, 0
+                while skip and start < end:
+                    start = data.find(b"\n", start, end) + 1
+                    skip -= 1
+                records += self._records_in(data[start:end])
+                pos += end
+        return records
+
+    def _records_in(self, lines: bytes) -> int:
+        """The records in ``lines`` (whole lines, each ending with a newline)."""
+        blank = lines.startswith(b"\n") or b"\n\n" in lines or b"\r" in lines
+        if self._format == "jsonl":  # pyarrow's JSON reader passes over lines of white space
+            blank = blank or lines.startswith((b" ", b"\t")) or b"\n " in lines or b"\n\t" in lines
+        if not blank:
+            return lines.count(b"\n")
+        count = 0
+        for item in decode_lines(self._decoder, lines):
+            count += 1 if isinstance(item, BadLine) else item.num_rows
+        return count
+
     @classmethod
     def for_partitions(cls, reader: dict, ctx: SourceContext) -> FileSource:
         """A source over the files of :meth:`partition_reader`, opened with its columns fixed."""
@@ -350,17 +461,23 @@ class FileSource(Source):
         source._ctx = ctx
         source._format = reader["format"]
         source._has_headers = reader["has_headers"]
-        source._files = [
-            _File(
-                path,
-                partition,
-                to_skip=source._skip_lines + source._header_lines,
-                offset=offset,
-                row_groups=row_groups,
-                split=split,
+        source._files = []
+        for split, (path, partition, row_groups, offset, byte_range) in reader["files"]:
+            first = byte_range[0] if byte_range else 0
+            source._files.append(
+                _File(
+                    path,
+                    partition,
+                    # The skipped lines are at the file's start: in the first range only.
+                    to_skip=0 if first else source._skip_lines + source._header_lines,
+                    pos=first,
+                    offset=first or offset,
+                    row_groups=row_groups,
+                    split=split,
+                    byte_range=byte_range,
+                    base=None if first else offset,
+                )
             )
-            for split, (path, partition, row_groups, offset) in reader["files"]
-        ]
         source._known = {f.path for f in source._files}
         source._fix_schema(reader["user"])
         return source
@@ -622,13 +739,21 @@ class FileSource(Source):
         pos = f.pos
         fh.seek(pos)
         want = _READ_BLOCK
+        stop = f.byte_range[1] if f.byte_range else None  # a range ends at a line start
         while not self._exhausted and not self._ctx.stop.is_set():
             # Read no more than the file holds (plus a byte, to see that it ended), and keep a byte
             # free for a final newline.
-            cap = max(1, min(want, os.fstat(fh.fileno()).st_size - pos + 1))
+            if stop is None:
+                cap = max(1, min(want, os.fstat(fh.fileno()).st_size - pos + 1))
+            elif pos >= stop:
+                return
+            else:
+                cap = min(want, stop - pos + 1)
             buf = pa.allocate_buffer(cap + 1)
             view = memoryview(buf).cast("B")
             n = _read_into(fh, view[:cap])
+            if stop is not None:
+                n = min(n, stop - pos)  # the byte past the range was read only to see it exists
             if not n:
                 return
             at_eof = n < cap

@@ -69,13 +69,13 @@ def read(con: duckdb.DuckDBPyConnection, state: dict, watermark: int):
     info = {"rows": rows, "ended": ended, "done": done, "maxima": [], "late": None, "low": None}
     table = None
     if pieces:
-        table = _run(con, spec, pa.Table.from_batches(pieces), watermark, info, rejects, spans)
+        table = _run(con, spec, pa.Table.from_batches(pieces), watermark, info, rejects, spans, source)
     info["rejects"], rejects[:] = list(rejects), []
     return info, table
 
 
 def _run(
-    con, spec: dict, table: pa.Table, watermark: int, info: dict, rejects: list, spans: list
+    con, spec: dict, table: pa.Table, watermark: int, info: dict, rejects: list, spans: list, source
 ) -> pa.Table:
     partition = pc.cast(table[PARTITION_COL], pa.int64())
     seq = pc.add(pc.shift_left(partition, int_scalar(SEQ_PARTITION_SHIFT)), table[OFFSET_COL])
@@ -90,7 +90,7 @@ def _run(
             et = pa.chunked_array(event_time_us(table[col], spec["time_format"], col))
         info["maxima"] = _maxima(et, spans)
         if et.null_count:
-            table, et, bad = without_null_time(table, et, spec["source"], col)
+            table, et, bad = without_null_time(table, et, spec["source"], col, source.exact_offsets)
             rejects.extend(bad)
         if table.num_rows == 0:
             return None
@@ -108,6 +108,9 @@ def _run(
     try:
         if late:
             rows = con.sql(spec["late"]).to_arrow_table()
+            if rows.num_rows and OFFSET_COL in rows.column_names:  # a byte range's: see splits
+                exact = source.exact_offsets(rows[PARTITION_COL], rows[OFFSET_COL])
+                rows = rows.set_column(rows.schema.get_field_index(OFFSET_COL), OFFSET_COL, exact)
             if rows.num_rows:
                 info["late"] = ipc_buffer(rows).to_pybytes()
         return con.sql(statements[0]).to_arrow_table()

@@ -96,7 +96,7 @@ class V1Executor:
             splits = getattr(self.source, "splits", None)
             pieces = splits(1, False) if splits is not None else []
             if len(pieces) > 1:
-                self.tracker.expect(partition for _, partition, _, _ in pieces)
+                self.tracker.expect(piece[1] for piece in pieces)  # each file's partition
         try:
             self._bind()
             self.sinks = self.job.engine._make_sinks(plan, self.con)

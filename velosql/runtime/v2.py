@@ -147,8 +147,8 @@ def choose(plan, n: int, direct_partitions: int = 0) -> Routing:
         strategy = "round_robin"
     if strategy == "sticky" and direct_partitions > 1:
         how = (
-            f"each worker reads its own pieces of the source ({direct_partitions} files or runs of "
-            f"Parquet row groups over {n} workers)"
+            f"each worker reads its own pieces of the source ({direct_partitions} files, runs of "
+            f"Parquet row groups or byte ranges of text files over {n} workers)"
         )
     else:
         how = {
@@ -198,11 +198,11 @@ def _ordered(sql: str) -> str:
     return "SELECT __seq AS __order, " + sql[len("SELECT ") :]
 
 
-def _direct_splits(source, n: int, cut: bool) -> list[tuple]:
+def _direct_splits(source, n: int, cut: bool, ranges: bool) -> list[tuple]:
     """The pieces of ``source`` N workers can read on their own (see ``FileSource.splits``); empty
     when there are fewer than two, or the source cannot be read by pieces."""
     splits = getattr(source, "splits", None)
-    pieces = splits(n, cut) if splits is not None else []
+    pieces = splits(n, cut, ranges) if splits is not None else []
     return pieces if len(pieces) > 1 else []
 
 
@@ -248,7 +248,12 @@ class V2Executor(V1Executor):
             # Runs of one file's row groups are read at once, so only partial aggregates (ordered
             # by __seq when it matters) may cut a file; rows keep each partition's order.
             cut = choose(self.plan, self.n).mode == "partials"
-            self.splits = _direct_splits(self.source, self.n, cut)
+            # Byte ranges of a text file number their rows' _offset only when asked (late rows,
+            # dead letters): not for statements that read it.
+            ranges = cut and "_offset" not in (
+                _referenced((self.sql.partial_all, self.sql.partial)) or {"_offset"}
+            )
+            self.splits = _direct_splits(self.source, self.n, cut, ranges)
             self.route = choose(self.plan, self.n, len(self.splits))
             if not self.route.workers:
                 return

@@ -334,14 +334,16 @@ def _posmod(values, m: pa.Scalar):
     return pc.add(rem, pc.multiply(pc.cast(pc.less(rem, int_scalar(0)), pa.int64()), m))
 
 
-def without_null_time(table: pa.Table, et: pa.Array, source: str, col: str):
+def without_null_time(table: pa.Table, et: pa.Array, source: str, col: str, exact=None):
     """``table`` and ``et`` without the rows whose event time is NULL, and those rows as dead
-    letters ``(location, error, raw)`` naming their source partition and offset."""
+    letters ``(location, error, raw)`` naming their source partition and offset (``exact``:
+    what maps ``(_partition, _offset)`` to the offset to name, see ``FileSource.exact_offsets``)."""
     bad = pc.is_null(et)
     rows = table.filter(bad)
+    offsets = rows[OFFSET_COL] if exact is None else exact(rows[PARTITION_COL], rows[OFFSET_COL])
     rejects = [
         (f"{source} partition {part} offset {off}", f"event-time column {col!r} is NULL", None)
-        for part, off in zip(rows[PARTITION_COL].to_pylist(), rows[OFFSET_COL].to_pylist())
+        for part, off in zip(rows[PARTITION_COL].to_pylist(), offsets.to_pylist())
     ]
     keep = pc.invert(bad)
     return table.filter(keep), et.filter(keep), rejects
