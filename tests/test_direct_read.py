@@ -152,6 +152,8 @@ def test_one_parquet_file_is_read_by_every_worker(tmp_path):
         assert [p["records_in"] for p in job.metrics()["partitions"]] == [5000, 5000]
         text = engine.execute(f"EXPLAIN ANALYZE {sql}")
         assert "each worker reads its own pieces of the source (2 files, runs" in text
+        # Before the job opens the source the pieces are unknown, but not that workers read them.
+        assert "is read by the workers themselves" in engine.execute(f"EXPLAIN {sql}")
     finally:
         engine.close()
 

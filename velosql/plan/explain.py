@@ -89,7 +89,7 @@ def explain_text(plan: StreamPlan, processor, job=None) -> str:
         from ..runtime.v2 import choose
 
         route = job.executor.route if job is not None and getattr(job.executor, "route", None) else None
-        route = route or choose(plan, processor.effective_partitions())
+        route = route or choose(plan, processor.effective_partitions(), None)
         lines.append(f"  routing:     {route.text}")
     for note in plan.notes:
         lines.append(f"  note:        {note}")

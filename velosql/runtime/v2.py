@@ -100,10 +100,11 @@ def requested_strategy(plan) -> str | None:
     return STRATEGIES[name]
 
 
-def choose(plan, n: int, direct_partitions: int = 0) -> Routing:
+def choose(plan, n: int, direct_partitions: int | None = 0) -> Routing:
     """The routing of ``plan`` over ``n`` workers; ``direct_partitions``: how many pieces (files,
-    runs of row groups) the source offers workers to read themselves (0: none, it cannot be read
-    from another process)."""
+    runs of row groups, byte ranges) the source offers workers to read themselves (0: none, it
+    cannot be read from another process; None: not known before the source is opened, as for
+    EXPLAIN without a job)."""
     sql = plan.sql
     if not sql.local:
         return Routing(
@@ -145,7 +146,13 @@ def choose(plan, n: int, direct_partitions: int = 0) -> Routing:
     split = mode == "rows" and not _orderable(sql.project)
     if split and strategy in ("hash", "sticky"):
         strategy = "round_robin"
-    if strategy == "sticky" and direct_partitions > 1:
+    if strategy == "sticky" and direct_partitions is None and plan.source.type == "file_source":
+        how = (
+            "source partition mod the worker count; a bounded file source of several pieces "
+            "(files, runs of Parquet row groups or byte ranges of text files) is read by the "
+            "workers themselves, each its own pieces (EXPLAIN ANALYZE says how many)"
+        )
+    elif strategy == "sticky" and (direct_partitions or 0) > 1:
         how = (
             f"each worker reads its own pieces of the source ({direct_partitions} files, runs of "
             f"Parquet row groups or byte ranges of text files over {n} workers)"
