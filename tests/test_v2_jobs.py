@@ -293,6 +293,8 @@ for processor, strategy, query in [
     ("v1", "sticky", "SELECT k, v * 2 AS w FROM src WHERE v > 1"),
     ("v1", "sticky", "SELECT k, count(*) AS n, max(ts) AS last FROM src GROUP BY k EMIT FINAL"),
     ("v1", "sticky", "SELECT k, sum(v) AS total FROM src GROUP BY k EMIT CHANGES"),
+    # The event-time watermark: each partition's largest event time per micro-batch.
+    ("v1", "sticky", "SELECT k, _window_start AS ws, count(*) AS n FROM src GROUP BY k WINDOW TUMBLING(ts, 10s) EMIT FINAL"),
     ("v2:2", "hash", "SELECT k, count(*) AS n FROM src GROUP BY k EMIT FINAL"),
 ]:
     job = engine.execute(
@@ -313,8 +315,9 @@ print("pandas" in sys.modules)
 def test_jobs_do_not_import_pandas(tmp_path):
     """pyarrow's first conversion of a Python value imports pandas when it is installed (~0.15 s
     of a job's start): V1 and V2 jobs build their scalars from buffers instead (pandas is in the
-    dev install, so this can fail). Not covered: plans that use pyarrow's group_by (the event-time
-    watermark, pyarrow partials), whose first call imports pyarrow.dataset, which imports pandas."""
+    dev install, so this can fail). The event-time watermark takes each partition's maximum
+    without pyarrow's group_by, whose first call imports pyarrow.acero and pandas. Not covered:
+    pyarrow partials (arrow_partials.py), which are that group_by."""
     import importlib.util
     import subprocess
     import sys

@@ -130,17 +130,14 @@ class WatermarkTracker:
         n = len(et)
         if n == 0 or not self._sortable(et, partition) or not self._moderate(et):
             return self.observe(et, partition)
-        grouped = (
-            pa.table({"p": partition, "e": et}).group_by("p", use_threads=False).aggregate([("e", "max")])
-        )
-        present = dict(zip(grouped["p"].to_pylist(), grouped["e_max"].to_pylist()))
+        present = max_by_partition(partition, et)
         prior = self.max_by_partition
         new = [p for p in present if p not in prior]
         if new:
             # An idle partition present in the batch counts from the batch's first row on; cut
             # there, it would count only from the cut: split only when no such partition exists.
             active = self._active(time.monotonic())
-            cut = max(pc.index(partition, p).as_py() for p in new) + 1
+            cut = max(pc.index(partition, int_scalar(p, partition.type)).as_py() for p in new) + 1
             if cut * 4 > n or any(p in prior and p not in active for p in present):
                 return self.observe(et, partition)
             head = self.observe(et.slice(0, cut), partition.slice(0, cut))
@@ -199,13 +196,14 @@ class WatermarkTracker:
             if lo == hi:
                 run = pc.cumulative_max(et)
             else:
-                run = pc.cumulative_max(pc.if_else(pc.equal(partition, p), et, fill))
+                mine = pc.equal(partition, int_scalar(p, partition.type))
+                run = pc.cumulative_max(pc.if_else(mine, et, int_scalar(fill)))
             if prior is not None:
-                run = pc.max_element_wise(run, prior)
+                run = pc.max_element_wise(run, int_scalar(prior))
             if prior is None:
                 new_partition = True
                 if lo != hi:
-                    run = pc.if_else(pc.equal(run, NEG_INF), POS_INF, run)
+                    run = pc.if_else(pc.equal(run, int_scalar(NEG_INF)), int_scalar(POS_INF), run)
             self.max_by_partition[p] = run[n - 1].as_py()
             self.last_seen[p] = now
             running.append(run)
@@ -220,8 +218,11 @@ class WatermarkTracker:
         first = int_array([min(before) if before else POS_INF])
         shifted = pa.concat_arrays([first, low.slice(0, n - 1)])
         # +inf means no partition had delivered anything yet: the watermark stays where it was.
-        shifted = pc.if_else(pc.equal(shifted, POS_INF), self.watermark, pc.subtract(shifted, self.lateness))
-        seen = pc.max_element_wise(shifted, self.watermark)
+        watermark = int_scalar(self.watermark)
+        shifted = pc.if_else(
+            pc.equal(shifted, int_scalar(POS_INF)), watermark, pc.subtract(shifted, int_scalar(self.lateness))
+        )
+        seen = pc.max_element_wise(shifted, watermark)
         self.advance(now)
         return seen
 
@@ -332,6 +333,26 @@ def _posmod(values, m: pa.Scalar):
     """values mod m in [0, m) with integer kernels (pyarrow's divide truncates toward zero)."""
     rem = pc.subtract(values, pc.multiply(pc.divide(values, m), m))
     return pc.add(rem, pc.multiply(pc.cast(pc.less(rem, int_scalar(0)), pa.int64()), m))
+
+
+def max_by_partition(partition: pa.Array, et: pa.Array) -> dict[int, int | None]:
+    """Each partition's largest event time in a batch (None where all are NULL).
+
+    A batch holds a few runs of rows of one partition (source batches never span two), so this
+    takes the maximum of each run: pyarrow's ``group_by`` would do the same, but its first call
+    imports ``pyarrow.acero`` and, where installed, pandas (~0.2 s of a job's first batch).
+    """
+    if isinstance(partition, pa.ChunkedArray):
+        partition = partition.combine_chunks()
+    runs = pc.run_end_encode(partition)
+    out: dict[int, int | None] = {}
+    start = 0
+    for end, p in zip(runs.run_ends.to_pylist(), runs.values.to_pylist()):
+        top = pc.max(et.slice(start, end - start)).as_py()
+        start = end
+        if p not in out or (top is not None and (out[p] is None or top > out[p])):
+            out[p] = top
+    return out
 
 
 def without_null_time(table: pa.Table, et: pa.Array, source: str, col: str, exact=None):
