@@ -293,6 +293,8 @@ for processor, strategy, query in [
     ("v1", "sticky", "SELECT k, v * 2 AS w FROM src WHERE v > 1"),
     ("v1", "sticky", "SELECT k, count(*) AS n, max(ts) AS last FROM src GROUP BY k EMIT FINAL"),
     ("v1", "sticky", "SELECT k, sum(v) AS total FROM src GROUP BY k EMIT CHANGES"),
+    # Partials computed by pyarrow (arrow_partials.py): Acero's hash aggregation.
+    ("v1", "sticky", "SELECT v, count(*) AS n, sum(v) AS total, min(v) AS lo FROM src GROUP BY v EMIT FINAL"),
     # The event-time watermark: each partition's largest event time per micro-batch.
     ("v1", "sticky", "SELECT k, _window_start AS ws, count(*) AS n FROM src GROUP BY k WINDOW TUMBLING(ts, 10s) EMIT FINAL"),
     ("v2:2", "hash", "SELECT k, count(*) AS n FROM src GROUP BY k EMIT FINAL"),
@@ -316,8 +318,8 @@ def test_jobs_do_not_import_pandas(tmp_path):
     """pyarrow's first conversion of a Python value imports pandas when it is installed (~0.15 s
     of a job's start): V1 and V2 jobs build their scalars from buffers instead (pandas is in the
     dev install, so this can fail). The event-time watermark takes each partition's maximum
-    without pyarrow's group_by, whose first call imports pyarrow.acero and pandas. Not covered:
-    pyarrow partials (arrow_partials.py), which are that group_by."""
+    without pyarrow's group_by, whose first call imports pyarrow.acero and pandas; pyarrow
+    partials (arrow_partials.py) declare that aggregation to Acero without that import."""
     import importlib.util
     import subprocess
     import sys
