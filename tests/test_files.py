@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from velosql.connectors import files_source
 from velosql.connectors.base import PartitionEnd, SourceContext
 from velosql.connectors.files import FileSink, FileSource
-from velosql.errors import DataError, OptionError
+from velosql.errors import DataError, OptionError, VelosqlError
 from velosql.options import OPTIONS
 
 # ---- helpers --------------------------------------------------------------------------------------
@@ -827,3 +827,45 @@ def test_watch_stops_at_once_despite_a_long_poll_interval(tmp_path):
     consumer.stop()
     assert time.monotonic() - started < 5
     assert "watching every 3600s" in consumer.src.describe()
+
+
+@pytest.mark.parametrize(("processor", "strategy"), [("v1", None), ("v2:2", "sticky"), ("v2:2", "hash")])
+def test_a_parquet_column_the_query_does_not_read_is_not_read(tmp_path, processor, strategy):
+    """``note`` holds text, though the declared schema says INTEGER: reading it would fail the
+    job. A GROUP BY that does not use it never decodes it; a windowed query keeps its late rows
+    whole, so it reads (and fails on) every column."""
+    import velosql
+
+    for f in range(2):
+        pq.write_table(
+            pa.table(
+                {
+                    "k": pa.array([i % 3 for i in range(100)], pa.int64()),
+                    "v": pa.array(range(f * 100, f * 100 + 100), pa.int64()),
+                    "ts": pa.array([dt.datetime(2024, 1, 1, 0, 0, i % 60) for i in range(100)]),
+                    "note": ["abc"] * 100,
+                }
+            ),
+            tmp_path / f"p{f}.parquet",
+        )
+    options = (
+        f"'src.type' = 'file_source', 'src.path' = '{tmp_path}', "
+        "'src.schema' = 'k BIGINT, v BIGINT, ts TIMESTAMP, note INTEGER', 'o.type' = 'python', "
+        f"processor = '{processor}', scan_pushdown = false"
+        + (f", partitioning_strategy = '{strategy}'" if strategy else "")
+    )
+    with velosql.connect() as engine:
+        job = engine.execute(
+            f"CREATE STREAM o AS SELECT k, count(*) AS n, sum(v) AS s FROM src WHERE v > 10 GROUP BY k EMIT FINAL WITH ({options})"
+        )
+        job.wait(60)
+        want = duckdb.sql(
+            "SELECT k, count(*), sum(v) FROM range(200) AS r(v), (SELECT v % 100 % 3 AS k) WHERE v > 10 GROUP BY k"
+        ).fetchall()
+        assert sorted(tuple(r.values()) for r in engine.pull("o").to_pylist()) == sorted(want)
+        # V1 raises the DataError; V2 fails the job naming the worker's partition and the error.
+        with pytest.raises(VelosqlError, match="p0.parquet: Parquet columns do not convert"):
+            engine.execute(
+                f"CREATE STREAM w AS SELECT k, count(*) AS n FROM src GROUP BY k "
+                f"WINDOW TUMBLING(ts, 1m) EMIT FINAL WITH ({options.replace('o.type', 'w.type')})"
+            ).wait(60)

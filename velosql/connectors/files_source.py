@@ -270,6 +270,17 @@ class FileSource(Source):
                     f"column of the source (columns: {', '.join(user.names)})"
                 )
 
+    def keep_columns(self, names: frozenset[str] | set[str]) -> None:
+        """Read only the columns ``names`` (lower-case) of an open Parquet source, in their order
+        (at least one, so that batches still count rows). pyarrow and DuckDB then never decode the
+        others; a column the query does not read need not convert either. Text formats keep every
+        column: each line is checked whole, as DuckDB's CSV reader checks it."""
+        if self._format != "parquet":
+            return
+        keep = [f for f in self._user if f.name.lower() in names] or [self._user.field(0)]
+        if len(keep) < len(self._user):
+            self._fix_schema(pa.schema(keep))
+
     # ---- partitions read by other processes (V2 direct read) -----------------------------------
 
     def splits(self, want: int, cut: bool = True, ranges: bool = False) -> list[tuple]:

@@ -601,3 +601,26 @@ def _buffered_sql(q: Query) -> ShapeSQL:
         f"QUALIFY row_number() OVER ({part}ORDER BY {SEQ} DESC) <= {q.buffer_rows}"
     )
     return ShapeSQL(project=project, buffer_insert=rows, state_update=keep)
+
+
+def referenced_columns(statements: str | tuple[str, ...]) -> frozenset[str] | None:
+    """The lower-cased names of the columns ``statements`` read, or None when that cannot be
+    told (a ``*`` other than ``count(*)``'s, ``COLUMNS(…)``, SQL sqlglot cannot parse)."""
+    from sqlglot.errors import SqlglotError
+
+    names: set[str] = set()
+    for sql in (statements,) if isinstance(statements, str) else statements:
+        try:
+            tree = exp.maybe_parse(sql, dialect="duckdb")
+        except SqlglotError:  # DuckDB runs it as it is: every column may be read
+            return None
+        for node in tree.walk():
+            if isinstance(node, exp.Star) and not isinstance(node.parent, exp.Count):
+                return None
+            if isinstance(node, exp.Columns) or (
+                isinstance(node, exp.Anonymous) and str(node.this).lower() == "columns"
+            ):
+                return None
+            if isinstance(node, exp.Column):  # every part: in ``s.x`` the column may be ``s``
+                names.update(part.name.lower() for part in node.parts)
+    return frozenset(names)

@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 
 from ..connectors.base import PARTITION_COL, empty_table, int_scalar
 from ..plan import windows as W
+from ..plan.sqlgen import referenced_columns as _referenced
 from . import direct_parquet, routing
 from .direct import SEQ_PARTITION_SHIFT
 from .job import format_watermark
@@ -711,30 +712,6 @@ def _counts(ids: pa.Array, n: int) -> dict[int, int]:
         if rows:
             out[worker] = rows
     return out
-
-
-def _referenced(statements: str | tuple[str, ...]) -> frozenset[str] | None:
-    """The lower-cased names of the columns ``statements`` read, or None when that cannot be
-    told (a ``*`` other than ``count(*)``'s, ``COLUMNS(…)``): then every column is sent."""
-    from sqlglot import exp
-    from sqlglot.errors import SqlglotError
-
-    names: set[str] = set()
-    for sql in (statements,) if isinstance(statements, str) else statements:
-        try:
-            tree = exp.maybe_parse(sql, dialect="duckdb")
-        except SqlglotError:  # SQL sqlglot cannot read is sent whole: DuckDB runs it as it is
-            return None
-        for node in tree.walk():
-            if isinstance(node, exp.Star) and not isinstance(node.parent, exp.Count):
-                return None
-            if isinstance(node, exp.Columns) or (
-                isinstance(node, exp.Anonymous) and str(node.this).lower() == "columns"
-            ):
-                return None
-            if isinstance(node, exp.Column):  # every part: in ``s.x`` the column may be ``s``
-                names.update(part.name.lower() for part in node.parts)
-    return frozenset(names)
 
 
 def _bare_columns(route_keys: str, names: list[str]) -> tuple[str, ...] | None:
