@@ -547,3 +547,46 @@ def test_byte_ranges_of_one_text_file_number_records_as_v1(
         assert sorted(tuple(r.values()) for r in rows) == sorted(want)
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=text_lines(), crlf=st.booleans(), cuts=st.integers(2, 6))
+def test_every_byte_range_numbers_each_record_as_the_whole_file_does(
+    tmp_path_factory, monkeypatch, fmt, lines, crlf, cuts
+):
+    """Read in process, without workers: each record of each range, its ``_offset`` made exact
+    (:meth:`FileSource.exact_offsets`), and each bad line's ``path:line`` are what one reader of
+    the whole file gives, whatever empty lines, bad lines and CRs come before the range."""
+    import threading
+
+    from velosql.connectors import files_source
+    from velosql.connectors.base import SourceContext
+
+    monkeypatch.setattr(files_source, "MIN_RANGE", 64)
+    kinds, seconds = lines
+    path = tmp_path_factory.mktemp("src") / f"one.{fmt}"
+    _text_file(path, fmt, kinds, seconds, crlf)
+    options = {"path": str(path), "schema": "k VARCHAR, v BIGINT, ts TIMESTAMP", "batch_size": 7}
+
+    def read(source) -> tuple[dict, list]:
+        offsets = {}
+        for item in source.read():
+            if isinstance(item, pa.RecordBatch):
+                exact = source.exact_offsets(item.column("_partition"), item.column("_offset"))
+                offsets.update(zip(item.column("v").to_pylist(), exact.to_pylist()))
+        return offsets
+
+    whole_bad: list = []
+    whole = files_source.FileSource("src", options)
+    whole.open(SourceContext(stop=threading.Event(), reject_fn=lambda loc, err, raw: whole_bad.append(loc)))
+    want = read(whole)
+    pieces = whole.splits(cuts, True, True)
+    assert len(pieces) >= 2 and all(p[4] is not None for p in pieces)
+    got, bad = {}, []
+    ctx = SourceContext(stop=threading.Event(), reject_fn=lambda loc, err, raw: bad.append(loc))
+    for k, piece in enumerate(pieces):
+        part = files_source.FileSource.for_partitions(whole.partition_reader([(k, piece)]), ctx)
+        got.update(read(part))
+    assert got == want
+    assert sorted(bad) == sorted(whole_bad)
