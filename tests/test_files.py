@@ -869,3 +869,47 @@ def test_a_parquet_column_the_query_does_not_read_is_not_read(tmp_path, processo
                 f"CREATE STREAM w AS SELECT k, count(*) AS n FROM src GROUP BY k "
                 f"WINDOW TUMBLING(ts, 1m) EMIT FINAL WITH ({options.replace('o.type', 'w.type')})"
             ).wait(60)
+
+
+@pytest.mark.parametrize(
+    ("sql", "names"),
+    [
+        ("SELECT k, count(*) FROM __in GROUP BY k", {"k"}),
+        ("SELECT src.a, sum(b) FROM __in AS src WHERE c > 1 GROUP BY src.a", {"src", "a", "b", "c"}),
+        ("SELECT t.x, count(*) FROM __in AS src JOIN t USING (k) GROUP BY t.x", {"t", "x", "k"}),
+        ("SELECT * FROM __in", None),
+        ("SELECT COLUMNS('a.*') FROM __in", None),
+        ("SELECT t.x FROM __in AS src NATURAL JOIN t", None),
+        ("SELECT to_json(src) FROM __in AS src", None),
+    ],
+)
+def test_the_columns_a_statement_reads(sql, names):
+    """What a source is pruned to: every column a statement may read, or None when that cannot
+    be told (a star, COLUMNS, a NATURAL join, a whole row used as a value)."""
+    from velosql.plan.sqlgen import referenced_columns
+
+    assert referenced_columns(sql) == (None if names is None else frozenset(names))
+
+
+def test_a_join_on_a_column_named_only_in_using_keeps_it(tmp_path):
+    """``k`` appears only in ``USING (k)``: pruning the Parquet source must keep it."""
+    import velosql
+
+    pq.write_table(
+        pa.table({"k": pa.array([i % 3 for i in range(30)], pa.int64()), "v": pa.array(range(30))}),
+        tmp_path / "p.parquet",
+    )
+    with velosql.connect() as engine:
+        engine.sql("CREATE TABLE names AS SELECT * FROM (VALUES (0, 'a'), (1, 'b'), (2, 'c')) AS t(k, name)")
+        job = engine.execute(
+            "CREATE STREAM o AS SELECT name, count(*) AS n, sum(v) AS s FROM src JOIN names USING (k) "
+            f"GROUP BY name EMIT FINAL WITH ('src.type' = 'file_source', 'src.path' = '{tmp_path}', "
+            "'o.type' = 'python', scan_pushdown = false)"
+        )
+        job.wait(60)
+        got = sorted(tuple(r.values()) for r in engine.pull("o").to_pylist())
+    assert got == [
+        ("a", 10, sum(range(0, 30, 3))),
+        ("b", 10, sum(range(1, 30, 3))),
+        ("c", 10, sum(range(2, 30, 3))),
+    ]

@@ -605,7 +605,8 @@ def _buffered_sql(q: Query) -> ShapeSQL:
 
 def referenced_columns(statements: str | tuple[str, ...]) -> frozenset[str] | None:
     """The lower-cased names of the columns ``statements`` read, or None when that cannot be
-    told (a ``*`` other than ``count(*)``'s, ``COLUMNS(…)``, SQL sqlglot cannot parse)."""
+    told: a ``*`` other than ``count(*)``'s, ``COLUMNS(…)``, a NATURAL join, a table's name used
+    as a value (its whole row), SQL sqlglot cannot parse."""
     from sqlglot.errors import SqlglotError
 
     names: set[str] = set()
@@ -614,6 +615,7 @@ def referenced_columns(statements: str | tuple[str, ...]) -> frozenset[str] | No
             tree = exp.maybe_parse(sql, dialect="duckdb")
         except SqlglotError:  # DuckDB runs it as it is: every column may be read
             return None
+        tables = {n.lower() for t in tree.find_all(exp.Table) for n in (t.name, t.alias) if n}
         for node in tree.walk():
             if isinstance(node, exp.Star) and not isinstance(node.parent, exp.Count):
                 return None
@@ -621,6 +623,12 @@ def referenced_columns(statements: str | tuple[str, ...]) -> frozenset[str] | No
                 isinstance(node, exp.Anonymous) and str(node.this).lower() == "columns"
             ):
                 return None
+            if isinstance(node, exp.Join):
+                if "NATURAL" in str(node.args.get("method") or "").upper():
+                    return None  # joins on every column the two sides share
+                names.update(u.name.lower() for u in node.args.get("using") or ())
             if isinstance(node, exp.Column):  # every part: in ``s.x`` the column may be ``s``
+                if not node.table and node.name.lower() in tables:
+                    return None  # ``to_json(src)``: the row of ``src``, every column
                 names.update(part.name.lower() for part in node.parts)
     return frozenset(names)
