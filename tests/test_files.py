@@ -881,11 +881,12 @@ def test_a_parquet_column_the_query_does_not_read_is_not_read(tmp_path, processo
         ("SELECT COLUMNS('a.*') FROM __in", None),
         ("SELECT t.x FROM __in AS src NATURAL JOIN t", None),
         ("SELECT to_json(src) FROM __in AS src", None),
+        ("SELECT #1, count(*) FROM __in GROUP BY #1", None),
     ],
 )
 def test_the_columns_a_statement_reads(sql, names):
     """What a source is pruned to: every column a statement may read, or None when that cannot
-    be told (a star, COLUMNS, a NATURAL join, a whole row used as a value)."""
+    be told (a star, COLUMNS, a column by position, a NATURAL join, a whole row used as a value)."""
     from velosql.plan.sqlgen import referenced_columns
 
     assert referenced_columns(sql) == (None if names is None else frozenset(names))

@@ -605,8 +605,8 @@ def _buffered_sql(q: Query) -> ShapeSQL:
 
 def referenced_columns(statements: str | tuple[str, ...]) -> frozenset[str] | None:
     """The lower-cased names of the columns ``statements`` read, or None when that cannot be
-    told: a ``*`` other than ``count(*)``'s, ``COLUMNS(…)``, a NATURAL join, a table's name used
-    as a value (its whole row), SQL sqlglot cannot parse."""
+    told: a ``*`` other than ``count(*)``'s, ``COLUMNS(…)``, a column by position (``#2``), a
+    NATURAL join, a table's name used as a value (its whole row), SQL sqlglot cannot parse."""
     from sqlglot.errors import SqlglotError
 
     names: set[str] = set()
@@ -619,10 +619,10 @@ def referenced_columns(statements: str | tuple[str, ...]) -> frozenset[str] | No
         for node in tree.walk():
             if isinstance(node, exp.Star) and not isinstance(node.parent, exp.Count):
                 return None
-            if isinstance(node, exp.Columns) or (
+            if isinstance(node, (exp.Columns, exp.PositionalColumn)) or (
                 isinstance(node, exp.Anonymous) and str(node.this).lower() == "columns"
             ):
-                return None
+                return None  # columns by pattern or by position (``#2``)
             if isinstance(node, exp.Join):
                 if "NATURAL" in str(node.args.get("method") or "").upper():
                     return None  # joins on every column the two sides share
