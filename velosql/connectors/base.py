@@ -121,6 +121,13 @@ class Sink(ABC):
 _ARANGE: pa.Array | None = None
 
 
+def declared_partition_key(options: dict) -> tuple[str, ...]:
+    """The columns a source says it is partitioned by: its ``partition_key`` option (options
+    without the ``<name>.`` prefix), comma-separated, as written."""
+    text = str(options.get("partition_key") or "")
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
 def _arange(n: int) -> pa.Array:
     """0..n-1 as int64 without a per-element Python loop (a cached array, grown when short).
 

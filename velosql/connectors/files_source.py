@@ -18,6 +18,7 @@ from .base import (
     PartitionEnd,
     Source,
     SourceContext,
+    declared_partition_key,
     int_scalar,
     system_schema,
     with_system_columns,
@@ -263,10 +264,10 @@ class FileSource(Source):
     def _check_partition_key(self, user: pa.Schema) -> None:
         """Every column the ``partition_key`` option names is one of the source's."""
         names = {n.lower() for n in user.names}
-        for column in str(option(self._options, "source", "partition_key") or "").split(","):
-            if column.strip() and column.strip().lower() not in names:
+        for column in declared_partition_key(self._options):
+            if column.lower() not in names:
                 raise OptionError(
-                    f"invalid value for '{self.name}.partition_key': {column.strip()!r} is not a "
+                    f"invalid value for '{self.name}.partition_key': {column!r} is not a "
                     f"column of the source (columns: {', '.join(user.names)})"
                 )
 

@@ -26,6 +26,7 @@ from ..connectors.base import (
     PartitionEnd,
     SourceContext,
     _arange,
+    declared_partition_key,
     empty_table,
     int_scalar,
 )
@@ -118,8 +119,8 @@ class V1Executor:
         reading = tuple(s for s in vars(sql).values() if isinstance(s, str) and "__in" in s)
         names = referenced_columns(reading)
         if names is not None:
-            declared = str(self.plan.source.options.get("partition_key") or "").split(",")
-            self.source.keep_columns(names | {c.strip().lower() for c in declared if c.strip()})
+            declared = declared_partition_key(self.plan.source.options)
+            self.source.keep_columns(names | {c.lower() for c in declared})
 
     def _bind(self) -> None:
         plan, sql = self.plan, self.sql

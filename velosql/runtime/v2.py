@@ -41,7 +41,7 @@ import types
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..connectors.base import PARTITION_COL, empty_table, int_scalar
+from ..connectors.base import PARTITION_COL, declared_partition_key, empty_table, int_scalar
 from ..plan import windows as W
 from ..plan.sqlgen import referenced_columns as _referenced
 from . import direct_parquet, routing
@@ -166,10 +166,8 @@ def choose(plan, n: int, direct_partitions: int | None = 0) -> Routing:
             "fan_in": "every micro-batch to partition 0",
         }[strategy]
     if aligned:
-        how = (
-            f"sticky, as the source is partitioned by {', '.join(declared_key(plan))} "
-            f"(partition_key), within the GROUP BY key: {how}"
-        )
+        key = ", ".join(declared_partition_key(plan.source.options))
+        how = f"sticky, as the source is partitioned by {key} (partition_key), within the GROUP BY key: {how}"
     if mode == "partials":
         how += "; workers compute partial aggregates, merged by the job (two-phase)"
     else:
@@ -177,16 +175,10 @@ def choose(plan, n: int, direct_partitions: int | None = 0) -> Routing:
     return Routing(mode, strategy, how)
 
 
-def declared_key(plan) -> tuple[str, ...]:
-    """The columns the source says it is partitioned by (its ``partition_key`` option)."""
-    text = plan.source.options.get("partition_key") or ""
-    return tuple(c.strip() for c in str(text).split(",") if c.strip())
-
-
 def _aligned(plan) -> bool:
     """Whether every group lies in one source partition: the declared partition key columns are
     all bare columns of the GROUP BY key."""
-    declared = {c.lower() for c in declared_key(plan)}
+    declared = {c.lower() for c in declared_partition_key(plan.source.options)}
     if not declared or not plan.sql.route_keys:
         return False
     from sqlglot import exp
