@@ -181,11 +181,7 @@ def _aligned(plan) -> bool:
     declared = {c.lower() for c in declared_partition_key(plan.source.options)}
     if not declared or not plan.sql.route_keys:
         return False
-    from sqlglot import exp
-
-    select = exp.maybe_parse(plan.sql.route_keys, dialect="duckdb")
-    bare = {node.name.lower() for node in select.expressions if isinstance(node, exp.Column)}
-    return declared <= bare
+    return declared <= set(_key_columns(plan.sql.route_keys))
 
 
 def _orderable(sql: str) -> bool:
@@ -706,18 +702,21 @@ def _counts(ids: pa.Array, n: int) -> dict[int, int]:
     return out
 
 
-def _bare_columns(route_keys: str, names: list[str]) -> tuple[str, ...] | None:
-    """The source columns ``route_keys`` selects when each key is a bare column, else None."""
+def _key_columns(route_keys: str) -> list[str | None]:
+    """Each key ``route_keys`` selects: its lower-cased name when it is a bare column, else None."""
     from sqlglot import exp
 
     select = exp.maybe_parse(route_keys, dialect="duckdb")
+    return [node.name.lower() if isinstance(node, exp.Column) else None for node in select.expressions]
+
+
+def _bare_columns(route_keys: str, names: list[str]) -> tuple[str, ...] | None:
+    """The source columns ``route_keys`` selects when each key is a bare column, else None."""
     by_lower = {n.lower(): n for n in names}
-    out = []
-    for node in select.expressions:
-        if not isinstance(node, exp.Column) or node.name.lower() not in by_lower:
-            return None
-        out.append(by_lower[node.name.lower()])
-    return tuple(out)
+    keys = _key_columns(route_keys)
+    if any(k not in by_lower for k in keys):  # an expression (None) or not a source column
+        return None
+    return tuple(by_lower[k] for k in keys)
 
 
 def _partial_variants(partial: str, window) -> tuple[str, str]:
