@@ -83,7 +83,7 @@ class _File:
     row_groups: tuple[int, int] | None = None  # Parquet split: row groups [first, end) only
     split: int | None = None  # V2 direct read: the split's number (its PartitionEnd), else None
     # V2 direct read of a byte range [first byte, end) of a text file (see FileSource.splits):
-    # ``offset`` counts from the first byte until the records before it are counted (``base``).
+    # ``offset`` counts from the first byte; ``base``: the records before it, once counted.
     byte_range: tuple[int, int] | None = None
     base: int | None = None
 
@@ -487,7 +487,6 @@ class FileSource(Source):
                     row_groups=row_groups,
                     split=split,
                     byte_range=byte_range,
-                    base=None if first else offset,
                 )
             )
         source._known = {f.path for f in source._files}
