@@ -343,3 +343,25 @@ def test_expected_partitions_hold_the_watermark_until_each_delivers():
     seen = t.observe(pa.array([50, 60], pa.int64()), pa.array([1, 1], pa.int32()))
     assert seen.to_pylist()[0] <= NOT_YET and seen.to_pylist()[1] == 50
     assert t.watermark == 60
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(0, 5), st.one_of(st.none(), st.integers(-(2**62), 2**62))),
+        min_size=1,
+        max_size=300,
+    ),
+    max_runs=st.sampled_from([0, 1, 64]),
+)
+def test_max_by_partition_is_each_partitions_largest_event_time(rows, max_runs):
+    """Rows that name their own partition make a run per row or so: both ways of taking the
+    maxima (a step per run, one aggregation beyond ``_MAX_RUNS`` runs) give the reference."""
+    expected: dict[int, int | None] = {}
+    for p, et in rows:
+        prior = expected.get(p)
+        expected[p] = et if prior is None else prior if et is None else max(prior, et)
+    partition = pa.array([p for p, _ in rows], pa.int32())
+    et = pa.chunked_array([pa.array([e for _, e in rows], pa.int64())])
+    with mock.patch.object(W, "_MAX_RUNS", max_runs):
+        assert W.max_by_partition(partition, et) == expected

@@ -90,7 +90,7 @@ class ArrowPartials:
             table = table.set_column(table.schema.get_field_index(col), col, values)
         group = list(self.keys)
         aggs = [*self.aggregations, ([], "count_all")]
-        result = _group_by(table, group, aggs)
+        result = acero_group_by(table, group, aggs)
         # The keys come first (pyarrow >= 21; last before), then the aggregates in the order asked.
         first = 0 if result.column_names[: len(group)] == group else len(aggs)
         at = 0 if first else len(group)
@@ -101,7 +101,7 @@ class ArrowPartials:
         return pa.table(out)
 
 
-def _group_by(table: pa.Table, keys: list[str], aggs: list[tuple]) -> pa.Table:
+def acero_group_by(table: pa.Table, keys: list[str], aggs: list[tuple]) -> pa.Table:
     """``table.group_by(keys, use_threads=False).aggregate(aggs)`` (same columns, same order),
     declared to Acero directly: ``pyarrow.acero``'s first import also imports
     ``pyarrow.dataset``, which imports pandas where it is installed (~0.18 s of a job's first
