@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import velosql
+from velosql.runtime import v2
 
 EXAMPLES = 8
 START = dt.datetime(2024, 1, 1)
@@ -359,8 +360,10 @@ def test_duckdb_reader_judges_event_time_as_pyarrow_does(tmp_path_factory, kind,
                 f"'src.path' = '{folder}/*.parquet', 'src.batch_size' = 100, 'o.type' = 'python', "
                 f"processor = 'v2:1', partitioning_strategy = 'sticky', parquet_reader = '{reader}', "
                 # Reads of 100 rows both ways: pyarrow's source batches, DuckDB's runs of two row
-                # groups (runs hold 4 x max_batch_size rows).
-                "'watermark.max_out_of_orderness' = '5s', max_batch_size = 25)"
+                # groups (runs of partials hold PARTIAL_RUN_BATCHES x max_batch_size rows, cut
+                # after the row group that reaches them: 96 rows end with the second).
+                "'watermark.max_out_of_orderness' = '5s', "
+                f"max_batch_size = {100 // v2.PARTIAL_RUN_BATCHES})"
             )
             job.wait(60)
             readers = {p["reader"] for p in job.metrics()["partitions"]}

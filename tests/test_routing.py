@@ -141,6 +141,37 @@ def test_rows_of_one_key_share_a_partition(kv, n, data):
     assert all(len(ps) == 1 for ps in partitions_of.values())
 
 
+TEXT_TYPES = (
+    pa.types.is_string,
+    pa.types.is_large_string,
+    pa.types.is_string_view,
+    pa.types.is_binary,
+    pa.types.is_large_binary,
+    pa.types.is_binary_view,
+    pa.types.is_fixed_size_binary,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(key_values(), st.integers(1, 8), st.data())
+def test_dictionary_text_keeps_values_and_partitions(kv, n, data):
+    """Hash routing sends text keys dictionary-encoded: the same values, the same partitions."""
+    kinds, values = kv
+    table = keyed_table(kinds, values, data.draw)
+    names = key_names(kinds)
+    encoded = routing.dictionary_text(table, names)
+    assert encoded.column_names == table.column_names
+    for name in table.column_names:
+        before, after = table.column(name), encoded.column(name)
+        if any(is_text(before.type) for is_text in TEXT_TYPES):
+            assert pa.types.is_dictionary(after.type) and after.num_chunks <= 1
+            assert after.to_pylist() == before.to_pylist()
+        else:  # untouched: the same type and bytes (NaN included)
+            assert after.type == before.type
+            assert [c.buffers() for c in after.chunks] == [c.buffers() for c in before.chunks]
+    assert stable_partition_ids(encoded, names, n) == stable_partition_ids(table, names, n)
+
+
 @settings(max_examples=150, deadline=None)
 @given(key_values(), st.integers(1, 8), st.data())
 def test_ids_depend_on_the_values_only(kv, n, data):

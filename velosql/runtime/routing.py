@@ -35,6 +35,7 @@ string key whose every value differs (where Python's per-value work dominates).
 from __future__ import annotations
 
 from array import array
+from collections.abc import Sequence
 from zlib import crc32
 
 import pyarrow as pa
@@ -45,6 +46,7 @@ from ..connectors.base import int_scalar
 __all__ = [
     "NULL_HASH",
     "column_hashes",
+    "dictionary_text",
     "round_robin",
     "split",
     "stable_partition_ids",
@@ -131,6 +133,18 @@ def column_hashes(column: pa.Array | pa.ChunkedArray) -> pa.Array:
         f"cannot route by a key of type {t}: stable hashes exist for strings, binaries, numbers, "
         "booleans, decimals, dates, times, timestamps, durations and dictionaries of those"
     )
+
+
+def dictionary_text(table: pa.Table, names: Sequence[str]) -> pa.Table:
+    """``table`` with its columns ``names`` that hold strings or binaries dictionary-encoded (one
+    chunk each); other columns as they are. Their hashes do not change (a dictionary column
+    hashes as its values), and so neither do their partitions."""
+    for name in names:
+        i = table.schema.get_field_index(name)
+        column = table.column(i)
+        if _text_kind(column.type) in ("string", "binary"):
+            table = table.set_column(i, table.field(i).name, pc.dictionary_encode(column.combine_chunks()))
+    return table
 
 
 def split(table: pa.Table, ids: pa.Array, n: int) -> list[pa.Table]:
