@@ -334,3 +334,34 @@ def test_jobs_do_not_import_pandas(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("mode", ["rows", "partials"])
+def test_unset_strategy_spreads_a_pushed_stream_over_every_worker(mode):
+    """A stream pushed without partitions is one source partition: sticky routing would give it
+    all to worker 0. Unset, the job sends whole micro-batches in turn instead (a projection, or
+    an aggregate without a key); the output keeps its arrival order and equals V1's."""
+    query = MODES["rows"] if mode == "rows" else "SELECT count(*) AS n, sum(v) AS total FROM src EMIT FINAL"
+    out = {}
+    for processor in ("v1", "v2:2"):
+        engine = velosql.connect()
+        try:
+            create = (
+                f"CREATE STREAM out AS {query} WITH ({SCHEMA}, 'out.type' = 'python', "
+                f"processor = '{processor}', max_batch_size = 100)"
+            )
+            if processor != "v1":
+                text = engine.execute(f"EXPLAIN {create}")
+                assert "whole micro-batches round-robin" in text, text
+            job = engine.execute(create)
+            for i in range(12):
+                engine.push("src", data(100, i * 100))
+            engine.close_source("src")
+            job.wait(DEADLINE)
+            out[processor] = engine.pull("out").to_pylist()
+            if processor != "v1":
+                assert all(p["records_in"] > 0 for p in job.metrics()["partitions"]), job.metrics()
+        finally:
+            engine.close()
+    assert out["v2:2"] == out["v1"]
+    assert len(out["v1"]) == (1200 if mode == "rows" else 1)
