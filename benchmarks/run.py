@@ -79,7 +79,12 @@ COMBINE = "SUM(n) AS n, SUM(vol) AS vol, SUM(sp) / SUM(n) AS avg_price, MIN(lo) 
 
 
 def v1_statement(name: str, processor: str, extra: str = "") -> str:
+    """The query's statement; ``processor`` may name a routing strategy after a slash
+    (``v2:2/round_robin``)."""
+    processor, _, strategy = processor.partition("/")
     opts = [IO, f"processor = '{processor}'"]
+    if strategy:
+        opts.append(f"partitioning_strategy = '{strategy}'")
     if name == "tumble":
         opts.append(LATENESS)
     if extra:
@@ -864,7 +869,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is reported")
     ap.add_argument("--quick", action="store_true", help="smaller inputs, under 2 minutes")
     ap.add_argument("--only", help=f"comma-separated subset of: {', '.join(ALL)}")
-    ap.add_argument("--processors", default="v1", help="velosql processors to measure, e.g. v1,v2:2")
+    ap.add_argument(
+        "--processors",
+        default="v1",
+        help="velosql processors to measure, e.g. v1,v2:2; for the trades queries a routing strategy "
+        "may follow a slash: v2:2/round_robin",
+    )
     ap.add_argument(
         "--brc-streaming",
         action="store_true",

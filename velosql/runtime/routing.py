@@ -143,7 +143,7 @@ def dictionary_text(table: pa.Table, names: Sequence[str]) -> pa.Table:
         i = table.schema.get_field_index(name)
         column = table.column(i)
         if _text_kind(column.type) in ("string", "binary"):
-            table = table.set_column(i, table.field(i).name, pc.dictionary_encode(column.combine_chunks()))
+            table = table.set_column(i, name, pc.dictionary_encode(column.combine_chunks()))
     return table
 
 
