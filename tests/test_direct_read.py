@@ -74,14 +74,14 @@ def write(table: pa.Table, folder, layout: str, pieces: int) -> str:
 
 
 def velosql_rows(
-    path: str, query: str, processor: str, layout: str, reader: str = "duckdb"
+    path: str, query: str, processor: str, layout: str, reader: str = "duckdb", strategy: str = "sticky"
 ) -> tuple[list[tuple], dict]:
     options = [
         "'src.type' = 'file_source'",
         f"'src.path' = '{path}'",
         "'o.type' = 'python'",
         f"processor = '{processor}'",
-        "partitioning_strategy = 'sticky'",
+        f"partitioning_strategy = '{strategy}'",
         "scan_pushdown = false",
         f"parquet_reader = '{reader}'",
         "'watermark.max_out_of_orderness' = '1h'",  # no row is late: the batch result applies
@@ -105,14 +105,16 @@ def velosql_rows(
     pieces=st.integers(1, 7),
     shape=st.sampled_from(sorted(QUERIES)),
     reader=st.sampled_from(["duckdb", "pyarrow"]),
+    # hash: the workers read alike, and the partial rows go to the workers owning their groups.
+    strategy=st.sampled_from(["sticky", "hash"]),
 )
 def test_direct_read_gives_the_batch_result(
-    tmp_path_factory, processor, layout, table, pieces, shape, reader
+    tmp_path_factory, processor, layout, table, pieces, shape, reader, strategy
 ):
     folder = tmp_path_factory.mktemp("src")
     path = write(table, folder, layout, pieces)
     query, batch_sql = QUERIES[shape]
-    got, metrics = velosql_rows(path, query, processor, layout, reader)
+    got, metrics = velosql_rows(path, query, processor, layout, reader, strategy)
     # DuckDB's reader reads Parquet (a timestamp event time included); pyarrow reads CSV.
     duckdb_reads = reader == "duckdb" and layout != "csv files"
     readers = {p["reader"] for p in metrics["partitions"] if p["records_in"]} - {None}  # None: routed
@@ -421,9 +423,11 @@ def test_a_source_partitioned_by_the_group_key_is_read_by_the_workers(tmp_path, 
 
 
 def test_a_partition_key_outside_the_group_key_keeps_hash_routing(tmp_path):
+    """Hash routing of partial aggregates: each worker reads its own files, and the partial rows
+    go by key hash to the workers that combine them."""
     rows, metrics, text, data = _declared_job(tmp_path, "v % 5", "k")
-    assert "hash of the GROUP BY key" in text
-    assert {p["reader"] for p in metrics["partitions"]} == {None}  # routed by the job
+    assert "hash of the GROUP BY key (v % 5)" in text and "combined in the workers" in text
+    assert {p["reader"] for p in metrics["partitions"]} == {"duckdb"}  # no row passes the job
     want = duckdb.sql("SELECT v % 5, count(*), sum(v) FROM data GROUP BY 1").fetchall()
     assert rows == sorted(want)
 
@@ -483,14 +487,20 @@ def _text_file(path, fmt: str, kinds: list[str], seconds: list[int], crlf: bool)
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(lines=text_lines(), crlf=st.booleans(), processor=st.sampled_from(["v2:2", "v2:3"]))
+@given(
+    lines=text_lines(),
+    crlf=st.booleans(),
+    processor=st.sampled_from(["v2:2", "v2:3"]),
+    strategy=st.sampled_from(["sticky", "hash"]),
+)
 def test_byte_ranges_of_one_text_file_number_records_as_v1(
-    tmp_path_factory, monkeypatch, fmt, lines, crlf, processor
+    tmp_path_factory, monkeypatch, fmt, lines, crlf, processor, strategy
 ):
     """One CSV or JSON-lines file is cut into byte ranges the workers read at once. Whatever the
     empty lines, bad lines and NULL event times before a range, its late rows and dead letters
     name each record as V1 does (file line, partition and offset), the windows hold every row
-    that was not late, and ``first(v)`` sees the file's order."""
+    that was not late, and ``first(v)`` sees the file's order. With hash routing the windows
+    close in the workers that own their keys, while reads are still in flight."""
     from velosql.connectors import files_source
 
     monkeypatch.setattr(files_source, "MIN_RANGE", 256)  # cut even a small file
@@ -514,7 +524,7 @@ def test_byte_ranges_of_one_text_file_number_records_as_v1(
         job.wait(60)
         offsets = {r["v"]: r["_offset"] for r in engine.pull("numbered").to_pylist()}
         v1_dead = sorted(engine.sql("SELECT location, error FROM numbered__dlq").fetchall())
-        sql = f"CREATE STREAM o AS {query} WITH ({opts}, processor = '{processor}', partitioning_strategy = 'sticky', 'watermark.max_out_of_orderness' = '5s')"
+        sql = f"CREATE STREAM o AS {query} WITH ({opts}, processor = '{processor}', partitioning_strategy = '{strategy}', 'watermark.max_out_of_orderness' = '5s')"
         job = engine.execute(sql)
         job.wait(60)
         assert "byte ranges of text files" in engine.execute(f"EXPLAIN ANALYZE {sql}")

@@ -336,32 +336,60 @@ def test_jobs_do_not_import_pandas(tmp_path):
     assert done.stdout.strip() == "False"
 
 
+def pushed(query: str, processor: str, options: str = "") -> tuple[list[dict], str, list[dict]]:
+    """Push 1,200 rows in 12 micro-batches through ``query`` on ``processor``: its output, its
+    EXPLAIN text and its partition metrics."""
+    engine = velosql.connect()
+    try:
+        create = (
+            f"CREATE STREAM out AS {query} WITH ({SCHEMA}, 'out.type' = 'python', "
+            f"processor = '{processor}', max_batch_size = 100{options})"
+        )
+        text = engine.execute(f"EXPLAIN {create}")
+        job = engine.execute(create)
+        for i in range(12):
+            engine.push("src", data(100, i * 100))
+        engine.close_source("src")
+        job.wait(DEADLINE)
+        return engine.pull("out").to_pylist(), text, job.metrics().get("partitions", [])
+    finally:
+        engine.close()
+
+
 @pytest.mark.parametrize("mode", ["rows", "partials"])
 def test_unset_strategy_spreads_a_pushed_stream_over_every_worker(mode):
     """A stream pushed without partitions is one source partition: sticky routing would give it
     all to worker 0. Unset, the job sends whole micro-batches in turn instead (a projection, or
     an aggregate without a key); the output keeps its arrival order and equals V1's."""
     query = MODES["rows"] if mode == "rows" else "SELECT count(*) AS n, sum(v) AS total FROM src EMIT FINAL"
-    out = {}
-    for processor in ("v1", "v2:2"):
-        engine = velosql.connect()
-        try:
-            create = (
-                f"CREATE STREAM out AS {query} WITH ({SCHEMA}, 'out.type' = 'python', "
-                f"processor = '{processor}', max_batch_size = 100)"
-            )
-            if processor != "v1":
-                text = engine.execute(f"EXPLAIN {create}")
-                assert "whole micro-batches round-robin" in text, text
-            job = engine.execute(create)
-            for i in range(12):
-                engine.push("src", data(100, i * 100))
-            engine.close_source("src")
-            job.wait(DEADLINE)
-            out[processor] = engine.pull("out").to_pylist()
-            if processor != "v1":
-                assert all(p["records_in"] > 0 for p in job.metrics()["partitions"]), job.metrics()
-        finally:
-            engine.close()
-    assert out["v2:2"] == out["v1"]
-    assert len(out["v1"]) == (1200 if mode == "rows" else 1)
+    want, _, _ = pushed(query, "v1")
+    got, text, partitions = pushed(query, "v2:2")
+    assert "whole micro-batches round-robin" in text, text
+    assert all(p["records_in"] > 0 for p in partitions), partitions
+    assert got == want
+    assert len(want) == (1200 if mode == "rows" else 1)
+
+
+@pytest.mark.parametrize(
+    "query, combined",
+    [
+        ("SELECT k, count(*) AS n, sum(v) AS total FROM src GROUP BY k EMIT FINAL", True),
+        # An ordered emission is merged by the job: each worker's share would be ordered alone.
+        ("SELECT k, sum(v) AS total FROM src GROUP BY k ORDER BY total DESC EMIT FINAL", False),
+    ],
+    ids=["combined-in-workers", "ordered-merged-by-job"],
+)
+def test_hash_routing_moves_partial_rows_to_the_workers_that_own_the_groups(query, combined):
+    """Hash routing of an EMIT FINAL aggregate sends input rows whole and round-robin; the partial
+    rows go by key hash to the worker holding the group, which emits it. Equal to V1, in V1's
+    order when the query orders its rows."""
+    want, _, _ = pushed(query, "v1")
+    got, text, partitions = pushed(query, "v2:3", ", partitioning_strategy = 'hash'")
+    assert ("combined in the workers" in text) is combined, text
+    assert ("merged by the job" in text) is not combined, text
+    if combined:  # whole micro-batches in turn
+        assert [p["records_in"] for p in partitions] == [400, 400, 400], partitions
+        assert sorted(got, key=str) == sorted(want, key=str)
+    else:
+        assert got == want
+    assert len(want) == 7

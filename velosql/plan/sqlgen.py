@@ -81,6 +81,9 @@ class ShapeSQL:
     route_keys: str = ""
     local: bool = False
     evict: str = ""
+    # Whether ``emit`` orders its rows (the query's ORDER BY): then it runs on the whole state,
+    # not on each V2 worker's share of the groups.
+    emit_ordered: bool = False
     buffer_insert: str = ""
     session_emit: str = ""
     session_keep: str = ""
@@ -481,7 +484,7 @@ def _aggregate_sql(q: Query, window, emit, late, late_cond) -> ShapeSQL:
         partial=partial, partial_all=partial_all, late=late, running_input=running_input,
         running_output=running_output, running_items=running_items, running_columns=running_columns,
         running_state=running_state, emit=emit_sql, changes=changes, state_update=state_update,
-        arrow_partial=arrow, evict=evict, reference=q.project_sql,
+        arrow_partial=arrow, evict=evict, reference=q.project_sql, emit_ordered=bool(q.order_sql),
     )  # fmt: skip
 
 

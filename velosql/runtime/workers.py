@@ -103,6 +103,7 @@ class Batch:
     table: pa.Table | pa.RecordBatch
     sql: str | tuple[str, ...]
     result: int = -1
+    name: str = "__in"  # the table's name in the statements
 
 
 @dataclass(frozen=True)
@@ -317,7 +318,7 @@ class WorkerPool:
             _write_ipc_file(path, request.table)
             worker.metrics.wait_seconds += time.perf_counter() - started
             header, payload, rows = (
-                pickle.dumps(("batch_file", (request.sql, request.result, path))),
+                pickle.dumps(("batch_file", (request.sql, request.result, path, request.name))),
                 None,
                 request.table.num_rows,
             )
@@ -566,7 +567,7 @@ def _encode(request: Request) -> tuple[bytes, pa.Buffer | None, int]:
     """
     if isinstance(request, Batch):
         return (
-            pickle.dumps(("batch", (request.sql, request.result))),
+            pickle.dumps(("batch", (request.sql, request.result, request.name))),
             ipc_buffer(request.table),
             request.table.num_rows,
         )
@@ -742,8 +743,9 @@ def _handle(con: duckdb.DuckDBPyConnection, kind: str, data: Any, payload: bytes
         module, _, name = function.partition(":")
         return getattr(importlib.import_module(module), name)(con, state, arg)
     if kind == "batch":
-        with _registered(con, "__in", payload):
-            return None, _run(con, *data)
+        sql, result, name = data
+        with _registered(con, name, payload):
+            return None, _run(con, sql, result)
     if kind == "batch_part":
         sql, result, path, column, me = data
         with pa.memory_map(path) as source, _registered(con, "__all", source):
@@ -756,10 +758,10 @@ def _handle(con: duckdb.DuckDBPyConnection, kind: str, data: Any, payload: bytes
             finally:
                 con.execute("DROP VIEW IF EXISTS __in")
     if kind == "batch_file":
-        sql, result, path = data
+        sql, result, path, name = data
         try:
             # The batch's buffers are the mapped file: no copy.
-            with pa.memory_map(path) as source, _registered(con, "__in", source):
+            with pa.memory_map(path) as source, _registered(con, name, source):
                 return None, _run(con, sql, result)
         finally:
             os.unlink(path)
