@@ -135,6 +135,13 @@ def column_hashes(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     )
 
 
+def hashable(t: pa.DataType) -> bool:
+    """Whether :func:`column_hashes` has a stable hash for values of type ``t``."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return _number_kind(t) is not None or _text_kind(t) is not None or pa.types.is_null(t)
+
+
 def dictionary_text(table: pa.Table, names: Sequence[str]) -> pa.Table:
     """``table`` with its columns ``names`` that hold strings or binaries dictionary-encoded (one
     chunk each); other columns as they are. Their hashes do not change (a dictionary column

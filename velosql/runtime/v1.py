@@ -450,7 +450,9 @@ class V1Executor:
             return True
         try:
             run = running.running_partials(rows, aggs)
-        except pa.ArrowInvalid:  # a running sum beyond int64: DuckDB's HUGEINT sums take the batch
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            # A running sum beyond int64, or a key pyarrow cannot encode (a LIST or STRUCT):
+            # DuckDB's window (HUGEINT sums, any key type) takes the batch.
             self._drop_totals()
             return False
         if sql.running_items:

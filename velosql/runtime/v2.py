@@ -304,6 +304,8 @@ class V2Executor(V1Executor):
             )
             self.splits = _direct_splits(self.source, self.n, cut, ranges)
             self.route = choose(self.plan, self.n, len(self.splits))
+            if self.route.workers and self.route.strategy == "hash":
+                self.route = self._hashable_route(self.route)
             if not self.route.workers:
                 return
             self.combined = self.route.combine == "workers"
@@ -317,6 +319,31 @@ class V2Executor(V1Executor):
         except BaseException:
             self.close()
             raise
+
+    def _hashable_route(self, route: Routing) -> Routing:
+        """``route``, unless the key it hashes has a type without a stable hash (a LIST or STRUCT
+        key, say): then partial aggregates are merged by the job and keyed state stays in one
+        partition (the V1 engine), instead of failing the job at its first micro-batch."""
+        empty = self._internal(empty_table(self.source.schema), observe=False)
+        with self._registered("__in", empty):
+            keyed = route.mode == "keyed"
+            schema = self.con.sql(self.sql.route_keys if keyed else self.sql.partial).to_arrow_table().schema
+        keys = schema if keyed else [f for f in schema if _GROUP_COL.fullmatch(f.name)]
+        bad = next((f.type for f in keys if not routing.hashable(f.type)), None)
+        if bad is None:
+            return route
+        why = f"the key's type {bad} has no stable hash to route by"
+        if keyed:
+            return Routing(
+                "v1", "", f"one partition (the V1 engine): every row of a group in one place, and {why}"
+            )
+        if len(self.splits) > 1:
+            how = f"each worker reads its own pieces of the source ({len(self.splits)} files, runs of Parquet row groups or byte ranges of text files over {self.n} workers)"
+            strategy = "sticky"
+        else:
+            how, strategy = "whole micro-batches round-robin over the workers", "round_robin"
+        text = f"{how}; workers compute partial aggregates, merged by the job (two-phase); not hash: {why}"
+        return Routing("partials", strategy, text)
 
     def _setup_keyed(self) -> None:
         sql = self.sql
