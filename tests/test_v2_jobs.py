@@ -6,6 +6,7 @@ Real processes, a real FIFO as the slow sink, waits on events or on process exit
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import signal
@@ -429,3 +430,41 @@ def test_a_key_without_a_stable_hash_is_not_hash_routed(emit):
     else:
         assert out["v2:2"] == out["v1"]
         assert len(out["v1"]) == 300
+
+
+@pytest.mark.parametrize(
+    "processor, strategy", [("v1", None), ("v2:2", "hash"), ("v2:2", "round_robin")], ids=["v1", "hash", "rr"]
+)
+def test_closed_windows_come_out_while_the_stream_stays_open(processor, strategy):
+    """EMIT FINAL windows come out once the watermark passes their end, not at the end of input,
+    wherever V2 combines them: in the workers (hash), or in the job once every earlier reply is
+    in (round_robin)."""
+    base = dt.datetime(2026, 1, 1)
+    choice = f", partitioning_strategy = '{strategy}'" if strategy else ""
+    engine = velosql.connect()
+    try:
+        job = engine.execute(
+            "CREATE STREAM out AS SELECT k, _window_start AS ws, count(*) AS n FROM src GROUP BY k "
+            "WINDOW TUMBLING(ts, 10s) EMIT FINAL WITH ('src.type' = 'python', "
+            "'src.schema' = 'k VARCHAR, ts TIMESTAMP', 'out.type' = 'python', "
+            f"'watermark.max_out_of_orderness' = '0s', processor = '{processor}'{choice})"
+        )
+        for start in range(0, 60, 10):  # the rows of window [start, start + 10s) close the one before
+            seconds = range(start, start + 10)
+            ts = pa.array([base + dt.timedelta(seconds=s) for s in seconds], pa.timestamp("us"))
+            engine.push("src", pa.table({"k": [f"k{s % 3}" for s in seconds], "ts": ts}))
+            closed = 3 * (start // 10)
+            wait_for(lambda closed=closed: job.metrics()["records_out"] >= closed, f"{closed} window rows")
+        while_open = job.metrics()["records_out"]
+        engine.close_source("src")
+        job.wait(DEADLINE)
+        rows = engine.pull("out").to_pylist()
+    finally:
+        engine.close()
+    assert while_open == 15  # five windows of three keys, before the end of input
+    want = [
+        (f"k{k}", base + dt.timedelta(seconds=w), sum(1 for s in range(w, w + 10) if s % 3 == k))
+        for w in range(0, 60, 10)
+        for k in range(3)
+    ]
+    assert sorted((r["k"], r["ws"], r["n"]) for r in rows) == sorted(want)

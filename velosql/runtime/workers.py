@@ -311,7 +311,9 @@ class WorkerPool:
         replies = []
         while len(worker.pending) >= self.max_in_flight:
             replies.append(self._read(worker, self.timeout))
-        if isinstance(request, Batch) and request.table.num_rows >= FILE_MIN_ROWS:
+        if isinstance(request, Batch) and (
+            request.table.num_rows >= FILE_MIN_ROWS or request.table.nbytes >= FILE_MIN_BYTES
+        ):
             self._sent_files += 1
             path = os.path.join(self._files, f"{partition}-{self._sent_files}.arrow")
             started = time.perf_counter()
@@ -793,6 +795,10 @@ def _run(con: duckdb.DuckDBPyConnection, sql: str | tuple[str, ...], result: int
 
 
 FILE_MIN_ROWS = 16_384  # batches at least this large go through a file in memory, not the pipe
+# ... and requests at least this large: a pipe holds 64 KiB, and a write beyond what the busy
+# worker has read waits for it (partial rows sent to a worker while it aggregates: pushed trades,
+# V2:2 Q_tumble 0.50 -> 0.44 s).
+FILE_MIN_BYTES = 32_768
 
 
 def _write_ipc_file(path: str, table: pa.Table) -> None:
