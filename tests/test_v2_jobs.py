@@ -468,3 +468,38 @@ def test_closed_windows_come_out_while_the_stream_stays_open(processor, strategy
         for k in range(3)
     ]
     assert sorted((r["k"], r["ws"], r["n"]) for r in rows) == sorted(want)
+
+
+@pytest.mark.parametrize("strategy", ["hash", "round_robin"])
+def test_windows_close_once_whatever_the_replies_interleave(monkeypatch, strategy):
+    """Partial rows merged (or sent to their owners) at every reply, and a one-record queue that
+    makes each send take replies first: a window must still come out once, whole, after every
+    partial row of it. Equal to V1."""
+    from velosql.runtime import v2
+
+    monkeypatch.setattr(v2, "MERGE_ROWS", 1)
+    monkeypatch.setattr(v2, "MERGE_TABLES", 1)
+    base = dt.datetime(2026, 1, 1)
+    seconds = [s // 3 + (s % 7) for s in range(3000)]  # ~1,000 s with a few seconds of disorder
+    ts = pa.array([base + dt.timedelta(seconds=s) for s in seconds], pa.timestamp("us"))
+    table = pa.table({"k": [f"k{i % 11}" for i in range(3000)], "ts": ts})
+    out = {}
+    for processor in ("v1", "v2:2"):
+        engine = velosql.connect()
+        try:
+            job = engine.execute(
+                "CREATE STREAM out AS SELECT k, _window_start AS ws, count(*) AS n FROM src GROUP BY k "
+                "WINDOW TUMBLING(ts, 10s) EMIT FINAL WITH ('src.type' = 'python', "
+                "'src.schema' = 'k VARCHAR, ts TIMESTAMP', 'out.type' = 'python', "
+                "'watermark.max_out_of_orderness' = '10s', max_batch_size = 50, queue_threshold = 1, "
+                f"processor = '{processor}', partitioning_strategy = '{strategy}')"
+            )
+            for i in range(0, 3000, 50):
+                engine.push("src", table.slice(i, 50))
+            engine.close_source("src")
+            job.wait(DEADLINE)
+            out[processor] = sorted((r["k"], r["ws"], r["n"]) for r in engine.pull("out").to_pylist())
+        finally:
+            engine.close()
+    assert out["v2:2"] == out["v1"]
+    assert sum(n for _, _, n in out["v1"]) == 3000

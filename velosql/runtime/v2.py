@@ -34,6 +34,7 @@ says so.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import re
 import time
@@ -282,6 +283,8 @@ class V2Executor(V1Executor):
         self.queue_peak = [0] * self.n  # most records ever waiting at each worker
         self.combined = False  # partials combined in the workers (Routing.combine)
         self.finishing = False
+        self.sending = 0  # depth of _sending blocks
+        self.closes_due: collections.deque = collections.deque()  # markers reached within one
         # Direct reads answered but not merged yet: (worker, reply, the watermark it was sent with).
         self.answered: collections.deque = collections.deque()
 
@@ -642,7 +645,10 @@ class V2Executor(V1Executor):
     def _take_reply(self) -> None:
         worker, kind, batch = self.inflight.popleft()
         if kind == "close":  # every micro-batch sent before the windows closed has replied
-            self._close_windows(batch, deferred=True)
+            if self.sending:
+                self.closes_due.append(batch)
+            else:
+                self._close_windows(batch, deferred=True)
             return
         reply = self.pool.receive(worker)
         if kind == "direct":  # merged by _run_direct's loop, never from within another reply's
@@ -718,21 +724,36 @@ class V2Executor(V1Executor):
             for i in range(self.n):
                 self._send(i, Query(statements, 0), "emit", 0)
 
+    @contextlib.contextmanager
+    def _sending(self):
+        """A block that sends partial rows or emits: a window-closing marker reached while it
+        waits for room (sends take replies first) closes its windows after the block, not
+        amid it. Closed amid a flush, a window would be emitted before the rest of the flush's
+        partial rows reached its worker, and again later with them."""
+        self.sending += 1
+        try:
+            yield
+        finally:
+            self.sending -= 1
+        while self.closes_due and not self.sending:
+            self._close_windows(self.closes_due.popleft(), deferred=True)
+
     def _close_windows(self, wm: int, deferred: bool = False) -> None:
         """Emit and forget the windows ``wm`` closes (every partial row of them has arrived).
         ``deferred``: at a marker, after ``min_open_end`` moved past ``wm`` when it was placed."""
-        self._flush_partials()
-        noted = self.min_open_end
-        if self.combined:  # each worker emits and forgets its groups' closed windows
-            self._emit_in_workers(wm)
-            if not deferred:
-                self.min_open_end = _next_window_end(self.plan.window, wm)
-            return
-        if deferred:
-            self.min_open_end = wm  # V1's step closes what wm closes...
-        super()._after_watermark(wm)
-        if deferred and noted is not None:  # ...and windows opened since stay noted
-            self.min_open_end = noted if self.min_open_end is None else min(self.min_open_end, noted)
+        with self._sending():
+            self._flush_partials()
+            noted = self.min_open_end
+            if self.combined:  # each worker emits and forgets its groups' closed windows
+                self._emit_in_workers(wm)
+                if not deferred:
+                    self.min_open_end = _next_window_end(self.plan.window, wm)
+                return
+            if deferred:
+                self.min_open_end = wm  # V1's step closes what wm closes...
+            super()._after_watermark(wm)
+            if deferred and noted is not None:  # ...and windows opened since stay noted
+                self.min_open_end = noted if self.min_open_end is None else min(self.min_open_end, noted)
 
     def _merge_partials(self, rows: pa.Table) -> None:
         """Keep the workers' partial rows until there are enough to merge at once (or a window
@@ -754,11 +775,12 @@ class V2Executor(V1Executor):
             merged = [pa.concat_tables(tables)]
         except pa.ArrowInvalid:  # the replies' schemas differ (they should not): one at a time
             merged = tables
-        for table in merged:
-            if self.combined:
-                self._send_to_owners(table)
-            else:
-                super()._merge_partials(table)
+        with self._sending():
+            for table in merged:
+                if self.combined:
+                    self._send_to_owners(table)
+                else:
+                    super()._merge_partials(table)
 
     def _send_to_owners(self, rows: pa.Table) -> None:
         """Send each partial row to the worker of its GROUP BY key's stable hash, into its state."""
