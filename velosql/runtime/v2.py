@@ -165,17 +165,9 @@ def choose(plan, n: int, direct_partitions: int | None = 0) -> Routing:
     split = mode == "rows" and not _orderable(sql.project)
     if split and strategy in ("hash", "sticky"):
         strategy = "round_robin"
-    if strategy == "sticky" and direct_partitions is None and plan.source.type == "file_source":
-        how = (
-            "source partition mod the worker count; a bounded file source of several pieces "
-            "(files, runs of Parquet row groups or byte ranges of text files) is read by the "
-            "workers themselves, each its own pieces (EXPLAIN ANALYZE says how many)"
-        )
-    elif strategy == "sticky" and (direct_partitions or 0) > 1:
-        how = (
-            f"each worker reads its own pieces of the source ({direct_partitions} files, runs of "
-            f"Parquet row groups or byte ranges of text files over {n} workers)"
-        )
+    reading = _direct_text(plan, n, direct_partitions)
+    if strategy == "sticky" and reading is not None:
+        how = reading if direct_partitions else f"source partition mod the worker count; {reading}"
     else:
         how = {
             "hash": f"hash of the GROUP BY key ({keys}) over {n} workers",
@@ -190,19 +182,7 @@ def choose(plan, n: int, direct_partitions: int | None = 0) -> Routing:
         # Hash-partitioned two-phase aggregation: rows are not routed one by one (a job-side router
         # cost ~45 ns per row, as much as V1's whole query), they are aggregated where they are
         # read, and only the partial rows travel by key to the worker that owns the group.
-        if direct_partitions is None and plan.source.type == "file_source":
-            where = (
-                "a bounded file source of several pieces (files, runs of Parquet row groups or "
-                "byte ranges of text files) is read by the workers themselves, each its own pieces "
-                "(EXPLAIN ANALYZE says how many)"
-            )
-        elif (direct_partitions or 0) > 1:
-            where = (
-                f"each worker reads its own pieces of the source ({direct_partitions} files, runs of "
-                f"Parquet row groups or byte ranges of text files over {n} workers)"
-            )
-        else:
-            where = "whole micro-batches round-robin over the workers"
+        where = reading or "whole micro-batches round-robin over the workers"
         how = (
             f"{where}; workers compute partial aggregates; each partial row goes by hash of the "
             f"GROUP BY key ({keys}) to the worker that holds the group's state and emits it "
@@ -216,6 +196,22 @@ def choose(plan, n: int, direct_partitions: int | None = 0) -> Routing:
     else:
         how += "; output in arrival order per source partition"
     return Routing(mode, strategy, how)
+
+
+def _direct_text(plan, n: int, direct_partitions: int | None) -> str | None:
+    """How EXPLAIN says the workers read the source themselves; None where they cannot."""
+    if direct_partitions is None and plan.source.type == "file_source":
+        return (
+            "a bounded file source of several pieces (files, runs of Parquet row groups or byte "
+            "ranges of text files) is read by the workers themselves, each its own pieces "
+            "(EXPLAIN ANALYZE says how many)"
+        )
+    if (direct_partitions or 0) > 1:
+        return (
+            f"each worker reads its own pieces of the source ({direct_partitions} files, runs of "
+            f"Parquet row groups or byte ranges of text files over {n} workers)"
+        )
+    return None
 
 
 def _read_directly(plan, direct_partitions: int | None) -> bool:
@@ -341,11 +337,9 @@ class V2Executor(V1Executor):
             return Routing(
                 "v1", "", f"one partition (the V1 engine): every row of a group in one place, and {why}"
             )
-        if len(self.splits) > 1:
-            how = f"each worker reads its own pieces of the source ({len(self.splits)} files, runs of Parquet row groups or byte ranges of text files over {self.n} workers)"
-            strategy = "sticky"
-        else:
-            how, strategy = "whole micro-batches round-robin over the workers", "round_robin"
+        reading = _direct_text(self.plan, self.n, len(self.splits))
+        strategy = "sticky" if reading else "round_robin"
+        how = reading or "whole micro-batches round-robin over the workers"
         text = f"{how}; workers compute partial aggregates, merged by the job (two-phase); not hash: {why}"
         return Routing("partials", strategy, text)
 
@@ -805,24 +799,20 @@ class V2Executor(V1Executor):
         if routed:
             self._drain()
         self._flush_partials()
-        if self.combined:
-            wm = self.tracker.finish()
-            self.metrics.watermark = wm
-            self._emit_in_workers(wm)
-            self._drain()
-            for sink in self.sinks:
-                sink.flush()
+        if not (self.combined or (routed and self.route.mode == "keyed")):
+            super()._finish()
             return
-        if routed and self.route.mode == "keyed":
-            wm = self.tracker.finish()
-            self.metrics.watermark = wm
+        # The workers hold the state: the final watermark closes everything there.
+        wm = self.tracker.finish()
+        self.metrics.watermark = wm
+        if self.combined:
+            self._emit_in_workers(wm)
+        else:
             self.min_open_end = NEG_INF
             self._after_watermark(wm)
-            self._drain()
-            for sink in self.sinks:
-                sink.flush()
-            return
-        super()._finish()
+        self._drain()
+        for sink in self.sinks:
+            sink.flush()
 
     def close(self) -> None:
         try:
