@@ -337,6 +337,16 @@ def test_jobs_do_not_import_pandas(tmp_path):
     assert done.stdout.strip() == "False"
 
 
+def run_pushed(engine, create: str, tables):
+    """Run ``create`` (reading ``src``, writing ``out``) over ``tables`` pushed in turn, to its end."""
+    job = engine.execute(create)
+    for table in tables:
+        engine.push("src", table)
+    engine.close_source("src")
+    job.wait(DEADLINE)
+    return job
+
+
 def pushed(query: str, processor: str, options: str = "") -> tuple[list[dict], str, list[dict]]:
     """Push 1,200 rows in 12 micro-batches through ``query`` on ``processor``: its output, its
     EXPLAIN text and its partition metrics."""
@@ -347,11 +357,7 @@ def pushed(query: str, processor: str, options: str = "") -> tuple[list[dict], s
             f"processor = '{processor}', max_batch_size = 100{options})"
         )
         text = engine.execute(f"EXPLAIN {create}")
-        job = engine.execute(create)
-        for i in range(12):
-            engine.push("src", data(100, i * 100))
-        engine.close_source("src")
-        job.wait(DEADLINE)
+        job = run_pushed(engine, create, [data(100, i * 100) for i in range(12)])
         return engine.pull("out").to_pylist(), text, job.metrics().get("partitions", [])
     finally:
         engine.close()
@@ -413,11 +419,7 @@ def test_a_key_without_a_stable_hash_is_not_hash_routed(emit):
                 f"'out.type' = 'python', processor = '{processor}', partitioning_strategy = 'hash', "
                 "max_batch_size = 100)"
             )
-            job = engine.execute(create)
-            for i in range(3):
-                engine.push("src", table.slice(i * 100, 100))
-            engine.close_source("src")
-            job.wait(DEADLINE)
+            run_pushed(engine, create, [table.slice(i * 100, 100) for i in range(3)])
             out[processor] = engine.pull("out").to_pylist()
             if processor != "v1":
                 text = engine.execute(f"EXPLAIN ANALYZE {create}")
@@ -432,6 +434,24 @@ def test_a_key_without_a_stable_hash_is_not_hash_routed(emit):
         assert len(out["v1"]) == 300
 
 
+BASE = dt.datetime(2026, 1, 1)
+
+
+def windowed(options: str) -> str:
+    """A per-key count over 10-second tumbling windows of ``src`` (``k``, ``ts``) into ``out``."""
+    return (
+        "CREATE STREAM out AS SELECT k, _window_start AS ws, count(*) AS n FROM src GROUP BY k "
+        "WINDOW TUMBLING(ts, 10s) EMIT FINAL WITH ('src.type' = 'python', "
+        f"'src.schema' = 'k VARCHAR, ts TIMESTAMP', 'out.type' = 'python', {options})"
+    )
+
+
+def stamped(keys: list[str], seconds) -> pa.Table:
+    """Rows of ``keys`` at ``seconds`` after BASE."""
+    ts = pa.array([BASE + dt.timedelta(seconds=s) for s in seconds], pa.timestamp("us"))
+    return pa.table({"k": keys, "ts": ts})
+
+
 @pytest.mark.parametrize(
     "processor, strategy", [("v1", None), ("v2:2", "hash"), ("v2:2", "round_robin")], ids=["v1", "hash", "rr"]
 )
@@ -439,20 +459,15 @@ def test_closed_windows_come_out_while_the_stream_stays_open(processor, strategy
     """EMIT FINAL windows come out once the watermark passes their end, not at the end of input,
     wherever V2 combines them: in the workers (hash), or in the job once every earlier reply is
     in (round_robin)."""
-    base = dt.datetime(2026, 1, 1)
     choice = f", partitioning_strategy = '{strategy}'" if strategy else ""
     engine = velosql.connect()
     try:
         job = engine.execute(
-            "CREATE STREAM out AS SELECT k, _window_start AS ws, count(*) AS n FROM src GROUP BY k "
-            "WINDOW TUMBLING(ts, 10s) EMIT FINAL WITH ('src.type' = 'python', "
-            "'src.schema' = 'k VARCHAR, ts TIMESTAMP', 'out.type' = 'python', "
-            f"'watermark.max_out_of_orderness' = '0s', processor = '{processor}'{choice})"
+            windowed(f"'watermark.max_out_of_orderness' = '0s', processor = '{processor}'{choice}")
         )
         for start in range(0, 60, 10):  # the rows of window [start, start + 10s) close the one before
             seconds = range(start, start + 10)
-            ts = pa.array([base + dt.timedelta(seconds=s) for s in seconds], pa.timestamp("us"))
-            engine.push("src", pa.table({"k": [f"k{s % 3}" for s in seconds], "ts": ts}))
+            engine.push("src", stamped([f"k{s % 3}" for s in seconds], seconds))
             closed = 3 * (start // 10)
             wait_for(lambda closed=closed: job.metrics()["records_out"] >= closed, f"{closed} window rows")
         while_open = job.metrics()["records_out"]
@@ -463,7 +478,7 @@ def test_closed_windows_come_out_while_the_stream_stays_open(processor, strategy
         engine.close()
     assert while_open == 15  # five windows of three keys, before the end of input
     want = [
-        (f"k{k}", base + dt.timedelta(seconds=w), sum(1 for s in range(w, w + 10) if s % 3 == k))
+        (f"k{k}", BASE + dt.timedelta(seconds=w), sum(1 for s in range(w, w + 10) if s % 3 == k))
         for w in range(0, 60, 10)
         for k in range(3)
     ]
@@ -479,25 +494,17 @@ def test_windows_close_once_whatever_the_replies_interleave(monkeypatch, strateg
 
     monkeypatch.setattr(v2, "MERGE_ROWS", 1)
     monkeypatch.setattr(v2, "MERGE_TABLES", 1)
-    base = dt.datetime(2026, 1, 1)
     seconds = [s // 3 + (s % 7) for s in range(3000)]  # ~1,000 s with a few seconds of disorder
-    ts = pa.array([base + dt.timedelta(seconds=s) for s in seconds], pa.timestamp("us"))
-    table = pa.table({"k": [f"k{i % 11}" for i in range(3000)], "ts": ts})
+    table = stamped([f"k{i % 11}" for i in range(3000)], seconds)
     out = {}
     for processor in ("v1", "v2:2"):
         engine = velosql.connect()
         try:
-            job = engine.execute(
-                "CREATE STREAM out AS SELECT k, _window_start AS ws, count(*) AS n FROM src GROUP BY k "
-                "WINDOW TUMBLING(ts, 10s) EMIT FINAL WITH ('src.type' = 'python', "
-                "'src.schema' = 'k VARCHAR, ts TIMESTAMP', 'out.type' = 'python', "
+            create = windowed(
                 "'watermark.max_out_of_orderness' = '10s', max_batch_size = 50, queue_threshold = 1, "
-                f"processor = '{processor}', partitioning_strategy = '{strategy}')"
+                f"processor = '{processor}', partitioning_strategy = '{strategy}'"
             )
-            for i in range(0, 3000, 50):
-                engine.push("src", table.slice(i, 50))
-            engine.close_source("src")
-            job.wait(DEADLINE)
+            run_pushed(engine, create, [table.slice(i, 50) for i in range(0, 3000, 50)])
             out[processor] = sorted((r["k"], r["ws"], r["n"]) for r in engine.pull("out").to_pylist())
         finally:
             engine.close()
