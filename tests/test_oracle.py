@@ -17,7 +17,7 @@ from conftest import property_test, split_entry, strategy_option
 from hypothesis import strategies as st
 
 import velosql
-from velosql.runtime import running, v1, v2
+from velosql.runtime import running, v2
 from velosql.testing import push_split, run_stream
 
 BASE = dt.datetime(2024, 1, 1)
@@ -355,10 +355,10 @@ def test_running_values_finished_in_arrow_match(processor, hot, data, where):
     read from DuckDB again."""
     table, splits, batch = data
     cond = "WHERE y > -500 " if where else ""
-    limits = {"arrow": (running.HOT_KEYS, v1.CHECKPOINT_ROWS), "snapshots": (running.HOT_KEYS, 1),
+    limits = {"arrow": (running.HOT_KEYS, running.CHECKPOINT_ROWS), "snapshots": (running.HOT_KEYS, 1),
               "duckdb": (2, 1)}[hot]  # fmt: skip
-    saved = running.HOT_KEYS, v1.CHECKPOINT_ROWS
-    running.HOT_KEYS, v1.CHECKPOINT_ROWS = limits
+    saved = running.HOT_KEYS, running.CHECKPOINT_ROWS
+    running.HOT_KEYS, running.CHECKPOINT_ROWS = limits
     engine = velosql.connect(processor=split_entry(processor)[0])
     try:
         push_split(engine, "t", table, splits)
@@ -370,17 +370,19 @@ def test_running_values_finished_in_arrow_match(processor, hot, data, where):
         job.wait(60)
         ex = job.executor
         state = None
-        if processor == "v1":  # V2 workers run the plan's SQL, and hold the keys' state
-            assert job.plan.sql.running_items and ex.running
+        # V2's workers finish the change rows of their keys the same way (running.worker_changes)
+        # with the limits the job saw, and hold the keys' state.
+        assert job.plan.sql.running_items and ex.running and ex.changelog is not None
+        if processor == "v1":
             assert ex.plain_rows is not where
             (keys,) = oracle(f"SELECT count(DISTINCT k) + max(CASE WHEN k IS NULL THEN 1 ELSE 0 END) FROM t {cond}",
                              table)[0]  # fmt: skip
-            assert (ex.totals is not None) == (hot != "duckdb" or (keys or 0) <= 2)
+            assert (ex.changelog.totals is not None) == (hot != "duckdb" or (keys or 0) <= 2)
             # Whichever way, DuckDB's state ends with each key's totals.
             state = ex.con.sql('SELECT "__k0", sum(__a1_c) FROM __state GROUP BY ALL').fetchall()
         got = [tuple(r.values()) for r in engine.pull("o").to_pylist()]
     finally:
-        running.HOT_KEYS, v1.CHECKPOINT_ROWS = saved
+        running.HOT_KEYS, running.CHECKPOINT_ROWS = saved
         engine.close()
     w = "OVER (PARTITION BY k ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
     want = oracle(

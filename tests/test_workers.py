@@ -18,7 +18,10 @@ import pytest
 from processes import gone, wait_gone
 
 from velosql.errors import ConfigError, InvalidPartitionCountError, JobError, WorkerError
+from velosql.plan import planner
+from velosql.runtime.v2 import changes_call
 from velosql.runtime.workers import Batch, Marker, Query, Setup, WorkerPool
+from velosql.sql.parser import parse_one
 
 DEADLINE = 20.0  # seconds; generous for a loaded CI machine, and only reached on failure
 # Runs for minutes on one core: a worker that is busy until it is stopped or killed.
@@ -304,3 +307,39 @@ def test_affinity_pins_each_worker_to_one_core_round_robin():
                 }
     with WorkerPool(1) as p:
         assert (p.metrics()[0].cores, p.metrics()[0].affinity_error) == (None, None)
+
+
+def test_a_call_among_a_batchs_statements_keeps_running_totals_in_the_worker():
+    """V2's EMIT CHANGES of running COUNT/SUM: a :class:`Call` among a Batch's statements
+    (``running.worker_changes``) finishes the change rows in Arrow with the batch registered, and
+    the worker keeps its keys' totals in Arrow between batches: ``__state`` stays empty until a
+    snapshot. A batch the Arrow path cannot take (a running sum beyond int64) gets the totals
+    written to ``__state`` first and runs DuckDB's window over them."""
+    plan = planner.plan(
+        parse_one(
+            "CREATE STREAM o AS SELECT k, count(*) AS n, sum(x) AS s FROM t GROUP BY k EMIT CHANGES "
+            "WITH ('o.type' = 'python')"
+        )
+    )
+    call = changes_call(plan, plan.sql.partial_all, ordered=True)
+
+    def batch(keys: list[str], xs: list[int], first: int) -> pa.Table:
+        seq = pa.array(range(first, first + len(keys)), pa.int64())
+        return pa.table({"k": pa.array(keys, pa.string()), "x": pa.array(xs, pa.int64()), "__seq": seq})
+
+    big = 2**62
+    requests = [
+        Batch(batch([], [], 0), f"CREATE TEMP TABLE __state AS {plan.sql.partial} LIMIT 0"),
+        Batch(batch(["a", "b", "a"], [1, 2, 3], 0), call),
+        Query("SELECT count(*) FROM __state"),
+        Batch(batch(["b", "b", "a"], [big, big, 5], 3), call),
+        Query('SELECT "__k0", sum("__a0_c"), sum("__a1_s") FROM __state GROUP BY 1 ORDER BY 1'),
+    ]
+    with WorkerPool(1) as pool:
+        replies = [reply for request in requests for reply in pool.send(0, request)] + pool.drain(0)
+    first, held, second, state = (reply.table.to_pylist() for reply in replies[1:])
+    rows = lambda t: [tuple(r.values()) for r in t]  # noqa: E731
+    assert rows(first) == [(0, "a", 1, 1), (1, "b", 1, 2), (2, "a", 2, 4)]
+    assert held == [{"count_star()": 0}]
+    assert rows(second) == [(3, "b", 2, 2 + big), (4, "b", 3, 2 + 2 * big), (5, "a", 3, 9)]
+    assert rows(state) == [("a", 3, 9), ("b", 3, 2 + 2 * big)]

@@ -13,11 +13,15 @@ version does.
 
 from __future__ import annotations
 
+import contextlib
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..connectors.base import _arange, int_array, int_scalar, null_scalar
-from ..plan.aggregates import SEQ
+
+# plan.aggregates.SEQ, not imported: that module brings sqlglot, which a V2 worker never loads.
+SEQ = "__seq"
 
 # Built from buffers: a Python int handed to a compute function is converted, and pyarrow's
 # first conversion imports pandas when it is installed.
@@ -196,3 +200,117 @@ class Totals:
 
 
 HOT_KEYS = 65_536
+CHECKPOINT_ROWS = 65_536  # batch partials between snapshots of Arrow-held totals into __state
+COMPACT_MIN_ROWS = 16_384  # partial rows in __state before it is first compacted to a row per key
+
+
+class Changelog:
+    """One partition's EMIT CHANGES of running COUNT/SUM/AVG per key, finished in Arrow: V1's job
+    holds one, and so does each V2 worker for the keys routed to it.
+
+    ``con`` holds the partition's ``__state`` (partial rows, several per key until compacted).
+    While there are at most :data:`HOT_KEYS` keys their totals are held in Arrow (:class:`Totals`)
+    and ``__state`` gets a snapshot every :data:`CHECKPOINT_ROWS` merged rows and before SQL reads
+    it (:meth:`checkpoint`); beyond that, or once a batch needed DuckDB's window, the state is read
+    from DuckDB. ``sql`` names the plan's ``running_items``, ``running_state`` and
+    ``state_update`` (a :class:`~velosql.plan.sqlgen.ShapeSQL` or a namespace with them).
+    """
+
+    def __init__(self, con, aggregates, sql, limits: tuple[int, int] | None = None) -> None:
+        self.con, self.aggregates, self.sql = con, aggregates, sql
+        # HOT_KEYS and CHECKPOINT_ROWS as the job saw them (a worker is given the job's).
+        self.hot_keys, self.checkpoint_rows = limits or (HOT_KEYS, CHECKPOINT_ROWS)
+        self.totals: Totals | None = Totals([p for a in aggregates for p in a.parts])
+        self.pending = 0  # partial rows merged into the totals since the last snapshot
+        self.state_rows = 0  # rows in __state, and right after its last compaction
+        self.compacted_rows = 0
+
+    def changes(self, rows: pa.Table) -> pa.Table | None:
+        """The change rows (arrival order, a column per output item) of a batch whose running
+        input is ``rows``, with the batch's partials merged into the state. None when the batch
+        needs DuckDB's window (a sum beyond int64, a key pyarrow cannot encode): the caller runs
+        the plan's SQL on it, and the state is DuckDB's from then on."""
+        try:
+            run = running_partials(rows, self.aggregates)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            self.drop_totals()
+            return None
+        state_of = self.totals.state_of if self.totals is not None else self._state_of
+        changes = change_rows(run, self.aggregates, self.sql.running_items, state_of)
+        if changes is None:
+            self.drop_totals()
+            return None
+        if self.totals is None:
+            with _registered(self.con, "__bp", changes.partials):
+                (n,) = self.con.execute("INSERT INTO __state BY NAME SELECT * FROM __bp").fetchall()[0]
+            self.inserted(n)
+            return changes.out
+        self.totals.update(changes.totals)
+        self.pending += changes.partials.num_rows
+        if self.totals.num_rows > self.hot_keys:
+            self.drop_totals()
+        elif self.pending >= max(self.checkpoint_rows, self.totals.num_rows):
+            self.checkpoint()
+        return changes.out
+
+    def inserted(self, n: int) -> None:
+        """``n`` partial rows were appended to ``__state``: compact it now and then (every batch
+        reads the combined state of its keys, so it is kept small)."""
+        self.state_rows += n
+        if self.state_rows > max(COMPACT_MIN_ROWS, 4 * self.compacted_rows):
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE __state AS {self.sql.state_update}").fetchall()
+            (self.state_rows,) = self.con.execute("SELECT count(*) FROM __state").fetchall()[0]
+            self.compacted_rows = self.state_rows
+
+    def checkpoint(self) -> None:
+        """Replace ``__state`` by the Arrow-held totals (one row per key), if any are held."""
+        if self.totals is None:
+            return
+        self.pending = 0
+        self.con.execute("DELETE FROM __state").fetchall()
+        n = 0
+        if self.totals.table is not None:
+            with _registered(self.con, "__totals", self.totals.table):
+                (n,) = self.con.execute("INSERT INTO __state BY NAME SELECT * FROM __totals").fetchall()[0]
+        self.state_rows = self.compacted_rows = n
+
+    def drop_totals(self) -> None:
+        """From here on the state is read from DuckDB (after it receives the totals)."""
+        self.checkpoint()
+        self.totals = None
+
+    def _state_of(self, keys: pa.Table) -> pa.Table:
+        """The combined state of ``keys`` (one row per key found), from DuckDB."""
+        with _registered(self.con, "__keys", keys):
+            return self.con.sql(self.sql.running_state).to_arrow_table()
+
+
+def worker_changes(con, state: dict, spec: dict):
+    """A V2 worker's statement for EMIT CHANGES of running COUNT/SUM/AVG (a worker call, with the
+    micro-batch of the keys routed to it registered as ``__in``): the change rows, with the arrival
+    sequence first as ``__order`` when ``spec["order"]``.
+
+    The worker's :class:`Changelog` finishes them in Arrow; a batch it cannot take runs the plan's
+    window SQL (``spec["changes"]``, the same columns) and appends its partials to ``__state``.
+    """
+    log = state.get("changelog")
+    if log is None:
+        log = state["changelog"] = Changelog(con, spec["aggregates"], spec["sql"], spec["limits"])
+    rows = con.sql(spec["input"]).to_arrow_table()
+    out = log.changes(rows) if rows.num_rows else None
+    if out is None:
+        out = con.sql(spec["changes"]).to_arrow_table()
+        (n,) = con.execute(f"INSERT INTO __state {spec['partial']}").fetchall()[0]
+        log.inserted(n)
+        return None, out
+    return None, out.add_column(0, "__order", rows.column(SEQ)) if spec["order"] else out
+
+
+@contextlib.contextmanager
+def _registered(con, name: str, table: pa.Table):
+    """``table`` registered in ``con`` as ``name`` for the block."""
+    con.register(name, table)
+    try:
+        yield
+    finally:
+        con.unregister(name)

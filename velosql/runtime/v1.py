@@ -41,7 +41,6 @@ _END = object()
 _log = logging.getLogger("velosql")
 COMPACT_MIN_ROWS = 200_000
 COMPACT_MIN_ROWS_CHANGES = 16_384
-CHECKPOINT_ROWS = 65_536  # batch partials between snapshots of Arrow-held totals into __state
 
 
 def run_job(processor, job) -> None:
@@ -73,8 +72,7 @@ class V1Executor:
         self.running = False  # EMIT CHANGES through the pyarrow running-aggregate fast path
         self.plain_rows = False  # … taking its input rows from the batch without DuckDB
         self.on_time = False  # the current micro-batch has no late row (known without DuckDB)
-        self.totals: running.Totals | None = None  # … and its keys' state held in Arrow
-        self.totals_pending = 0  # partial rows merged into ``totals`` since the last snapshot
+        self.changelog: running.Changelog | None = None  # … with the change rows finished in Arrow
         self.scan: pushdown.Scan | None = None  # DuckDB's reader computes the partials (pushdown.py)
         self.arrow: ArrowPartials | None = None  # pyarrow computes a micro-batch's partials
 
@@ -139,7 +137,7 @@ class V1Executor:
                     self.running = running.supported(plan.aggregates, inputs)
                     if self.running and sql.running_items:
                         self._exec(sql.running_state.replace("__keys", "(SELECT NULL AS __k0)")).fetchall()
-                        self.totals = running.Totals([p for a in plan.aggregates for p in a.parts])
+                        self.changelog = running.Changelog(self.con, plan.aggregates, sql)
                     if self.running and sql.running_columns:
                         plain = running.plain_rows(empty, sql.running_columns, plan.aggregates)
                         self.plain_rows = running.supported(plan.aggregates, plain.schema)
@@ -448,65 +446,22 @@ class V1Executor:
             rows = self.con.sql(sql.running_input).to_arrow_table()
         if rows.num_rows == 0:
             return True
+        if self.changelog is not None:
+            out = self.changelog.changes(rows)
+            if out is None:
+                return False
+            self._write(out)
+            return True
         try:
             run = running.running_partials(rows, aggs)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             # A running sum beyond int64, or a key pyarrow cannot encode (a LIST or STRUCT):
             # DuckDB's window (HUGEINT sums, any key type) takes the batch.
-            self._drop_totals()
             return False
-        if sql.running_items:
-            totals = self.totals
-            changes = running.change_rows(
-                run, aggs, sql.running_items, totals.state_of if totals is not None else self._state_of
-            )
-            if changes is None:
-                self._drop_totals()
-                return False
-            self._write(changes.out)
-            if totals is not None:
-                totals.update(changes.totals)
-                self._after_totals(changes.partials.num_rows)
-            else:
-                with self._registered("__bp", changes.partials):
-                    (n,) = self.con.execute("INSERT INTO __state BY NAME SELECT * FROM __bp").fetchall()[0]
-                self._after_insert(n)
-            return True
         with self._registered("__b", run.table):
             self._write(self.con.sql(sql.running_output).to_arrow_table())
         self._insert_partials(table, late=False)
         return True
-
-    def _after_totals(self, merged: int) -> None:
-        """Snapshot the Arrow-held totals into ``__state`` now and then; give them up when there
-        are too many keys to look up in Arrow every batch."""
-        self.totals_pending += merged
-        if self.totals.num_rows > running.HOT_KEYS:
-            self._drop_totals()
-        elif self.totals_pending >= max(CHECKPOINT_ROWS, self.totals.num_rows):
-            self._checkpoint()
-
-    def _checkpoint(self) -> None:
-        """Replace ``__state`` by the Arrow-held totals (one row per key)."""
-        self.totals_pending = 0
-        self.con.execute("DELETE FROM __state").fetchall()
-        if self.totals.table is None:
-            n = 0
-        else:
-            with self._registered("__totals", self.totals.table):
-                (n,) = self.con.execute("INSERT INTO __state BY NAME SELECT * FROM __totals").fetchall()[0]
-        self.state_rows = self.compacted_rows = n
-
-    def _drop_totals(self) -> None:
-        """From here on the state is read from DuckDB (after it receives the totals)."""
-        if self.totals is not None:
-            self._checkpoint()
-            self.totals = None
-
-    def _state_of(self, keys: pa.Table) -> pa.Table:
-        """The combined state of ``keys`` (one row per key found)."""
-        with self._registered("__keys", keys):
-            return self.con.sql(self.sql.running_state).to_arrow_table()
 
     def _late(self, table: pa.Table) -> bool:
         """Store the batch's late rows; False when it has none (checked without DuckDB)."""
@@ -555,6 +510,9 @@ class V1Executor:
         self._after_insert(n)
 
     def _after_insert(self, n: int) -> None:
+        if self.changelog is not None:  # it compacts the state it reads
+            self.changelog.inserted(n)
+            return
         self.state_rows += n
         # EMIT CHANGES reads the (combined) state every batch, so it keeps the state smaller.
         floor = COMPACT_MIN_ROWS_CHANGES if self.sql.changes else COMPACT_MIN_ROWS
@@ -589,8 +547,8 @@ class V1Executor:
         """End of input (or stop): the final watermark closes every window and group."""
         wm = self.tracker.finish()
         self.metrics.watermark = wm
-        if self.totals is not None:
-            self._checkpoint()
+        if self.changelog is not None:
+            self.changelog.checkpoint()
         if self.plan.shape == "aggregate":
             if self.plan.window is None:
                 if not self.sql.changes:

@@ -46,7 +46,7 @@ import pyarrow.compute as pc
 from ..connectors.base import PARTITION_COL, declared_partition_key, empty_table, int_scalar
 from ..plan import windows as W
 from ..plan.sqlgen import referenced_columns as _referenced
-from . import direct_parquet, routing
+from . import direct_parquet, routing, running
 from .direct import SEQ_PARTITION_SHIFT
 from .job import format_watermark
 from .v1 import V1Executor, _next_window_end
@@ -239,6 +239,50 @@ def _orderable(sql: str) -> bool:
 def _ordered(sql: str) -> str:
     """``sql`` with the row's arrival sequence as a first column ``__order``."""
     return "SELECT __seq AS __order, " + sql[len("SELECT ") :]
+
+
+def changes_call(plan, partial: str, ordered: bool = False) -> Call:
+    """The workers' statement for EMIT CHANGES of running COUNT/SUM/AVG: each worker finishes its
+    keys' change rows in Arrow (``running.worker_changes``), as V1's job does, instead of running
+    DuckDB's window sort (pushed trades, V2:2 Q_changes: 2.0 -> 0.8 s per 5M rows). ``partial``:
+    the batch's partial aggregate SQL; ``ordered``: the arrival sequence comes first as ``__order``."""
+    sql = plan.sql
+    spec = {
+        # Namespaces, not the plan's objects: those would make the worker import sqlglot.
+        "aggregates": [
+            types.SimpleNamespace(running=a.running, parts=list(a.parts), arg=a.arg) for a in plan.aggregates
+        ],
+        "sql": types.SimpleNamespace(
+            running_items=sql.running_items, running_state=sql.running_state, state_update=sql.state_update
+        ),
+        "input": sql.running_input,
+        "changes": _ordered(sql.changes) if ordered else sql.changes,
+        "partial": partial,
+        "order": ordered,
+        "limits": (running.HOT_KEYS, running.CHECKPOINT_ROWS),
+    }
+    return Call("velosql.runtime.running:worker_changes", spec)
+
+
+def _in_arrival_order(rows: pa.Table) -> pa.Table:
+    """The rows of one micro-batch's parts (each in arrival order) in arrival order, without
+    their ``__order``.
+
+    A micro-batch's arrival sequence numbers are consecutive, so each row's place is its number
+    less the smallest: one inverse permutation (linear; the gaps of rows a WHERE dropped come out
+    null) instead of a sort, ~2x faster on 262,144 change rows.
+    """
+    order = rows.column("__order").combine_chunks()
+    rows = rows.drop_columns(["__order"])
+    if len(order) < 2:
+        return rows
+    low, high = (v.as_py() for v in pc.min_max(order).values())
+    if high - low >= 4 * len(order):  # not one micro-batch's numbers: sort
+        return rows.take(pc.sort_indices(order))
+    places = pc.inverse_permutation(
+        pc.subtract(order, int_scalar(low)), max_index=high - low, output_type=pa.int64()
+    )
+    return rows.take(places.drop_null() if places.null_count else places)
 
 
 def _direct_splits(source, n: int, cut: bool, ranges: bool) -> list[tuple]:
@@ -520,7 +564,10 @@ class V2Executor(V1Executor):
             statements, result, kind = sql.project, -1, "rows"
         elif self.plan.shape == "aggregate":  # EMIT CHANGES: the change rows, then the batch's partials
             partial = self._partial_sql(table, late)
-            statements, result, kind = (sql.changes, f"INSERT INTO __state {partial}"), 0, "changes"
+            if self.changelog is not None:  # running COUNT/SUM/AVG: finished in Arrow, as in V1
+                statements, result, kind = changes_call(self.plan, partial), -1, "changes"
+            else:
+                statements, result, kind = (sql.changes, f"INSERT INTO __state {partial}"), 0, "changes"
         elif self.plan.shape == "session":
             statements, result, kind = f"INSERT INTO __sbuf {sql.buffer_insert}", -1, "none"
         else:  # ROWS WINDOW BUFFER: the rows with their window values, then the buffer's new rows
@@ -531,16 +578,18 @@ class V2Executor(V1Executor):
             worker = 0 if self.route.strategy == "fan_in" else batch % self.n
             self.records_to[worker] += table.num_rows
             self._send(worker, Batch(self._pruned(table, statements), statements, result), kind, batch)
-            if kind == "changes":
+            if kind == "changes" and not isinstance(statements, Call):
                 self._after_keyed_insert(worker, table.num_rows)
             return
         rows = _counts(ids, self.n)
         targets = sorted(rows)
         if kind in ("rows", "changes"):  # replies are put back in arrival order
-            first = statements if isinstance(statements, str) else statements[0]
-            statements = (
-                _ordered(first) if isinstance(statements, str) else (_ordered(first), *statements[1:])
-            )
+            if isinstance(statements, Call):
+                statements = changes_call(self.plan, statements.arg["partial"], ordered=True)
+            elif isinstance(statements, str):
+                statements = _ordered(statements)
+            else:
+                statements = (_ordered(statements[0]), *statements[1:])
             kind = "ordered"
             self.pending_rows[batch] = [len(targets)]
         table = self._pruned(table, statements)
@@ -557,12 +606,14 @@ class V2Executor(V1Executor):
                     self._send(worker, Batch(part, statements, result), kind, batch)
         for worker in targets:
             self.records_to[worker] += rows[worker]
-            if kind == "ordered" and self.plan.shape == "aggregate":
+            if kind == "ordered" and self.plan.shape == "aggregate" and not isinstance(statements, Call):
                 self._after_keyed_insert(worker, rows[worker])
 
-    def _pruned(self, table: pa.Table, statements: str | tuple[str, ...]) -> pa.Table:
+    def _pruned(self, table: pa.Table, statements: str | Call | tuple[str, ...]) -> pa.Table:
         """The micro-batch with only the columns the workers' statements read: what is not sent
         is not copied (hash routing wrote every column of every batch, ~0.2 s per 5M rows)."""
+        if isinstance(statements, Call):  # the SQL it may run
+            statements = (statements.arg["input"], statements.arg["changes"], statements.arg["partial"])
         key = statements if isinstance(statements, str) else "\n".join(statements)
         names = self.used_columns.get(key, False)
         if names is False:
@@ -659,9 +710,13 @@ class V2Executor(V1Executor):
             waiting.append(reply.table)
             if len(waiting) == waiting[0] + 1:
                 del self.pending_rows[batch]
-                rows = pa.concat_tables(waiting[1:])
-                order = pc.sort_indices(rows["__order"])
-                self._write(rows.take(order).drop_columns(["__order"]))
+                parts = waiting[1:]
+                if len({part.schema for part in parts}) > 1:
+                    # Change rows finished in Arrow and by DuckDB's window (a batch the Arrow
+                    # path could not take) differ in names and types: made alike, as _write does.
+                    schema = pa.schema([pa.field("__order", pa.int64()), *self.out_schema])
+                    parts = [part.rename_columns(schema.names).cast(schema) for part in parts]
+                self._write(_in_arrival_order(pa.concat_tables(parts)))
         elif kind == "count":
             self.key_floor[worker] = reply.table.column(0)[0].as_py()
         elif kind != "none":

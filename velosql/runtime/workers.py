@@ -96,12 +96,13 @@ class Setup:
 class Batch:
     """An Arrow table the worker registers as ``__in`` and the SQL it runs on it.
 
-    ``sql`` is one string or a sequence of statements; the reply holds the result of statement
-    ``result`` (an index into the sequence).
+    ``sql`` is one statement or a sequence of them; the reply holds the result of statement
+    ``result`` (an index into the sequence). A statement is SQL text, or a :class:`Call` run
+    while the table is registered (its table is the statement's result).
     """
 
     table: pa.Table | pa.RecordBatch
-    sql: str | tuple[str, ...]
+    sql: str | Call | tuple[str | Call, ...]
     result: int = -1
     name: str = "__in"  # the table's name in the statements
 
@@ -591,7 +592,8 @@ def _describe(request: Request) -> str:
     if isinstance(request, Call):
         return f"a call of {request.function}"
     if isinstance(request, (Batch, Query)):
-        text = request.sql if isinstance(request.sql, str) else "; ".join(request.sql)
+        statements = (request.sql,) if isinstance(request.sql, (str, Call)) else request.sql
+        text = "; ".join(f"CALL {s.function}" if isinstance(s, Call) else s for s in statements)
         sql = " ".join(text.split())
         shown = sql if len(sql) <= _SQL_SHOWN else sql[: _SQL_SHOWN - 1] + "…"
         return f"a {type(request).__name__.lower()} `{shown}`"
@@ -739,15 +741,13 @@ def _handle(con: duckdb.DuckDBPyConnection, kind: str, data: Any, payload: bytes
     if kind == "marker":
         return data, None
     if kind == "query":
-        return None, _run(con, *data)
+        return None, _run(con, *data, state)
     if kind == "call":
-        function, arg = data
-        module, _, name = function.partition(":")
-        return getattr(importlib.import_module(module), name)(con, state, arg)
+        return _call(con, state, *data)
     if kind == "batch":
         sql, result, name = data
         with _registered(con, name, payload):
-            return None, _run(con, sql, result)
+            return None, _run(con, sql, result, state)
     if kind == "batch_part":
         sql, result, path, column, me = data
         with pa.memory_map(path) as source, _registered(con, "__all", source):
@@ -756,7 +756,7 @@ def _handle(con: duckdb.DuckDBPyConnection, kind: str, data: Any, payload: bytes
                 f'WHERE "{column}" = {int(me)}'
             )
             try:
-                return None, _run(con, sql, result)
+                return None, _run(con, sql, result, state)
             finally:
                 con.execute("DROP VIEW IF EXISTS __in")
     if kind == "batch_file":
@@ -764,7 +764,7 @@ def _handle(con: duckdb.DuckDBPyConnection, kind: str, data: Any, payload: bytes
         try:
             # The batch's buffers are the mapped file: no copy.
             with pa.memory_map(path) as source, _registered(con, name, source):
-                return None, _run(con, sql, result)
+                return None, _run(con, sql, result, state)
         finally:
             os.unlink(path)
     raise ValueError(f"Unknown worker request kind {kind!r}.")
@@ -780,18 +780,29 @@ def _registered(con: duckdb.DuckDBPyConnection, name: str, ipc):
         con.unregister(name)
 
 
-def _run(con: duckdb.DuckDBPyConnection, sql: str | tuple[str, ...], result: int) -> pa.Table:
+def _call(con: duckdb.DuckDBPyConnection, state: dict, function: str, arg: Any):
+    """Run a :class:`Call`'s function; it returns ``(value, table or None)``."""
+    module, _, name = function.partition(":")
+    return getattr(importlib.import_module(module), name)(con, state, arg)
+
+
+def _run(con: duckdb.DuckDBPyConnection, sql, result: int, state: dict) -> pa.Table:
     """Run one statement or several in order; the result of statement ``result`` as Arrow."""
     if isinstance(sql, str):
         return con.sql(sql).to_arrow_table()
-    tables = []
-    for i, statement in enumerate(sql):
-        if i == result % len(sql):
-            tables.append(con.sql(statement).to_arrow_table())
+    statements = (sql,) if isinstance(sql, Call) else sql
+    out = None
+    for i, statement in enumerate(statements):
+        if isinstance(statement, Call):
+            table = _call(con, state, statement.function, statement.arg)[1]
+            if i == result % len(statements):
+                out = table
+        elif i == result % len(statements):
+            out = con.sql(statement).to_arrow_table()
         else:
             con.execute(statement)
             con.complete()
-    return tables[0]
+    return out
 
 
 FILE_MIN_ROWS = 16_384  # batches at least this large go through a file in memory, not the pipe
