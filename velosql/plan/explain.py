@@ -89,8 +89,17 @@ def explain_text(plan: StreamPlan, processor, job=None) -> str:
         from ..runtime.v2 import choose
 
         route = job.executor.route if job is not None and getattr(job.executor, "route", None) else None
-        route = route or choose(plan, processor.effective_partitions(), None)
-        lines.append(f"  routing:     {route.text}")
+        text = route.text if route else None
+        if route is None:
+            route = choose(plan, processor.effective_partitions(), None)
+            text = route.text
+            if route.strategy == "hash":
+                # The key's types are known once the source is open (V2Executor._hashable_route).
+                text += (
+                    "; when the job starts, a key of a type without a stable hash (LIST, STRUCT, "
+                    "MAP) is not hash-routed, and EXPLAIN ANALYZE says so"
+                )
+        lines.append(f"  routing:     {text}")
     for note in plan.notes:
         lines.append(f"  note:        {note}")
     if job is not None:

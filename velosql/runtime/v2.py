@@ -791,13 +791,13 @@ class V2Executor(V1Executor):
         """Emit and forget the windows ``wm`` closes (every partial row of them has arrived).
         ``deferred``: at a marker, after ``min_open_end`` moved past ``wm`` when it was placed."""
         with self._sending():
-            self._flush_partials()
             noted = self.min_open_end
             if self.combined:  # each worker emits and forgets its groups' closed windows
-                self._emit_in_workers(wm)
+                self._flush_partials(then=self._emit_statements(wm))
                 if not deferred:
                     self.min_open_end = _next_window_end(self.plan.window, wm)
                 return
+            self._flush_partials()
             if deferred:
                 self.min_open_end = wm  # V1's step closes what wm closes...
             super()._after_watermark(wm)
@@ -816,53 +816,66 @@ class V2Executor(V1Executor):
         if self.partial_rows >= MERGE_ROWS or len(self.partials) >= MERGE_TABLES:
             self._flush_partials()
 
-    def _flush_partials(self) -> None:
+    def _flush_partials(self, then: tuple[str, ...] = ()) -> None:
+        """Merge the kept partial rows (combined: send them to their owners). ``then``: statements
+        every worker runs next, its first statement's rows emitted (see :meth:`_send_to_owners`)."""
         tables, self.partials, self.partial_rows = self.partials, [], 0
-        if not tables:
+        if not tables and not then:
             return
         try:
-            merged = [pa.concat_tables(tables)]
+            merged = [pa.concat_tables(tables)] if tables else []
         except pa.ArrowInvalid:  # the replies' schemas differ (they should not): one at a time
             merged = tables
         with self._sending():
-            for table in merged:
+            for i, table in enumerate(merged):
                 if self.combined:
-                    self._send_to_owners(table)
+                    self._send_to_owners(table, then if i == len(merged) - 1 else ())
                 else:
                     super()._merge_partials(table)
+            if then and not merged:
+                for worker in range(self.n):
+                    self._send(worker, Query(then, 0), "emit", 0)
 
-    def _send_to_owners(self, rows: pa.Table) -> None:
-        """Send each partial row to the worker of its GROUP BY key's stable hash, into its state."""
+    def _send_to_owners(self, rows: pa.Table, then: tuple[str, ...] = ()) -> None:
+        """Send each partial row to the worker of its GROUP BY key's stable hash, into its state;
+        with ``then``, each worker runs those statements after the INSERT, in the same request (a
+        window close's emit and evict: one request per worker, not two)."""
         keys = [c for c in rows.column_names if _GROUP_COL.fullmatch(c)]
         ids = routing.stable_partition_ids(rows, keys, self.n) if self.n > 1 else None
         parts = [rows] if ids is None else routing.split(rows, ids, self.n)
         for worker, part in enumerate(parts):
             if part.num_rows:
-                self._send(worker, Batch(part, _INSERT_PARTIALS, name="__partials"), "none", 0)
+                if then:
+                    request, kind = Batch(part, (_INSERT_PARTIALS, *then), 1, name="__partials"), "emit"
+                else:
+                    request, kind = Batch(part, _INSERT_PARTIALS, name="__partials"), "none"
+                self._send(worker, request, kind, 0)
                 self._after_keyed_insert(worker, part.num_rows)
+            elif then:
+                self._send(worker, Query(then, 0), "emit", 0)
 
-    def _emit_in_workers(self, wm: int) -> None:
-        """Every worker emits (and, windowed, forgets) what watermark ``wm`` closes of its groups."""
+    def _emit_statements(self, wm: int) -> tuple[str, ...]:
+        """What a worker runs to emit (and, windowed, forget) what watermark ``wm`` closes of its
+        groups; the first statement gives the rows."""
         emit = self.sql.emit.replace("$WM", str(wm))
-        statements = (emit, self.sql.evict.replace("$WM", str(wm))) if self.plan.window else emit
-        for i in range(self.n):
-            self._send(i, Query(statements, 0), "emit", 0)
+        return (emit, self.sql.evict.replace("$WM", str(wm))) if self.plan.window else (emit,)
 
     def _finish(self) -> None:
         self.finishing = True  # windows close at once from here on
         routed = self.pool is not None and not self.direct
         if routed:
             self._drain()
-        self._flush_partials()
         if not (self.combined or (routed and self.route.mode == "keyed")):
+            self._flush_partials()
             super()._finish()
             return
         # The workers hold the state: the final watermark closes everything there.
         wm = self.tracker.finish()
         self.metrics.watermark = wm
         if self.combined:
-            self._emit_in_workers(wm)
+            self._flush_partials(then=self._emit_statements(wm))
         else:
+            self._flush_partials()
             self.min_open_end = NEG_INF
             self._after_watermark(wm)
         self._drain()
