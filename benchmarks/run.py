@@ -676,6 +676,11 @@ def machine_info() -> dict:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        if commit and changed:
+            commit += " plus uncommitted work in the tree"
     except OSError:
         commit = "?"
     return {
@@ -704,7 +709,7 @@ def render(results: dict, command: str) -> str:
         f"Command: `{command}`  ",
         f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']:.0f} GiB, {m['os']}  ",
         f"Python {m['python']}, DuckDB {m['duckdb']}, pyarrow {m['pyarrow']}, velosql {m['velosql']} "
-        f"(commit {m['commit']} plus uncommitted work in the tree), {m['date']}  ",
+        f"(commit {m['commit']}), {m['date']}  ",
         f"Load average (1 min) at start {m['load_start']:.2f}, at end {results['load_end']:.2f} "
         "(other sessions may share the cores; above ~0.5 the absolute figures are depressed).  ",
         f"Every figure is the median of {results['repeat']} runs in this one run.",
