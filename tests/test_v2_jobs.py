@@ -285,6 +285,23 @@ def test_queue_threshold_bounds_the_records_waiting_at_each_worker(engine):
     assert all(0 < p["queue_peak"] < 150 + 100 for p in m["partitions"]), m["partitions"]
 
 
+@pytest.mark.parametrize("mode", ["rows", "keyed"])
+def test_each_workers_records_out_are_the_rows_it_produced(engine, mode):
+    """A partition's ``records_out`` counts the rows it produced (here the job's output rows), not
+    the count rows of its setup, INSERT and compaction statements."""
+    job = engine.execute(
+        f"CREATE STREAM out AS {MODES[mode]} WITH ({SCHEMA}, processor = 'v2:2', "
+        "partitioning_strategy = 'hash', max_batch_size = 1000)"
+    )
+    for i in range(30):  # enough rows per worker for a compaction of its EMIT CHANGES state
+        engine.push("src", data(1000, i * 1000))
+    engine.close_source("src")
+    job.wait(DEADLINE)
+    m = job.metrics()
+    assert m["records_out"] == 30_000
+    assert sum(p["records_out"] for p in m["partitions"]) == m["records_out"], m["partitions"]
+
+
 PANDAS_FREE_JOBS = """
 import sys
 import velosql

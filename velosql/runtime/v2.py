@@ -78,6 +78,8 @@ PARTIAL_RUN_BATCHES = 16
 ROUTE_COL = "__route"  # a scattered micro-batch's column naming each row's worker
 _GROUP_COL = re.compile(r"__k[0-9]+")  # a partial row's GROUP BY key columns (sqlgen)
 _INSERT_PARTIALS = "INSERT INTO __state BY NAME SELECT * FROM __partials"
+# Reply kinds whose table is rows the worker produced (not a statement's count or a compaction's).
+_RETURNS_ROWS = frozenset({"rows", "changes", "emit", "partials", "ordered"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,6 +316,7 @@ class V2Executor(V1Executor):
         self.key_rows = [0] * self.n  # keyed EMIT CHANGES: partial rows since each worker's compaction
         self.key_floor = [0] * self.n
         self.records_to = [0] * self.n
+        self.records_from = [0] * self.n  # rows each worker returned: output or partial rows
         self.key_columns: tuple[str, ...] | None = None  # the routing keys, when bare source columns
         self.late_by = [0] * self.n
         self.part_wm: list[int | None] = [None] * self.n  # the watermark each worker last worked with
@@ -520,6 +523,7 @@ class V2Executor(V1Executor):
         if info["low"] is not None and self.plan.window is not None:
             self._open_window(info["low"])
         if reply.table is not None and reply.table.num_rows:
+            self.records_from[reply.partition] += reply.table.num_rows
             if self.route.mode == "rows":
                 self._write(reply.table)
             else:
@@ -700,6 +704,8 @@ class V2Executor(V1Executor):
             self.answered.append((worker, reply, batch))
             return
         self.queued[worker].popleft()
+        if kind in _RETURNS_ROWS and reply.table is not None:
+            self.records_from[worker] += reply.table.num_rows
         if kind in ("rows", "changes", "emit"):
             self._write(reply.table)
         elif kind == "partials":
@@ -914,7 +920,7 @@ class V2Executor(V1Executor):
                 "reader": self.readers.get(m.partition),
                 "batches": m.requests,
                 "records_in": self.records_to[m.partition],
-                "records_out": m.rows_received,
+                "records_out": self.records_from[m.partition],
                 "queue_depth": self.pool.outstanding(m.partition) if not self.pool.closed else 0,
                 "queue_records": sum(self.queued[m.partition]) - (self.queued[m.partition] or [0])[0],
                 "queue_peak": self.queue_peak[m.partition],
