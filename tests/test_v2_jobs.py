@@ -288,10 +288,10 @@ def test_queue_threshold_bounds_the_records_waiting_at_each_worker(engine):
 @pytest.mark.parametrize("mode", ["rows", "keyed"])
 def test_each_workers_records_out_are_the_rows_it_produced(engine, mode):
     """A partition's ``records_out`` counts the rows it produced (here the job's output rows), not
-    the count rows of its setup, INSERT and compaction statements."""
+    the count rows of its setup, INSERT and compaction statements; its ``batches`` count the
+    micro-batches it was sent."""
     job = engine.execute(
-        f"CREATE STREAM out AS {MODES[mode]} WITH ({SCHEMA}, processor = 'v2:2', "
-        "partitioning_strategy = 'hash', max_batch_size = 1000)"
+        f"CREATE STREAM out AS {MODES[mode]} WITH ({SCHEMA}, processor = 'v2:2', max_batch_size = 1000)"
     )
     for i in range(30):  # enough rows per worker for a compaction of its EMIT CHANGES state
         engine.push("src", data(1000, i * 1000))
@@ -300,6 +300,11 @@ def test_each_workers_records_out_are_the_rows_it_produced(engine, mode):
     m = job.metrics()
     assert m["records_out"] == 30_000
     assert sum(p["records_out"] for p in m["partitions"]) == m["records_out"], m["partitions"]
+    # ... and its batches are the micro-batches it got, whole (rows: in turn) or its share of each
+    # (keyed: every micro-batch holds keys of both workers), not its setup and control requests.
+    batches = [p["batches"] for p in m["partitions"]]
+    assert m["batches"] == 30
+    assert batches == ([15, 15] if mode == "rows" else [30, 30]), m["partitions"]
 
 
 PANDAS_FREE_JOBS = """

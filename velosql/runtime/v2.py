@@ -317,6 +317,7 @@ class V2Executor(V1Executor):
         self.key_floor = [0] * self.n
         self.records_to = [0] * self.n
         self.records_from = [0] * self.n  # rows each worker returned: output or partial rows
+        self.batches_to = [0] * self.n  # micro-batches (or their parts) and reads each worker took
         self.key_columns: tuple[str, ...] | None = None  # the routing keys, when bare source columns
         self.late_by = [0] * self.n
         self.part_wm: list[int | None] = [None] * self.n  # the watermark each worker last worked with
@@ -511,6 +512,7 @@ class V2Executor(V1Executor):
         self.records_to[reply.partition] += info["rows"]
         if info["rows"]:
             self.metrics.batches += 1
+            self.batches_to[reply.partition] += 1
         for location, error, raw in info["rejects"]:
             self._reject(location, error, raw)
         if info["maxima"]:
@@ -581,6 +583,7 @@ class V2Executor(V1Executor):
         if ids is None:
             worker = 0 if self.route.strategy == "fan_in" else batch % self.n
             self.records_to[worker] += table.num_rows
+            self.batches_to[worker] += 1
             self._send(worker, Batch(self._pruned(table, statements), statements, result), kind, batch)
             if kind == "changes" and not isinstance(statements, Call):
                 self._after_keyed_insert(worker, table.num_rows)
@@ -610,6 +613,7 @@ class V2Executor(V1Executor):
                     self._send(worker, Batch(part, statements, result), kind, batch)
         for worker in targets:
             self.records_to[worker] += rows[worker]
+            self.batches_to[worker] += 1
             if kind == "ordered" and self.plan.shape == "aggregate" and not isinstance(statements, Call):
                 self._after_keyed_insert(worker, rows[worker])
 
@@ -918,7 +922,7 @@ class V2Executor(V1Executor):
                 "cores": list(m.cores) if m.cores is not None else None,
                 "affinity_error": m.affinity_error,
                 "reader": self.readers.get(m.partition),
-                "batches": m.requests,
+                "batches": self.batches_to[m.partition],
                 "records_in": self.records_to[m.partition],
                 "records_out": self.records_from[m.partition],
                 "queue_depth": self.pool.outstanding(m.partition) if not self.pool.closed else 0,
