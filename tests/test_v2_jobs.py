@@ -399,6 +399,19 @@ def test_unset_strategy_spreads_a_pushed_stream_over_every_worker(mode):
     assert len(want) == (1200 if mode == "rows" else 1)
 
 
+@pytest.mark.parametrize("mode", ["rows", "partials"])
+def test_hash_without_a_key_to_hash_routes_as_when_unset(mode):
+    """``hash`` asked for a query without a GROUP BY key has nothing to hash: it routes as an
+    unset strategy does (here whole micro-batches in turn, not everything to worker 0 by the
+    pushed stream's one partition), and EXPLAIN says why."""
+    query = MODES["rows"] if mode == "rows" else "SELECT count(*) AS n, sum(v) AS total FROM src EMIT FINAL"
+    want, _, _ = pushed(query, "v1")
+    got, text, partitions = pushed(query, "v2:2", ", partitioning_strategy = 'hash'")
+    assert "whole micro-batches round-robin" in text and "no key to hash" in text, text
+    assert [p["records_in"] for p in partitions] == [600, 600], partitions
+    assert got == want
+
+
 @pytest.mark.parametrize(
     "query, combined",
     [

@@ -162,8 +162,9 @@ def choose(plan, n: int, direct_partitions: int | None = 0) -> Routing:
             strategy = "round_robin"
     else:
         strategy = requested
-    if strategy == "hash" and not sql.route_keys:
-        strategy = "round_robin" if mode == "partials" else "sticky"
+    unhashed = strategy == "hash" and not sql.route_keys
+    if unhashed:  # nothing to hash: as when unset (sticky reading directly, else in turn)
+        strategy = "sticky" if _read_directly(plan, direct_partitions) else "round_robin"
     split = mode == "rows" and not _orderable(sql.project)
     if split and strategy in ("hash", "sticky"):
         strategy = "round_robin"
@@ -177,6 +178,8 @@ def choose(plan, n: int, direct_partitions: int | None = 0) -> Routing:
             "round_robin": "whole micro-batches round-robin over the workers",
             "fan_in": "every micro-batch to partition 0",
         }[strategy]
+    if unhashed:
+        how = f"{how} (hash was asked for, but the query has no key to hash)"
     if aligned:
         key = ", ".join(declared_partition_key(plan.source.options))
         how = f"sticky, as the source is partitioned by {key} (partition_key), within the GROUP BY key: {how}"
