@@ -89,8 +89,9 @@ def explain_text(plan: StreamPlan, processor, job=None) -> str:
         from ..runtime.v2 import choose
 
         route = job.executor.route if job is not None and getattr(job.executor, "route", None) else None
-        text = route.text if route else None
-        if route is None:
+        if route is not None:
+            text = route.text
+        else:
             route = choose(plan, processor.effective_partitions(), None)
             text = route.text
             if route.strategy == "hash":
