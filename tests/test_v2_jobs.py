@@ -474,6 +474,33 @@ def test_a_key_without_a_stable_hash_is_not_hash_routed(emit):
         assert len(out["v1"]) == 300
 
 
+def test_change_rows_finished_in_arrow_and_by_duckdb_merge_as_v1s():
+    """One worker's running sum leaves int64 (DuckDB's window takes its batch, HUGEINT), the
+    other's stays in Arrow (int64): the parts of the micro-batch, of different types, are made
+    the output's and put back in arrival order, as V1 writes them."""
+    big = 2**62 - 1
+    keys = ["a", "b", "c", "d", "e", "f"] * 4
+    table = pa.table({"k": keys, "x": pa.array([big if k == "a" else 1 for k in keys], pa.int64())})
+    out = {}
+    for processor in ("v1", "v2:2"):
+        engine = velosql.connect()
+        try:
+            create = (
+                "CREATE STREAM out AS SELECT k, sum(x) AS sx, count(*) AS n FROM src GROUP BY k WITH "
+                f"('src.type' = 'python', 'src.schema' = 'k VARCHAR, x BIGINT', 'out.type' = 'python', "
+                f"processor = '{processor}')"
+            )
+            job = run_pushed(engine, create, [table])
+            out[processor] = engine.pull("out")
+            if processor != "v1":
+                assert all(p["records_in"] for p in job.metrics()["partitions"])
+        finally:
+            engine.close()
+    assert out["v2:2"].schema == out["v1"].schema
+    assert out["v2:2"].to_pylist() == out["v1"].to_pylist()
+    assert [int(r["sx"]) for r in out["v1"].to_pylist()][:7] == [big, 1, 1, 1, 1, 1, 2 * big]
+
+
 BASE = dt.datetime(2026, 1, 1)
 
 

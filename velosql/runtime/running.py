@@ -201,7 +201,26 @@ class Totals:
 
 HOT_KEYS = 65_536
 CHECKPOINT_ROWS = 65_536  # batch partials between snapshots of Arrow-held totals into __state
-COMPACT_MIN_ROWS = 16_384  # partial rows in __state before it is first compacted to a row per key
+COMPACT_MIN_ROWS = 16_384  # EMIT CHANGES partial rows in __state before its first compaction
+
+
+def compaction_due(rows: int, compacted: int, floor: int = COMPACT_MIN_ROWS) -> bool:
+    """Whether a ``__state`` of ``rows`` partial rows (``compacted`` right after its last
+    compaction) is rewritten now: past ``floor`` and four times its compacted size, so the
+    rewrites stay amortised."""
+    return rows > max(floor, 4 * compacted)
+
+
+def compact_statements(state_update: str) -> tuple[str, str]:
+    """Rewrite ``__state`` as one combined row per group (``state_update``), then count it."""
+    return f"CREATE OR REPLACE TEMP TABLE __state AS {state_update}", "SELECT count(*) FROM __state"
+
+
+def compact(con, state_update: str) -> int:
+    """Run :func:`compact_statements` on ``con``; the rows ``__state`` has now."""
+    rewrite, count = compact_statements(state_update)
+    con.execute(rewrite).fetchall()
+    return con.execute(count).fetchall()[0][0]
 
 
 class Changelog:
@@ -257,10 +276,8 @@ class Changelog:
         """``n`` partial rows were appended to ``__state``: compact it now and then (every batch
         reads the combined state of its keys, so it is kept small)."""
         self.state_rows += n
-        if self.state_rows > max(COMPACT_MIN_ROWS, 4 * self.compacted_rows):
-            self.con.execute(f"CREATE OR REPLACE TEMP TABLE __state AS {self.sql.state_update}").fetchall()
-            (self.state_rows,) = self.con.execute("SELECT count(*) FROM __state").fetchall()[0]
-            self.compacted_rows = self.state_rows
+        if compaction_due(self.state_rows, self.compacted_rows):
+            self.state_rows = self.compacted_rows = compact(self.con, self.sql.state_update)
 
     def checkpoint(self) -> None:
         """Replace ``__state`` by the Arrow-held totals (one row per key), if any are held."""

@@ -39,8 +39,7 @@ from .watermark import NEG_INF, WatermarkTracker, any_late, event_time_us, witho
 
 _END = object()
 _log = logging.getLogger("velosql")
-COMPACT_MIN_ROWS = 200_000
-COMPACT_MIN_ROWS_CHANGES = 16_384
+COMPACT_MIN_ROWS = 200_000  # EMIT FINAL partial rows in __state before its first compaction
 
 
 def run_job(processor, job) -> None:
@@ -515,14 +514,9 @@ class V1Executor:
             return
         self.state_rows += n
         # EMIT CHANGES reads the (combined) state every batch, so it keeps the state smaller.
-        floor = COMPACT_MIN_ROWS_CHANGES if self.sql.changes else COMPACT_MIN_ROWS
-        if self.state_rows > max(floor, 4 * self.compacted_rows):
-            self._compact()
-
-    def _compact(self) -> None:
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE __state AS {self.sql.state_update}").fetchall()
-        (self.state_rows,) = self.con.execute("SELECT count(*) FROM __state").fetchall()[0]
-        self.compacted_rows = self.state_rows
+        floor = running.COMPACT_MIN_ROWS if self.sql.changes else COMPACT_MIN_ROWS
+        if running.compaction_due(self.state_rows, self.compacted_rows, floor):
+            self.state_rows = self.compacted_rows = running.compact(self.con, self.sql.state_update)
 
     def _after_watermark(self, wm: int) -> None:
         """Emit and forget what the watermark closed."""
@@ -567,12 +561,15 @@ class V1Executor:
         except duckdb.Error as exc:
             raise JobError(f"job {self.plan.name!r}: {_first_line(exc)}") from None
 
+    def _as_output(self, out: pa.Table) -> pa.Table:
+        """``out`` with the output's column names and types."""
+        out = out.rename_columns(self.out_names)
+        return out if out.schema == self.out_schema else out.cast(self.out_schema)
+
     def _write(self, out: pa.Table) -> None:
         if out.num_rows == 0:
             return
-        out = out.rename_columns(self.out_names)
-        if out.schema != self.out_schema:
-            out = out.cast(self.out_schema)
+        out = self._as_output(out)
         limit = self.plan.limit
         if limit is not None:
             room = limit - self.emitted_rows

@@ -314,6 +314,7 @@ class V2Executor(V1Executor):
         self.inflight: collections.deque = collections.deque()  # (worker, kind, batch number)
         self.pending_rows: dict[int, list] = {}  # split batch number -> replies still to order
         self.used_columns: dict[str, frozenset[str] | None] = {}  # statements -> columns they read
+        self.change_calls: dict[tuple[str, bool], Call] = {}  # (partial SQL, ordered) -> its Call
         self.partials: list[pa.Table] = []  # partial rows not merged into __state yet
         self.partial_rows = 0
         self.key_rows = [0] * self.n  # keyed EMIT CHANGES: partial rows since each worker's compaction
@@ -574,7 +575,7 @@ class V2Executor(V1Executor):
         elif self.plan.shape == "aggregate":  # EMIT CHANGES: the change rows, then the batch's partials
             partial = self._partial_sql(table, late)
             if self.changelog is not None:  # running COUNT/SUM/AVG: finished in Arrow, as in V1
-                statements, result, kind = changes_call(self.plan, partial), -1, "changes"
+                statements, result, kind = self._changes_call(partial, False), -1, "changes"
             else:
                 statements, result, kind = (sql.changes, f"INSERT INTO __state {partial}"), 0, "changes"
         elif self.plan.shape == "session":
@@ -595,7 +596,7 @@ class V2Executor(V1Executor):
         targets = sorted(rows)
         if kind in ("rows", "changes"):  # replies are put back in arrival order
             if isinstance(statements, Call):
-                statements = changes_call(self.plan, statements.arg["partial"], ordered=True)
+                statements = self._changes_call(statements.arg["partial"], True)
             elif isinstance(statements, str):
                 statements = _ordered(statements)
             else:
@@ -619,6 +620,13 @@ class V2Executor(V1Executor):
             self.batches_to[worker] += 1
             if kind == "ordered" and self.plan.shape == "aggregate" and not isinstance(statements, Call):
                 self._after_keyed_insert(worker, rows[worker])
+
+    def _changes_call(self, partial: str, ordered: bool) -> Call:
+        """:func:`changes_call`, built once per partial SQL (on time or with late rows) and order."""
+        call = self.change_calls.get((partial, ordered))
+        if call is None:
+            call = self.change_calls[partial, ordered] = changes_call(self.plan, partial, ordered)
+        return call
 
     def _pruned(self, table: pa.Table, statements: str | Call | tuple[str, ...]) -> pa.Table:
         """The micro-batch with only the columns the workers' statements read: what is not sent
@@ -726,9 +734,13 @@ class V2Executor(V1Executor):
                 parts = waiting[1:]
                 if len({part.schema for part in parts}) > 1:
                     # Change rows finished in Arrow and by DuckDB's window (a batch the Arrow
-                    # path could not take) differ in names and types: made alike, as _write does.
-                    schema = pa.schema([pa.field("__order", pa.int64()), *self.out_schema])
-                    parts = [part.rename_columns(schema.names).cast(schema) for part in parts]
+                    # path could not take) differ in names and types: made the output's.
+                    parts = [
+                        self._as_output(part.drop_columns(["__order"])).add_column(
+                            0, "__order", part["__order"]
+                        )
+                        for part in parts
+                    ]
                 self._write(_in_arrival_order(pa.concat_tables(parts)))
         elif kind == "count":
             self.key_floor[worker] = reply.table.column(0)[0].as_py()
@@ -742,12 +754,8 @@ class V2Executor(V1Executor):
     def _after_keyed_insert(self, worker: int, rows: int) -> None:
         """Compact a worker's EMIT CHANGES state now and then, as V1 compacts its own."""
         self.key_rows[worker] += rows
-        if self.key_rows[worker] > max(16_384, 4 * self.key_floor[worker]):
-            compact = (
-                f"CREATE OR REPLACE TEMP TABLE __state AS {self.sql.state_update}",
-                "SELECT count(*) FROM __state",
-            )
-            self._send(worker, Query(compact), "count", 0)
+        if running.compaction_due(self.key_rows[worker], self.key_floor[worker]):
+            self._send(worker, Query(running.compact_statements(self.sql.state_update)), "count", 0)
             self.key_rows[worker] = 0
 
     # ---- merged state, watermarks, end ----------------------------------------------------------
