@@ -192,6 +192,7 @@ def test_metrics_per_partition_in_the_job_show_jobs_and_explain_analyze(engine):
     assert sum(p["records_in"] for p in parts) == 200
     busiest = max(p["records_in"] for p in parts)
     assert m["skew"] == round(busiest / 100, 2)
+    assert m["workers_start_seconds"] > 0
     # The second batch was sent with the watermark the first one set.
     assert all(p["watermark"] is not None and p["watermark"] <= m["watermark"] for p in parts)
     assert all(p["pid"] and p["cores"] is None and p["busy_seconds"] >= 0 for p in parts)
@@ -199,12 +200,14 @@ def test_metrics_per_partition_in_the_job_show_jobs_and_explain_analyze(engine):
     shown = engine.execute("SHOW JOBS").to_pylist()
     by_name = {row["name"]: row for row in shown}
     assert by_name["p"]["partitions"] is None and by_name["p"]["skew"] is None
+    assert by_name["p"]["workers_start_seconds"] is None
+    assert by_name["w"]["workers_start_seconds"] == m["workers_start_seconds"]
     assert [p["pid"] for p in by_name["w"]["partitions"]] == [p["pid"] for p in parts]
 
     text = engine.execute(f"EXPLAIN ANALYZE {windowed}")
     for p in parts:
         assert re.search(rf"^  partition {p['partition']}: pid={p['pid']}, cores=None, ", text, re.M), text
-    assert re.search(r"^  metrics: .*skew=", text, re.M), text
+    assert re.search(r"^  metrics: .*skew=.*workers_start_seconds=\d+\.\d+", text, re.M), text
     job.stop()
     plain.stop()
 

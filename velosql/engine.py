@@ -234,7 +234,7 @@ class Engine:
         rows = [j.metrics() for j in self.jobs()]
         if not rows:
             return pa.table({"name": pa.array([], pa.string())})
-        # Every job's keys (V2 jobs add skew and partitions), name first; missing values are NULL.
+        # Every job's keys (V2 jobs add skew, workers_start_seconds and partitions), name first; missing values are NULL.
         keys = list(dict.fromkeys(["name", "status", "processor", *(k for r in rows for k in r)]))
         return pa.table({k: [r.get(k) for r in rows] for k in keys})
 

@@ -147,6 +147,8 @@ class Job:
             # Skew: the busiest worker's rows over the mean (1.0 is an even spread).
             rows = [p["records_in"] for p in parts]
             data["skew"] = round(max(rows) * len(rows) / sum(rows), 2) if sum(rows) else None
+            # The fixed cost a V2 job pays before its first row (None: the job runs no workers).
+            data["workers_start_seconds"] = self.executor.workers_start_seconds()
         return data
 
     def __repr__(self) -> str:

@@ -921,6 +921,11 @@ class V2Executor(V1Executor):
 
     # ---- metrics --------------------------------------------------------------------------------
 
+    def workers_start_seconds(self) -> float | None:
+        """How long starting the workers took (see :attr:`WorkerPool.start_seconds`); None
+        without workers."""
+        return None if self.pool is None else round(self.pool.start_seconds, 3)
+
     def partition_metrics(self) -> list[dict]:
         """Per worker: pid, cores, batches, records in and out, queue depth, late rows, watermark,
         busy/waiting seconds."""

@@ -227,6 +227,10 @@ class WorkerPool:
 
     Raises:
         JobError: A worker failed to start or a setup statement failed; no worker is left running.
+
+    Attributes:
+        start_seconds: How long the workers took to start, all at once (spawn, imports, connect):
+            the fixed cost of every V2 job.
     """
 
     def __init__(
@@ -246,6 +250,8 @@ class WorkerPool:
             raise ConfigError(f"max_in_flight must be an integer of at least 1, not {max_in_flight!r}.")
         self.max_in_flight = max_in_flight
         self.timeout = timeout
+        self.start_seconds = 0.0  # from here until every worker has started (before ``setup``)
+        began = time.perf_counter()
         self._workers: list[_Worker] = []
         # Holds the worker list, not the pool, so it still runs if the pool is never closed.
         # Large batches travel as Arrow IPC files in memory (tmpfs) rather than through the pipe,
@@ -287,6 +293,7 @@ class WorkerPool:
                 worker.metrics.cores = cores_set
                 worker.metrics.affinity_error = worker.metrics.affinity_error or error
                 worker.metrics.wait_seconds = 0.0  # starting is not waiting on work
+            self.start_seconds = time.perf_counter() - began
             if setup:
                 self.broadcast(Setup(tuple(setup)))
                 for i in range(num_workers):
