@@ -30,12 +30,18 @@ every trade, so that DuckDB's per-row work (one thread in V1) outweighs reading 
 
 Speedup is over V1 in the same run; efficiency is speedup ÷ workers. ``cores used`` is the CPU
 time of the benchmark process and its reaped children (the workers) during the run ÷ its wall time.
+Before each timed run the benchmark touches and frees fresh memory (:func:`warm_memory`, skipped
+with ``--cold``), so that no run pays for memory the hypervisor took back during the one before.
+``start`` is the job's ``workers_start_seconds`` (spawning the workers, their imports and
+connections: paid once, before the first row), and ``after start`` V1's seconds over V2's without
+it: how the two compare once a long-running job has started.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import mmap
 import os
 import resource
 import statistics
@@ -101,6 +107,23 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def warm_memory(nbytes: int) -> None:
+    """Touch ``nbytes`` of fresh memory and free it, so that the run after it finds memory the
+    hypervisor has backed. This VM (virtio-balloon free page reporting) hands memory freed for a
+    couple of seconds back to the host, and faulting it in again cost 0.3-2 s per GB in the same
+    minute (measured with this loop). Without it, whichever run allocated first after a pause paid
+    that: V2's workers write their output to new pages in /dev/shm, V1 reuses what its allocators
+    kept from the run before, and V2:2 Q_filter at 50M rows took 1.0-2.1 s from one run to the next."""
+    if nbytes <= 0:
+        return
+    area = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        for offset in range(0, nbytes, mmap.PAGESIZE):
+            area[offset] = 1
+    finally:
+        area.close()
+
+
 @contextlib.contextmanager
 def one_core(pin: bool):
     """Every thread of this process (and so every thread they start) on one core for the block."""
@@ -156,12 +179,15 @@ def duck_direct(name: str, folder: Path, threads: int) -> tuple[float, int]:
     return time.perf_counter() - t0, n
 
 
-def measure(rows: int, repeat: int, workers: list[int], only: list[str]) -> list[dict]:
+def measure(rows: int, repeat: int, workers: list[int], only: list[str], warm: bool = True) -> list[dict]:
     folder = ensure_files(rows)
+    # More than any run allocates: a filter's output is ~36 bytes a row, half the rows.
+    warm_bytes = max(256 << 20, rows * 48) if warm else 0
     results = []
     for name in only:
         runs: dict[str, list[float]] = {}
         cores: dict[str, list[float]] = {}
+        starts: dict[str, list[float]] = {}
         outs: dict[str, int] = {}
         skew: dict[str, float] = {}
         configs = [("V1", "v1", None, False), (ONE_CORE, "v1", None, True)]
@@ -174,10 +200,13 @@ def measure(rows: int, repeat: int, workers: list[int], only: list[str]) -> list
             velosql_job(name, folder, processor, strategy)
         for _ in range(repeat):
             for label, processor, strategy, pinned in configs:
+                warm_memory(warm_bytes)
                 with one_core(pinned):
                     seconds, n_out, m = velosql_job(name, folder, processor, strategy)
                 runs.setdefault(label, []).append(seconds)
                 cores.setdefault(label, []).append(m["cores_used"])
+                if m.get("workers_start_seconds") is not None:
+                    starts.setdefault(label, []).append(m["workers_start_seconds"])
                 outs[label] = n_out
                 if m.get("skew"):
                     skew[label] = m["skew"]
@@ -186,12 +215,14 @@ def measure(rows: int, repeat: int, workers: list[int], only: list[str]) -> list
                     f"{m['cores_used']:.2f} cores"
                 )
             for n in sorted({1, *workers}):
+                warm_memory(warm_bytes)
                 seconds, n_out = duck_direct(name, folder, n)
                 runs.setdefault(f"DuckDB {n} thread{'s' if n > 1 else ''}", []).append(seconds)
         base, one = statistics.median(runs["V1"]), statistics.median(runs[ONE_CORE])
         for label, times in runs.items():
             t = statistics.median(times)
             n = int(label.split(":")[1].split()[0]) if label.startswith("V2") else None
+            start = statistics.median(starts[label]) if label in starts else None
             results.append(
                 {
                     "query": name,
@@ -201,6 +232,9 @@ def measure(rows: int, repeat: int, workers: list[int], only: list[str]) -> list
                     "cores_used": statistics.median(cores[label]) if label in cores else None,
                     "speedup": base / t if label.startswith("V") else None,
                     "speedup_one": one / t if label.startswith("V") else None,
+                    "start": start,
+                    # The worker start is paid once; a long-running job's rate is the rest's.
+                    "speedup_started": base / (t - start) if start is not None else None,
                     "efficiency": base / t / n if n else None,
                     "skew": skew.get(label),
                     "rows_out": outs.get(label),
@@ -220,17 +254,22 @@ def render(results: list[dict], command: str, rows: int) -> str:
         f"Command: `{command}` — {rows:,} trades rows in 8 Parquet files, {usable_cpus()} usable cores, "
         "median of the runs. Speedup is over V1 in the same run (and over V1 pinned to one "
         "core); efficiency = speedup over V1 ÷ workers; cores used = CPU seconds of the process "
-        "and its workers ÷ wall seconds; skew = busiest worker's rows ÷ the mean.",
+        "and its workers ÷ wall seconds; skew = busiest worker's rows ÷ the mean; start = the "
+        "workers' start (`workers_start_seconds`), and after start = V1's seconds ÷ V2's without it. "
+        "Before each run the benchmark touches and frees fresh memory (`warm_memory`: this VM hands "
+        "freed memory back to its host, and faulting it in again is slow), unless `--cold`.",
         "",
-        "| query | engine | rows/s | seconds | cores used | speedup vs V1 | vs V1 on 1 core | efficiency | skew |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| query | engine | rows/s | seconds | cores used | speedup vs V1 | vs V1 on 1 core | efficiency "
+        "| skew | start | vs V1 after start |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['query']} | {r['engine']} | {r['rows_per_s'] / 1e6:.2f}M | {r['seconds']:.3f} | "
             f"{num(r['cores_used'], '.2f')} | {num(r['speedup'], '.2f')}{'x' if r['speedup'] else ''} | "
             f"{num(r['speedup_one'], '.2f')}{'x' if r['speedup_one'] else ''} | "
-            f"{num(r['efficiency'], '.2f')} | {num(r['skew'], '.2f')} |"
+            f"{num(r['efficiency'], '.2f')} | {num(r['skew'], '.2f')} | {num(r['start'], '.3f')} | "
+            f"{num(r['speedup_started'], '.2f')}{'x' if r['speedup_started'] else ''} |"
         )
     return "\n".join(lines)
 
@@ -257,13 +296,14 @@ def main() -> int:
     ap.add_argument("--workers", help="comma-separated V2 worker counts (default: 2 and the usable cores)")
     ap.add_argument("--only", help=f"comma-separated queries (default: all of {', '.join(QUERIES)})")
     ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--cold", action="store_true", help="skip touching fresh memory before each run")
     args = ap.parse_args()
     workers = [int(x) for x in args.workers.split(",")] if args.workers else sorted({2, usable_cpus()})
     only = [q.strip() for q in args.only.split(",")] if args.only else list(QUERIES)
     unknown = [q for q in only if q not in QUERIES]
     if unknown:
         ap.error(f"unknown query {unknown[0]!r}; choose from {', '.join(QUERIES)}")
-    results = measure(args.rows, args.repeat, workers, only)
+    results = measure(args.rows, args.repeat, workers, only, warm=not args.cold)
     command = "python benchmarks/v2.py " + " ".join(sys.argv[1:])
     text = render(results, command.strip(), args.rows)
     print(text)
