@@ -95,6 +95,14 @@ def v1_statement(name: str, processor: str, extra: str = "") -> str:
 # ---- helpers ----------------------------------------------------------------------------------
 
 
+WARM = {"bytes": 512 << 20}  # fresh memory touched before each timed run (0: --cold)
+
+
+def warm() -> None:
+    """Touch and free fresh memory before a timed run (see ``workloads.warm_memory``)."""
+    W.warm_memory(WARM["bytes"])
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
@@ -317,6 +325,7 @@ def bench_trades(names: list[str], rows: int, repeat: int, processors: list[str]
         d_runs, b_runs = [], []
         for i in range(repeat):
             for p in processors:
+                warm()
                 r = velosql_run(name, p, data)
                 if v_runs[p]:
                     # Only the first run's rows are checked. Kept, each run's output (~100 MB for
@@ -329,10 +338,12 @@ def bench_trades(names: list[str], rows: int, repeat: int, processors: list[str]
                     f"  {name} velosql {p} #{i + 1}: {r['seconds']:.3f}s ({fmt_rate(rows / r['seconds'])}/s), "
                     f"micro-batches {r['batches']}, busy {r['busy']:.3f}s, waiting {r['waiting']:.3f}s"
                 )
+            warm()
             d = duck_whole(name, whole_in)
             if d_runs:
                 d.pop("out")
             d_runs.append(d)
+            warm()
             b = duck_per_batch(name, batches)
             b_runs.append(b)
             log(
@@ -538,6 +549,7 @@ def bench_1brc(rows: int, repeat: int, processors: list[str], streaming: bool = 
                 cmd, shown = velosql_cli(app)
                 cmd = [python, *cmd[1:]]
                 commands[label] = f"{shown} ({env}: {python})"
+                warm()
                 secs, proc = timed_process(cmd, tmpdir)
                 if proc.returncode != 0:
                     raise RuntimeError(f"{label} failed: {proc.stderr[-2000:]}")
@@ -554,6 +566,7 @@ def bench_1brc(rows: int, repeat: int, processors: list[str], streaming: bool = 
                 label = f"DuckDB direct, {threads} thread{'s' if threads > 1 else ''}"
                 code = duck_brc_code(path, threads)
                 commands[label] = f'python -c "duckdb read_csv … GROUP BY station" (threads={threads})'
+                warm()
                 secs, proc = timed_process([sys.executable, "-c", code], tmpdir)
                 if proc.returncode != 0:
                     raise RuntimeError(f"{label} failed: {proc.stderr[-2000:]}")
@@ -720,7 +733,13 @@ def render(results: dict, command: str) -> str:
         f"(commit {m['commit']}), {m['date']}  ",
         f"Load average (1 min) at start {m['load_start']:.2f}, at end {results['load_end']:.2f} "
         "(other sessions may share the cores; above ~0.5 the absolute figures are depressed).  ",
-        f"Every figure is the median of {results['repeat']} runs in this one run.",
+        f"Every figure is the median of {results['repeat']} runs in this one run"
+        + (
+            ", each after touching and freeing 512 MiB of fresh memory (this VM hands freed memory "
+            "back to its host, and faulting it in again is slow: `workloads.warm_memory`)."
+            if results.get("warm")
+            else "."
+        ),
         "",
     ]
     trades = results.get("trades")
@@ -897,6 +916,7 @@ def main(argv: list[str] | None = None) -> int:
         "--write-docs", action="store_true", help="rewrite the generated part of docs/benchmarks.md"
     )
     ap.add_argument("--json", help="also write the raw results to this file")
+    ap.add_argument("--cold", action="store_true", help="skip touching fresh memory before each timed run")
     ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     processors = [p.strip() for p in args.processors.split(",") if p.strip()]
@@ -906,6 +926,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     q = args.quick
+    WARM["bytes"] = 0 if args.cold else WARM["bytes"]
     rows = args.rows or (1_000_000 if q else 5_000_000)
     brc_rows = args.brc_rows or (2_000_000 if q else 10_000_000)
     mem_rows = args.mem_rows or (10_000_000 if q else 100_000_000)
@@ -916,7 +937,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(ALL)}")
 
     started = time.perf_counter()
-    results: dict = {"machine": machine_info(), "repeat": args.repeat}
+    results: dict = {"machine": machine_info(), "repeat": args.repeat, "warm": not args.cold}
     trade_names = [n for n in TRADE_BENCHES if n in only]
     if trade_names:
         results["trades"] = bench_trades(trade_names, rows, args.repeat, processors)

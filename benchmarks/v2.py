@@ -30,7 +30,7 @@ every trade, so that DuckDB's per-row work (one thread in V1) outweighs reading 
 
 Speedup is over V1 in the same run; efficiency is speedup ÷ workers. ``cores used`` is the CPU
 time of the benchmark process and its reaped children (the workers) during the run ÷ its wall time.
-Before each timed run the benchmark touches and frees fresh memory (:func:`warm_memory`, skipped
+Before each timed run the benchmark touches and frees fresh memory (``workloads.warm_memory``, skipped
 with ``--cold``), so that no run pays for memory the hypervisor took back during the one before.
 ``start`` is the job's ``workers_start_seconds`` (spawning the workers, their imports and
 connections: paid once, before the first row), and ``after start`` V1's seconds over V2's without
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import mmap
 import os
 import resource
 import statistics
@@ -105,23 +104,6 @@ def cpu_seconds() -> float:
     """CPU time of this process and of its children that have exited (the workers)."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def warm_memory(nbytes: int) -> None:
-    """Touch ``nbytes`` of fresh memory and free it, so that the run after it finds memory the
-    hypervisor has backed. This VM (virtio-balloon free page reporting) hands memory freed for a
-    couple of seconds back to the host, and faulting it in again cost 0.3-2 s per GB in the same
-    minute (measured with this loop). Without it, whichever run allocated first after a pause paid
-    that: V2's workers write their output to new pages in /dev/shm, V1 reuses what its allocators
-    kept from the run before, and V2:2 Q_filter at 50M rows took 1.0-2.1 s from one run to the next."""
-    if nbytes <= 0:
-        return
-    area = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        for offset in range(0, nbytes, mmap.PAGESIZE):
-            area[offset] = 1
-    finally:
-        area.close()
 
 
 @contextlib.contextmanager
@@ -200,7 +182,7 @@ def measure(rows: int, repeat: int, workers: list[int], only: list[str], warm: b
             velosql_job(name, folder, processor, strategy)
         for _ in range(repeat):
             for label, processor, strategy, pinned in configs:
-                warm_memory(warm_bytes)
+                W.warm_memory(warm_bytes)
                 with one_core(pinned):
                     seconds, n_out, m = velosql_job(name, folder, processor, strategy)
                 runs.setdefault(label, []).append(seconds)
@@ -215,7 +197,7 @@ def measure(rows: int, repeat: int, workers: list[int], only: list[str], warm: b
                     f"{m['cores_used']:.2f} cores"
                 )
             for n in sorted({1, *workers}):
-                warm_memory(warm_bytes)
+                W.warm_memory(warm_bytes)
                 seconds, n_out = duck_direct(name, folder, n)
                 runs.setdefault(f"DuckDB {n} thread{'s' if n > 1 else ''}", []).append(seconds)
         base, one = statistics.median(runs["V1"]), statistics.median(runs[ONE_CORE])

@@ -13,6 +13,7 @@ Same seed, same rows: every generator draws from its own ``numpy.random.Generato
 
 from __future__ import annotations
 
+import mmap
 import os
 import zlib
 from collections.abc import Iterator
@@ -144,3 +145,20 @@ def ensure_1brc(rows: int = 10_000_000, *, seed: int = 1, chunk: int = 1_000_000
             done += n
     tmp.replace(path)
     return path
+
+
+def warm_memory(nbytes: int) -> None:
+    """Touch ``nbytes`` of fresh memory and free it, so that the run after it finds memory the
+    hypervisor has backed. This VM (virtio-balloon free page reporting) hands memory freed for a
+    couple of seconds back to the host, and faulting it in again cost 0.3-2 s per GB in the same
+    minute (measured with this loop). Without it, whichever run allocated first after a pause paid
+    that: V2's workers write their output to new pages in /dev/shm, V1 reuses what its allocators
+    kept from the run before, and V2:2 Q_filter at 50M rows took 1.0-2.1 s from one run to the next."""
+    if nbytes <= 0:
+        return
+    area = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        for offset in range(0, nbytes, mmap.PAGESIZE):
+            area[offset] = 1
+    finally:
+        area.close()
