@@ -735,8 +735,9 @@ def render(results: dict, command: str) -> str:
         "(other sessions may share the cores; above ~0.5 the absolute figures are depressed).  ",
         f"Every figure is the median of {results['repeat']} runs in this one run"
         + (
-            ", each after touching and freeing 512 MiB of fresh memory (this VM hands freed memory "
-            "back to its host, and faulting it in again is slow: `workloads.warm_memory`)."
+            f", each after touching and freeing {results['warm'] >> 20} MiB of fresh memory (this VM "
+            "hands freed memory back to its host, and faulting it in again is slow: "
+            "`workloads.warm_memory`)."
             if results.get("warm")
             else "."
         ),
@@ -937,7 +938,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(ALL)}")
 
     started = time.perf_counter()
-    results: dict = {"machine": machine_info(), "repeat": args.repeat, "warm": not args.cold}
+    results: dict = {"machine": machine_info(), "repeat": args.repeat, "warm": WARM["bytes"]}
     trade_names = [n for n in TRADE_BENCHES if n in only]
     if trade_names:
         results["trades"] = bench_trades(trade_names, rows, args.repeat, processors)
