@@ -25,6 +25,7 @@ POS_INF = 2**63 - 1
 NOT_YET = -(2**61)
 # Beyond this many runs of one partition in a batch, one aggregation beats a step per run.
 _MAX_RUNS = 64
+_PROBE_ROWS = 1024  # rows max_by_partition looks at first for that many runs
 _UNITS = {"epoch_millis": 1_000, "epoch_seconds": 1_000_000, "epoch_micros": 1}
 
 
@@ -348,8 +349,12 @@ def max_by_partition(partition: pa.Array, et: pa.Array) -> dict[int, int | None]
     """
     if isinstance(partition, pa.ChunkedArray):
         partition = partition.combine_chunks()
-    runs = pc.run_end_encode(partition)
-    if len(runs.run_ends) > _MAX_RUNS:
+    # Where the partition changes at nearly every row, the first rows tell: encoding the whole
+    # batch only to find too many runs cost ~0.5 ms per 262,144 pushed trades rows.
+    head = partition.slice(0, _PROBE_ROWS)
+    changes = pc.sum(pc.not_equal(head.slice(1), head.slice(0, max(len(head) - 1, 0)))).as_py() or 0
+    runs = None if changes >= _MAX_RUNS else pc.run_end_encode(partition)
+    if runs is None or len(runs.run_ends) > _MAX_RUNS:
         from .arrow_partials import acero_group_by
 
         top = acero_group_by(pa.table({"p": partition, "et": et}), ["p"], [("et", "max")])
