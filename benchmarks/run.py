@@ -523,8 +523,7 @@ def core_python() -> str | None:
             )
             stamp.write_text(want)
         elif not code_stamp.exists() or code_stamp.read_text() != code:
-            # Until session 12 the install was kept while pyproject.toml stayed the same, so the
-            # core-install rows measured whatever velosql had been installed first.
+            # pyproject.toml alone would keep measuring whatever velosql was installed first.
             log("1brc: reinstalling velosql in the core install (its sources changed)")
             subprocess.run(
                 [str(py), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(ROOT)],
