@@ -513,10 +513,9 @@ class V2Executor(V1Executor):
         """Merge one worker's micro-batch; True when the worker has read everything."""
         info = reply.value
         self.metrics.records_in += info["rows"]
-        self.records_to[reply.partition] += info["rows"]
         if info["rows"]:
             self.metrics.batches += 1
-            self.batches_to[reply.partition] += 1
+            self._took(reply.partition, info["rows"])
         for location, error, raw in info["rejects"]:
             self._reject(location, error, raw)
         if info["maxima"]:
@@ -586,8 +585,7 @@ class V2Executor(V1Executor):
         table, ids = self._ids(table)
         if ids is None:
             worker = 0 if self.route.strategy == "fan_in" else batch % self.n
-            self.records_to[worker] += table.num_rows
-            self.batches_to[worker] += 1
+            self._took(worker, table.num_rows)
             self._send(worker, Batch(self._pruned(table, statements), statements, result), kind, batch)
             if kind == "changes" and not isinstance(statements, Call):
                 self._after_keyed_insert(worker, table.num_rows)
@@ -616,10 +614,14 @@ class V2Executor(V1Executor):
                 if part.num_rows:
                     self._send(worker, Batch(part, statements, result), kind, batch)
         for worker in targets:
-            self.records_to[worker] += rows[worker]
-            self.batches_to[worker] += 1
+            self._took(worker, rows[worker])
             if kind == "ordered" and self.plan.shape == "aggregate" and not isinstance(statements, Call):
                 self._after_keyed_insert(worker, rows[worker])
+
+    def _took(self, worker: int, rows: int) -> None:
+        """Count a micro-batch (or its share of one, or a direct read) of ``rows`` rows at ``worker``."""
+        self.records_to[worker] += rows
+        self.batches_to[worker] += 1
 
     def _changes_call(self, partial: str, ordered: bool) -> Call:
         """:func:`changes_call`, built once per partial SQL (on time or with late rows) and order."""

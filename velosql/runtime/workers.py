@@ -174,7 +174,6 @@ class WorkerMetrics:
         affinity_error: Why pinning was asked for but impossible, else ``None``.
         requests: Requests sent to it.
         rows_sent: Rows of :class:`Batch` tables sent to it.
-        rows_received: Rows of the result tables it returned.
         busy_seconds: Time it spent on requests, measured in the worker.
         wait_seconds: Time the parent was blocked on its pipe, writing requests or awaiting replies.
         pyarrow_threads: The sizes of its pyarrow CPU and I/O thread pools, both 1.
@@ -186,7 +185,6 @@ class WorkerMetrics:
     affinity_error: str | None = None
     requests: int = 0
     rows_sent: int = 0
-    rows_received: int = 0
     busy_seconds: float = 0.0
     wait_seconds: float = 0.0
     pyarrow_threads: tuple[int, ...] = ()  # its pyarrow CPU and I/O pool sizes (1 and 1)
@@ -508,8 +506,6 @@ class WorkerPool:
             with pa.memory_map(table_at) as source:
                 table = pa.ipc.open_stream(source).read_all()
             os.unlink(table_at)
-        if table is not None:
-            worker.metrics.rows_received += table.num_rows
         return Reply(index, kind, table, value, busy)
 
     def _lost(self, worker: _Worker) -> WorkerError:
