@@ -221,7 +221,7 @@ def test_nothing_starts_when_a_later_statement_fails(engine):
         ("CREATE STREAM o AS SELECT v, count(*) FROM t GROUP BY 1 + 1", "must appear in the GROUP BY"),
         ("CREATE STREAM o AS SELECT approx_count_distinct(v) FROM t", "approximate"),
         ("CREATE STREAM o AS SELECT v, lag(v) OVER (ORDER BY v) FROM t", "ROWS WINDOW BUFFER"),
-        ("CREATE STREAM o AS SELECT v FROM t WINDOW TUMBLING(1m)", "needs an aggregate"),
+        ("CREATE STREAM o AS SELECT DISTINCT v FROM t WINDOW TUMBLING(1m) EMIT CHANGES", "EMIT FINAL"),
         ("CREATE STREAM o AS SELECT count(*) FROM t WINDOW SESSION(v, 1m) EMIT CHANGES", "SESSION"),
         ("CREATE STREAM o AS SELECT _window_start, count(*) FROM t", "needs a WINDOW"),
         ("CREATE STREAM o AS SELECT v FROM missing_source", "source 'missing_source' is not defined"),

@@ -18,6 +18,7 @@ proportional to the values of open groups.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 from sqlglot import exp
@@ -102,6 +103,63 @@ def is_aggregate(node: exp.Expression) -> bool:
     if aggregate_name(node) is None or isinstance(node.parent, (exp.Filter, exp.IgnoreNulls)):
         return False
     return not isinstance(node.parent, exp.Window) or node.parent.this is not node
+
+
+@functools.cache
+def duckdb_aggregates() -> frozenset[str]:
+    """The names of every aggregate function DuckDB has (its catalogue, read once: metadata of
+    the library, not of any job's database)."""
+    import duckdb
+
+    rows = duckdb.sql(
+        "SELECT DISTINCT lower(function_name) FROM duckdb_functions() WHERE function_type = 'aggregate'"
+    ).fetchall()
+    return frozenset(r[0] for r in rows)
+
+
+def function_name(node: exp.Expression) -> str | None:
+    """The DuckDB name of a function call (lower case), or None for anything else."""
+    if isinstance(node, exp.Anonymous):
+        return node.name.lower()
+    if isinstance(node, exp.Func):
+        return node.sql("duckdb").split("(", 1)[0].strip().lower()
+    return None
+
+
+def is_any_aggregate(node: exp.Expression) -> bool:
+    """True for a call of any DuckDB aggregate, known to the decomposition or not (not one used
+    as a window function)."""
+    if is_aggregate(node):
+        return True
+    name = function_name(node)
+    if name is None or name not in duckdb_aggregates():
+        return False
+    return not isinstance(node.parent, exp.Window) or node.parent.this is not node
+
+
+# Aggregates whose result depends on the order of their rows, when they have no ORDER BY.
+ORDER_SENSITIVE = {"first", "last", "arbitrary", "string_agg", "listagg", "group_concat", "array_agg", "list"}
+
+
+def in_arrival_order(select: exp.Expression) -> exp.Expression:
+    """``select`` with each order-sensitive aggregate that has no ORDER BY of its own ordered by
+    the rows' arrival (``ORDER BY __seq``): for SQL whose rows come in another order than they
+    arrived (a session's rows are sorted by event time to find the sessions)."""
+
+    def order(node: exp.Expression) -> exp.Expression:
+        if (
+            isinstance(node, exp.AggFunc)
+            and aggregate_name(node) in ORDER_SENSITIVE
+            and isinstance(node.this, exp.Expression)
+            and not isinstance(node.this, exp.Order)
+            and not any(isinstance(a, exp.Order) for a in node.args.values())
+        ):
+            node = node.copy()
+            ordered = exp.Ordered(this=exp.column(SEQ), nulls_first=False)
+            node.set("this", exp.Order(this=node.this, expressions=[ordered]))
+        return node
+
+    return select.transform(order)
 
 
 def _arguments(node: exp.Expression) -> tuple[list[exp.Expression], bool]:
@@ -250,7 +308,13 @@ class _Builder:
         else:
             var = "CASE WHEN {n} > 1 THEN greatest({q}, 0) / ({n} - 1) END"
         final = f"sqrt({var})" if name.startswith("stddev") else var
-        return self.spec(parts, final, pre=pre)
+        flt = self._filter()
+        running = [  # the same partials as running window aggregates (EMIT CHANGES)
+            f"count({x}){flt} OVER __w",
+            f"avg({x}){flt} OVER __w",
+            f"coalesce(var_pop({x}){flt} OVER __w, 0) * count({x}){flt} OVER __w",
+        ]
+        return self.spec(parts, final, pre=pre, partial_w=running)
 
     def values(self, x: str | None, name: str, extra: list[str], distinct: bool) -> AggSpec:
         if x is None:
@@ -271,29 +335,32 @@ class _Builder:
         )
 
     def ordered_list(self, x: str, name: str, extra: list[str]) -> AggSpec:
-        # Arrival order is the order of a single-threaded batch scan: keep values ordered by __seq,
-        # and order partials by their first row when combining them.
+        # Arrival order is the order of a single-threaded batch scan. Each value travels with its
+        # arrival number, and partials are combined by sorting on it: a partial may hold rows of
+        # several interleaved runs (a V2 worker reading several files), so ordering whole
+        # partials by their first row would not do.
         keep_nulls = name in ("array_agg", "list")
         nn = [] if keep_nulls else [f"({x}) IS NOT NULL"]
         flt = self._filter(nn)
+        values = "list_transform({l}, lambda __e: __e.v)"
         if keep_nulls:
-            final = "{l}"
+            final = values
         else:
             sep = extra[0] if extra else "','"
-            final = f"list_aggregate({{l}}, 'string_agg', {sep})"
+            final = f"list_aggregate({values}, 'string_agg', {sep})"
+        pair = f"{{'o': {SEQ}, 'v': {x}}}"
         parts = [
             (
                 "l",
-                f"list({x} ORDER BY {SEQ})",
-                "flatten(list({l} ORDER BY {o}))",
+                f"list({pair} ORDER BY {SEQ})",
+                "list_sort(flatten(list({l})))",
                 "list_concat({a_l}, {b_l})",
-            ),
-            ("o", f"min({SEQ})", "min({o})", "least({a_o}, {b_o})"),
+            )
         ]
         return self.spec(
             parts,
             final,
             holistic=True,
-            partial_w=[f"list({x}){flt} OVER __w", f"min({SEQ}){flt} OVER __w"],
+            partial_w=[f"list({pair}){flt} OVER __w"],
             filter_extra=nn,
         )

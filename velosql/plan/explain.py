@@ -30,6 +30,31 @@ def _pushdown_eligible(plan: StreamPlan) -> bool:
     return eligible(plan)
 
 
+def _operator_text(plan: StreamPlan) -> str:
+    """Which operator runs the statement, and why."""
+    if plan.shape == "general":
+        why = ", ".join(plan.operator.why)
+        where = (
+            "each window's on-time rows when the watermark closes it"
+            if plan.window
+            else ("every row when the input ends (bounded sources)")
+        )
+        return (
+            f"general: the whole SELECT runs over {where}, the rows kept in DuckDB until then; "
+            f"no incremental operator reads {why}"
+        )
+    if plan.shape == "distinct":
+        return "distinct: each row passes the first time it is seen; the rows passed are kept in DuckDB"
+    if plan.shape == "project" and not plan.sql.project_orderable:
+        return "project: stateless, the whole SELECT runs on each micro-batch"
+    return {
+        "project": "project: stateless, filters and projections on each micro-batch",
+        "aggregate": "incremental aggregate: partial aggregates per micro-batch, combined in DuckDB state",
+        "session": "session: rows kept per key until the watermark closes their session",
+        "buffered": "row buffer: the last rows of each key, for ROWS WINDOW BUFFER functions",
+    }[plan.shape]
+
+
 def explain_text(plan: StreamPlan, processor, job=None) -> str:
     """The plan of one streaming statement; with a running ``job``, its metrics too (ANALYZE)."""
     lines = [f"{plan.kind.upper()} {plan.name}  ({plan.location})"]
@@ -47,6 +72,7 @@ def explain_text(plan: StreamPlan, processor, job=None) -> str:
         )
         lines.append(f"  late rows:   counted and kept in {plan.late_table}")
     lines.append(f"  shape:       {plan.shape}")
+    lines.append(f"  operator:    {_operator_text(plan)}")
     if (src.type or "file_source") == "file_source" and _pushdown_eligible(plan):
         lines.append(
             "  scan:        scan pushdown: when the files are bounded and their column types allow, "
@@ -77,6 +103,14 @@ def explain_text(plan: StreamPlan, processor, job=None) -> str:
     }[plan.emit]
     if plan.shape in ("project", "buffered"):
         emit = "CHANGES: one output row per input row that passes WHERE"
+    elif plan.shape == "distinct":
+        emit = "CHANGES: the first occurrence of each distinct row, when it arrives"
+    elif plan.shape == "general":
+        emit = (
+            "FINAL: the SELECT's rows for each window when the watermark closes it"
+            if plan.window is not None
+            else "FINAL: the SELECT's rows once, at the end of the input"
+        )
     lines.append(f"  emit:        {emit}")
     for s in plan.sinks:
         key = f" keyed by {', '.join(s.key)}" if s.key else ""

@@ -13,6 +13,7 @@ Shapes:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -22,8 +23,9 @@ from .. import options as opts
 from ..config import JobProcessorConfig, processor_from_statement
 from ..errors import ConfigError, Location, OptionError, SqlError
 from ..sql.statements import CreateStream, WindowSpec
-from . import sqlgen
-from .aggregates import AggSpec
+from . import constructs, general, sqlgen
+from .aggregates import AggSpec, is_any_aggregate
+from .operators import DistinctSpec, GeneralSpec
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class StreamPlan:
     primary_key: tuple[str, ...] = ()
     limit: int | None = None
     notes: tuple[str, ...] = field(default=())
+    # The spec of the operator that runs a statement of no specialised shape (general.py).
+    operator: GeneralSpec | DistinctSpec | None = None
 
     @property
     def windowed(self) -> bool:
@@ -99,11 +103,11 @@ class StreamPlan:
 
 def plan(stmt: CreateStream) -> StreamPlan:
     """Validate ``stmt`` and build its plan; raises SqlError/OptionError naming file:line:col."""
-    select = stmt.select
     loc = stmt.location
-    if select is None or not isinstance(select, exp.Select):
+    if stmt.select is None or not isinstance(stmt.select, exp.Select):
         raise SqlError("expected SELECT after AS", loc)
-    source_table = _single_source(select, loc)
+    select = constructs.inline_aliases(stmt.select)
+    source_table = _stream_source(select, stmt)
     src_name = source_table.name.lower()
     alias = source_table.alias_or_name
     name = stmt.name.lower()
@@ -116,6 +120,12 @@ def plan(stmt: CreateStream) -> StreamPlan:
     emit = stmt.emit or ("final" if stmt.window else "changes")
     window = stmt.window
     time = _time_spec(window, source, job)
+    found = constructs.inspect(select, src_name)
+    if window is not None and not found.general and not _aggregates(select) and not select.find(exp.Window):
+        # A window over rows no aggregate reads: each window's rows when it closes.
+        found = dataclasses.replace(found, general=("a WINDOW over a SELECT without aggregates",))
+    if found.general:
+        return _general(stmt, select, found, source, job, processor, emit, time, grouped)
     query = sqlgen.analyse(select, source_table, window, loc)
     shape = query.shape
     if window is not None and shape not in ("aggregate", "session"):
@@ -157,13 +167,52 @@ def plan(stmt: CreateStream) -> StreamPlan:
     )
 
 
-def _single_source(select: exp.Select, loc: Location) -> exp.Table:
-    from_ = select.args.get("from_") or select.args.get("from")
-    if from_ is None:
-        raise SqlError("a streaming query needs FROM <source>", loc)
-    table = from_.this
-    if not isinstance(table, exp.Table):
-        raise SqlError("the FROM of a streaming query must name a source (not a subquery)", loc)
+def _aggregates(select: exp.Select) -> bool:
+    return select.args.get("group") is not None or any(
+        is_any_aggregate(n) for item in select.expressions for n in item.walk()
+    )
+
+
+def _general(stmt, select, found, source, job, processor, emit, time, grouped) -> StreamPlan:
+    """The plan of a statement with constructs no specialised operator reads (general.py)."""
+    name = stmt.name.lower()
+    chosen = general.choose(select, source.name, found, stmt.window, emit, stmt.location)
+    primary_key = tuple(k.lower() for k in stmt.primary_key)
+    sinks = _sink_specs(name, stmt.kind, grouped["sink"], stmt, primary_key, None)
+    notes = []
+    if stmt.window is not None and time.column is None:
+        notes.append("no event-time column: windows use processing time (arrival time)")
+    return StreamPlan(
+        name=name, kind=stmt.kind, text=stmt.text, location=stmt.location, shape=chosen.shape,
+        emit=emit, source=source, sinks=sinks, time=time, window=stmt.window, group_keys=(),
+        aggregates=(), processor=processor, job_options=job, annotations=dict(stmt.annotations),
+        sql=chosen.sql, primary_key=primary_key, limit=chosen.limit, notes=tuple(notes),
+        operator=chosen.operator,
+    )  # fmt: skip
+
+
+def _stream_source(select: exp.Expression, stmt: CreateStream) -> exp.Table:
+    """The table the statement streams from: the one its WITH keys declare as a source, else the
+    first table its outermost FROM reads (through CTEs and subqueries); the others are DuckDB
+    tables it looks up."""
+    defined = constructs.ctes(select)
+    named = [
+        t
+        for t in select.find_all(exp.Table)
+        if isinstance(t.this, exp.Identifier) and t.name.lower() not in defined and not t.args.get("db")
+    ]
+    sink = stmt.name.lower()
+    declared = {
+        key.lower().partition(".")[0]
+        for key in stmt.properties
+        if "." in key and opts.find("job", key.lower()) is None
+    } - {sink}
+    for table in named:
+        if table.name.lower() in declared:
+            return table
+    table = constructs.first_table(select, defined)
+    if table is None:
+        raise SqlError("a streaming query needs FROM <source>", stmt.location)
     return table
 
 
@@ -294,7 +343,7 @@ def _sink_specs(name, kind, scoped, stmt, primary_key, query) -> tuple[SinkSpec,
     converted.pop("type", None)
     if ctype == "file_sink" and not converted.get("path"):
         raise OptionError(f"sink {name!r} is a file_sink but has no '{name}.path'", stmt.location)
-    key = primary_key or query.key_names
+    key = primary_key or (query.key_names if query is not None else ())
     sinks = [SinkSpec(name=name, type=ctype, options=converted, key=key if kind == "table" else ())]
     if kind == "table" and ctype not in ("duckdb_table", "python"):
         # A CREATE TABLE result is also kept as a DuckDB table with the latest row per key.

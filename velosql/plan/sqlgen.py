@@ -21,7 +21,7 @@ from sqlglot import exp
 from ..errors import Location, SqlError
 from ..sql.statements import WindowSpec
 from . import windows as W
-from .aggregates import SEQ, AggSpec, aggregate_name, decompose, is_aggregate
+from .aggregates import SEQ, AggSpec, aggregate_name, decompose, in_arrival_order, is_aggregate
 
 SYSTEM = ("_partition", "_offset")
 WINDOW_COLUMNS = ("_window_start", "_window_end")
@@ -84,6 +84,9 @@ class ShapeSQL:
     # Whether ``emit`` orders its rows (the query's ORDER BY): then it runs on the whole state,
     # not on each V2 worker's share of the groups.
     emit_ordered: bool = False
+    # Whether the projection's outermost SELECT reads ``__in`` itself, so that a V2 job can add
+    # each row's arrival sequence to it and put a split micro-batch's rows back in order.
+    project_orderable: bool = True
     buffer_insert: str = ""
     session_emit: str = ""
     session_keep: str = ""
@@ -243,8 +246,10 @@ class _Rewriter:
 
 
 def _analyse_grouped(select, alias, from_sql, where_sql, window, loc, limit) -> Query:
-    keys = _group_keys(select, loc)
     session = window is not None and window.kind == "session"
+    if session:  # its rows are sorted by event time to find the sessions
+        select = in_arrival_order(select)
+    keys = _group_keys(select, loc)
     rw = _Rewriter(keys, window, loc, session=session, keep_aggs=session)
     rw.output_aliases = {i.alias.lower() for i in select.expressions if i.alias}
     items, names = [], []
@@ -283,10 +288,7 @@ def _window_relation(window: WindowSpec | None) -> tuple[str, str, str]:
     if window.kind == "tumbling":
         return "", W.tumbling_start(window), ""
     if window.kind == "sliding":
-        start = W.sliding_start(window)
-        n = W.sliding_count(window)
-        return (f", unnest(range(0, {n})) AS __sw(__j)", start,
-                f" AND {start} > {W.ET} - {window.size_us}")  # fmt: skip
+        return W.sliding_relation(window)
     return "", "", ""
 
 

@@ -65,3 +65,42 @@ def late_condition(w: WindowSpec | None) -> str:
 
 def window_end(w: WindowSpec, start: str = "__ws") -> str:
     return f"({start} + {w.size_us})"
+
+
+def sliding_relation(w: WindowSpec) -> tuple[str, str, str]:
+    """(extra FROM, window start, extra WHERE) that give a row one result row per sliding window
+    it lies in."""
+    start = sliding_start(w)
+    return (
+        f", unnest(range(0, {sliding_count(w)})) AS __sw(__j)",
+        start,
+        f" AND {start} > {ET} - {w.size_us}",
+    )
+
+
+def starts_sql(w: WindowSpec, table: str) -> str:
+    """The start ``__ws`` of every window that holds a row of ``table`` (tumbling or sliding)."""
+    if w.kind == "tumbling":
+        return f"SELECT DISTINCT {tumbling_start(w)} AS __ws FROM {table}"
+    extra_from, start, extra_where = sliding_relation(w)
+    return f"SELECT DISTINCT {start} AS __ws FROM {table}{extra_from} WHERE TRUE{extra_where}"
+
+
+def last_end(w: WindowSpec) -> str:
+    """The end of the latest window that contains ``__et``: a row is needed until that closed."""
+    step = w.size_us if w.kind == "tumbling" else w.advance_us
+    return f"({_floor(ET, step)} + {w.size_us})"
+
+
+def min_window_end(w: WindowSpec, et: int) -> int:
+    """``min_end`` in Python: the end of the earliest window that contains event time ``et``."""
+    if w.kind == "tumbling":
+        return et - et % w.size_us + w.size_us
+    t = et - w.size_us
+    return t - t % w.advance_us + w.advance_us + w.size_us
+
+
+def next_window_end(w: WindowSpec, wm: int) -> int:
+    """The earliest end after ``wm`` a window can have (ends are ``size`` past a multiple of the step)."""
+    step = w.size_us if w.kind == "tumbling" else w.advance_us
+    return ((wm - w.size_us) // step + 1) * step + w.size_us

@@ -33,7 +33,7 @@ from ..connectors.base import (
 from ..errors import DataError, JobError, SqlError
 from ..plan import windows as W
 from ..plan.sqlgen import referenced_columns
-from . import pushdown, running
+from . import operators, pushdown, running
 from .arrow_partials import ArrowPartials
 from .watermark import NEG_INF, WatermarkTracker, any_late, event_time_us, without_null_time
 
@@ -74,6 +74,8 @@ class V1Executor:
         self.changelog: running.Changelog | None = None  # … with the change rows finished in Arrow
         self.scan: pushdown.Scan | None = None  # DuckDB's reader computes the partials (pushdown.py)
         self.arrow: ArrowPartials | None = None  # pyarrow computes a micro-batch's partials
+        # The statement's operator, for the shapes that run as one (runtime/operators).
+        self.operator = operators.build(job.plan.operator) if job.plan.operator is not None else None
 
     # ---- setup ----------------------------------------------------------------------------------
 
@@ -123,7 +125,13 @@ class V1Executor:
         plan, sql = self.plan, self.sql
         empty = self._internal(empty_table(self.source.schema), observe=False)
         with self._registered("__in", empty):
-            if plan.shape == "aggregate":
+            if self.operator is not None:
+                try:
+                    schema = self.operator.bind(self.con, empty)
+                except duckdb.Error as exc:
+                    raise SqlError(_first_line(exc), plan.location) from None
+                reference = None
+            elif plan.shape == "aggregate":
                 self._exec(f"CREATE OR REPLACE TEMP TABLE __state AS {sql.partial} LIMIT 0")
                 if not sql.changes:
                     self.arrow = ArrowPartials.build(sql.arrow_partial, empty.schema)
@@ -149,9 +157,10 @@ class V1Executor:
                 reference = sql.project
             else:
                 reference = sql.project
-            out = self._exec(reference).to_arrow_table()
-            self.out_schema = out.schema
-            self.out_names = out.schema.names
+            if reference is not None:
+                schema = self._exec(reference).to_arrow_table().schema
+            self.out_schema = schema
+            self.out_names = schema.names
             if plan.windowed:
                 late = self._exec(self._late_select()).to_arrow_table().schema
                 self._create_table(plan.late_table, late)
@@ -406,7 +415,10 @@ class V1Executor:
     def _process_sql(self, table: pa.Table) -> None:
         """The micro-batch's statements, with the batch registered as ``__in``."""
         shape = self.plan.shape
-        if shape == "project":
+        if self.operator is not None:
+            self._late(table)
+            self._write_some(self.operator.process(table))
+        elif shape == "project":
             self._write(self.con.sql(self.sql.project).to_arrow_table())
         elif shape == "buffered":
             self._write(self.con.sql(self.sql.project).to_arrow_table())
@@ -499,7 +511,7 @@ class V1Executor:
 
     def _open_window(self, low: int) -> None:
         """Partials from event time ``low`` on are in the state: note the earliest window end."""
-        end = _min_window_end(self.plan.window, low)
+        end = W.min_window_end(self.plan.window, low)
         self.min_open_end = end if self.min_open_end is None else min(self.min_open_end, end)
 
     def _merge_partials(self, rows: pa.Table) -> None:
@@ -520,7 +532,9 @@ class V1Executor:
 
     def _after_watermark(self, wm: int) -> None:
         """Emit and forget what the watermark closed."""
-        if self.plan.shape == "aggregate" and self.plan.window is not None:
+        if self.operator is not None:
+            self._write_some(self.operator.on_watermark(wm))
+        elif self.plan.shape == "aggregate" and self.plan.window is not None:
             if self.min_open_end is None or self.min_open_end > wm:
                 return
             if not self.sql.changes:
@@ -528,7 +542,7 @@ class V1Executor:
             (deleted,) = self.con.execute(self.sql.evict.replace("$WM", str(wm))).fetchall()[0]
             self.state_rows -= deleted
             # Every window left ends after wm: the next one that can close is the first end past it.
-            self.min_open_end = _next_window_end(self.plan.window, wm) if self.state_rows else None
+            self.min_open_end = W.next_window_end(self.plan.window, wm) if self.state_rows else None
         elif self.plan.shape == "session":
             if wm == NEG_INF:
                 return
@@ -543,7 +557,9 @@ class V1Executor:
         self.metrics.watermark = wm
         if self.changelog is not None:
             self.changelog.checkpoint()
-        if self.plan.shape == "aggregate":
+        if self.operator is not None:
+            self._write_some(self.operator.finish(wm))
+        elif self.plan.shape == "aggregate":
             if self.plan.window is None:
                 if not self.sql.changes:
                     self._emit(self.sql.emit.replace("$WM", str(wm)))
@@ -565,6 +581,10 @@ class V1Executor:
         """``out`` with the output's column names and types."""
         out = out.rename_columns(self.out_names)
         return out if out.schema == self.out_schema else out.cast(self.out_schema)
+
+    def _write_some(self, out: pa.Table | None) -> None:
+        if out is not None:
+            self._write(out)
 
     def _write(self, out: pa.Table) -> None:
         if out.num_rows == 0:
@@ -642,22 +662,6 @@ class RowQueue:
             self.rows -= rows
             self.cond.notify_all()
             return item
-
-
-def _min_window_end(window, et: int) -> int:
-    if window.kind == "tumbling":
-        start = et - ((et % window.size_us) + window.size_us) % window.size_us
-        return start + window.size_us
-    a = window.advance_us
-    t = et - window.size_us
-    earliest = t - ((t % a) + a) % a + a
-    return earliest + window.size_us
-
-
-def _next_window_end(window, wm: int) -> int:
-    """The earliest end after ``wm`` a window can have (ends are ``size`` past a multiple of the step)."""
-    step = window.size_us if window.kind == "tumbling" else window.advance_us
-    return ((wm - window.size_us) // step + 1) * step + window.size_us
 
 
 def _first_line(exc: BaseException) -> str:

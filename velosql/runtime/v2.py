@@ -49,7 +49,7 @@ from ..plan.sqlgen import referenced_columns as _referenced
 from . import direct_parquet, routing, running
 from .direct import SEQ_PARTITION_SHIFT
 from .job import format_watermark
-from .v1 import V1Executor, _next_window_end
+from .v1 import V1Executor
 from .watermark import NEG_INF
 from .workers import FILE_MIN_ROWS, Batch, Call, Query, WorkerPool
 
@@ -80,6 +80,14 @@ _GROUP_COL = re.compile(r"__k[0-9]+")  # a partial row's GROUP BY key columns (s
 _INSERT_PARTIALS = "INSERT INTO __state BY NAME SELECT * FROM __partials"
 # Reply kinds whose table is rows the worker produced (not a statement's count or a compaction's).
 _RETURNS_ROWS = frozenset({"rows", "changes", "emit", "partials", "ordered"})
+
+
+# Operators whose state is not split by key yet, and why their rows meet in one place.
+_IN_ONE_PLACE = {
+    "general": "the general operator runs the whole SELECT over each closed window's rows (or over "
+    "all rows at the end of the input), which no key splits in general",
+    "distinct": "DISTINCT compares each row with every row passed before",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +128,10 @@ def choose(plan, n: int, direct_partitions: int | None = 0) -> Routing:
     cannot be read from another process; None: not known before the source is opened, as for
     EXPLAIN without a job)."""
     sql = plan.sql
+    if plan.shape in _IN_ONE_PLACE:
+        return Routing(
+            "v1", "", f"one partition (the V1 engine) in the job's process: {_IN_ONE_PLACE[plan.shape]}"
+        )
     if not sql.local:
         return Routing(
             "v1", "", "one partition (the V1 engine): the query reads other tables than its source"
@@ -165,7 +177,7 @@ def choose(plan, n: int, direct_partitions: int | None = 0) -> Routing:
     unhashed = strategy == "hash" and not sql.route_keys
     if unhashed:  # nothing to hash: as when unset (sticky reading directly, else in turn)
         strategy = "sticky" if _read_directly(plan, direct_partitions) else "round_robin"
-    split = mode == "rows" and not _orderable(sql.project)
+    split = mode == "rows" and not (sql.project_orderable and _orderable(sql.project))
     if split and strategy in ("hash", "sticky"):
         strategy = "round_robin"
     reading = _direct_text(plan, n, direct_partitions)
@@ -641,7 +653,8 @@ class V2Executor(V1Executor):
             names = self.used_columns[key] = _referenced(statements)
         if names is None:
             return table
-        keep = [c for c in table.column_names if c.lower() in names]
+        # At least one column: a relation without columns has no rows (COUNT(*), constants).
+        keep = [c for c in table.column_names if c.lower() in names] or table.column_names[:1]
         return table if len(keep) == table.num_columns else table.select(keep)
 
     def _ids(self, table: pa.Table) -> tuple[pa.Table, pa.Array | None]:
@@ -779,7 +792,7 @@ class V2Executor(V1Executor):
             # Rows of later micro-batches in these windows are late: the job judges them against
             # a watermark of at least ``wm``.
             self.inflight.append((-1, "close", wm))
-            self.min_open_end = _next_window_end(self.plan.window, wm)
+            self.min_open_end = W.next_window_end(self.plan.window, wm)
             return
         # Keyed: the workers hold the state; the watermark reaches each one in-band.
         if self.plan.shape == "aggregate" and self.plan.window is not None:
@@ -787,7 +800,7 @@ class V2Executor(V1Executor):
                 return
             for i in range(self.n):
                 self._send(i, Query(self.sql.evict.replace("$WM", str(wm))), "none", 0)
-            self.min_open_end = _next_window_end(self.plan.window, wm)
+            self.min_open_end = W.next_window_end(self.plan.window, wm)
         elif self.plan.shape == "session" and wm != NEG_INF:
             statements = (
                 self.sql.session_emit.replace("$WM", str(wm)),
@@ -818,7 +831,7 @@ class V2Executor(V1Executor):
             if self.combined:  # each worker emits and forgets its groups' closed windows
                 self._flush_partials(then=self._emit_statements(wm))
                 if not deferred:
-                    self.min_open_end = _next_window_end(self.plan.window, wm)
+                    self.min_open_end = W.next_window_end(self.plan.window, wm)
                 return
             self._flush_partials()
             if deferred:

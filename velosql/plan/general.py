@@ -1,0 +1,141 @@
+"""Statements no specialised operator reads, planned as the user's whole SELECT.
+
+Three ways, chosen by :func:`choose` from the statement's :class:`~.constructs.Constructs`:
+
+* **per micro-batch** (shape ``project``): the stream's rows pass through per-row steps only, so
+  the SELECT over each micro-batch gives that micro-batch's share of the result;
+* **distinct** (shape ``distinct``): ``SELECT DISTINCT`` over such a body, the first occurrence
+  of each distinct row passing;
+* **general** (shape ``general``): the whole SELECT over the on-time rows of each closed window,
+  or over every row at the end of a bounded input.
+
+EMIT CHANGES of a statement that only the general operator can run has no incremental form: it is
+refused here, naming the construct and the alternatives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from ..errors import Location, SqlError
+from ..sql.statements import WindowSpec
+from . import sqlgen
+from . import windows as W
+from .constructs import SYSTEM_COLUMNS, WINDOW_COLUMNS, Constructs, stream_tables
+from .operators import DistinctSpec, GeneralSpec
+
+_PLACEHOLDER = "__velosql_stream"  # stands for the stream's rows while the SQL is generated
+
+
+@dataclass(frozen=True)
+class GeneralPlan:
+    """What the planner takes from here: the shape, its SQL and its operator spec (or None)."""
+
+    shape: str
+    sql: sqlgen.ShapeSQL
+    operator: GeneralSpec | DistinctSpec | None
+    limit: int | None
+
+
+def choose(
+    select: exp.Expression,
+    stream: str,
+    found: Constructs,
+    window: WindowSpec | None,
+    emit: str,
+    loc: Location,
+) -> GeneralPlan:
+    """Plan ``select``, which has constructs the specialised operators do not read."""
+    batch_rows = relation("__in", window is not None, found.references, bounds=False)
+    reference = over(select, stream, batch_rows)
+    if window is None and found.stateless:
+        limit = _top_limit(select)
+        project = over(_without_limit(select), stream, batch_rows)
+        sql = sqlgen.ShapeSQL(project=project, reference=reference, project_orderable=False)
+        return GeneralPlan("project", sql, None, limit)
+    if window is None and found.distinct:
+        body = select.copy()
+        body.set("distinct", None)
+        limit = _top_limit(body)
+        rows = over(_without_limit(body), stream, batch_rows)
+        return GeneralPlan("distinct", sqlgen.ShapeSQL(reference=reference), DistinctSpec(rows), limit)
+    if window is not None and window.kind == "session":
+        raise SqlError(
+            f"{found.general[0]} over SESSION windows is not supported yet: sessions are formed per "
+            "GROUP BY key, which this SELECT does not give in one place; use TUMBLING or SLIDING "
+            "windows, or EMIT FINAL without a window",
+            loc,
+        )
+    if emit == "changes" and window is None:
+        bounded = (
+            "; or bound the window function: OVER (ROWS WINDOW BUFFER <n> ROWS PARTITION BY …) "
+            "gives one row per input row"
+            if found.general[0] == "a window function OVER (…)"
+            else ""
+        )
+        raise SqlError(
+            f"EMIT CHANGES cannot run {found.general[0]}: it has no incremental form (its result for "
+            "the rows so far is not an update of the result before). Add a WINDOW (the SELECT then "
+            "runs over each closed window's rows) or write EMIT FINAL (it runs once when the input "
+            f"ends){bounded}",
+            loc,
+        )
+    if emit == "changes":
+        raise SqlError(
+            f"EMIT CHANGES cannot run {found.general[0]} over a window: its rows are known only when "
+            "the window closes; write EMIT FINAL",
+            loc,
+        )
+    rows = relation("__gbuf", window is not None, found.references, bounds=True)
+    spec = GeneralSpec(select=over(select, stream, rows), window=window, why=found.general)
+    if window is not None:
+        spec = dataclasses.replace(
+            spec,
+            on_time=f"NOT {W.late_condition(window)}",
+            starts=W.starts_sql(window, "__gbuf"),
+            evict=f"DELETE FROM __gbuf WHERE {W.last_end(window)} <= $WM",
+        )
+    late = f"SELECT * FROM __in WHERE {W.late_condition(window)}" if window is not None else ""
+    return GeneralPlan("general", sqlgen.ShapeSQL(reference=reference, late=late), spec, None)
+
+
+def relation(table: str, windowed: bool, references: frozenset[str], bounds: bool) -> str:
+    """The stream's rows as the user's SELECT reads them from ``table``: the source's columns,
+    the system columns the statement names, and (``bounds``) the rows of the window
+    ``[$WS, $WE)`` with its bounds as ``_window_start``/``_window_end`` where named."""
+    hidden = ["__seq", *(("__et", "__wm") if windowed else ())]
+    hidden += [c for c in SYSTEM_COLUMNS if c not in references]
+    extra = where = ""
+    if windowed and bounds:
+        named = [c for c in WINDOW_COLUMNS if c in references]
+        extra = "".join(f", make_timestamp(${'WS' if c == '_window_start' else 'WE'}) AS {c}" for c in named)
+        where = " WHERE __et >= $WS AND __et < $WE"
+    return f"(SELECT * EXCLUDE ({', '.join(hidden)}){extra} FROM {table}{where})"
+
+
+def over(select: exp.Expression, stream: str, rows: str) -> str:
+    """``select`` as SQL with every read of the stream reading ``rows`` instead (aliases kept)."""
+    copy = select.copy()
+    for table in stream_tables(copy, stream):
+        alias = table.alias or table.name
+        table.replace(exp.to_table(_PLACEHOLDER).as_(alias, quoted=True))
+    return copy.sql("duckdb").replace(_PLACEHOLDER, rows)
+
+
+def _top_limit(select: exp.Expression) -> int | None:
+    limit = select.args.get("limit")
+    if limit is None or not isinstance(limit.expression, exp.Literal):
+        return None
+    return int(limit.expression.name)
+
+
+def _without_limit(select: exp.Expression) -> exp.Expression:
+    """The statement without its outermost LIMIT: the job stops after that many rows itself."""
+    if select.args.get("limit") is None:
+        return select
+    copy = select.copy()
+    copy.set("limit", None)
+    return copy

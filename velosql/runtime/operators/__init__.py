@@ -1,0 +1,71 @@
+"""Operators: the stateful logic of one statement, built from the frozen spec the planner made.
+
+An operator owns named state tables in the DuckDB connection a driver gives it and knows nothing
+of where its rows come from or where its output goes: sources, routing, transport to workers and
+sinks belong to the drivers (``velosql.runtime.v1`` runs operators on the job's connection).
+Lateness is judged before an operator sees a row (``__wm``, stamped once per micro-batch by the
+driver), and late rows are stored by the driver; an operator keeps only on-time rows.
+
+The lifecycle, every call from the job's thread:
+
+1. ``build(spec)`` makes the operator; it touches no connection.
+2. ``bind(con, batch)`` once, with an empty stamped micro-batch registered as ``__in``: create
+   the state tables, check the SQL against the source's schema, return the output schema.
+   DuckDB's errors propagate from here (the driver names the statement).
+3. ``process(batch)`` per micro-batch, registered as ``__in`` for the call; returns the output
+   rows it makes at once (or None).
+4. ``on_watermark(wm)`` after each micro-batch of a windowed statement: the rows of what ``wm``
+   closed (or None). Watermarks never go back.
+5. ``finish(wm)`` once at the end of the input (``wm`` then passes every window): the rest.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import duckdb
+import pyarrow as pa
+
+from ...plan.operators import DistinctSpec, GeneralSpec
+
+
+class Operator(ABC):
+    """One statement's state and logic (see the module docstring for the lifecycle)."""
+
+    #: The temporary tables the operator keeps in its connection.
+    state_tables: tuple[str, ...] = ()
+
+    con: duckdb.DuckDBPyConnection
+
+    @abstractmethod
+    def bind(self, con: duckdb.DuckDBPyConnection, batch: pa.Table) -> pa.Schema:
+        """Create the state tables on ``con`` and return the output schema."""
+
+    @abstractmethod
+    def process(self, batch: pa.Table) -> pa.Table | None:
+        """Take one stamped micro-batch (registered as ``__in``); the output it makes at once."""
+
+    def on_watermark(self, wm: int) -> pa.Table | None:
+        """The output of what watermark ``wm`` closed."""
+        return None
+
+    def finish(self, wm: int) -> pa.Table | None:
+        """The output still held at the end of the input."""
+        return self.on_watermark(wm)
+
+
+def build(spec: GeneralSpec | DistinctSpec) -> Operator:
+    """The operator a spec describes."""
+    from .distinct import DistinctOperator
+    from .general import GeneralOperator
+
+    kinds = {GeneralSpec: GeneralOperator, DistinctSpec: DistinctOperator}
+    return kinds[type(spec)](spec)
+
+
+def concat(tables: list[pa.Table]) -> pa.Table | None:
+    """The tables one after another, or None when there are none with rows."""
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return None
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
