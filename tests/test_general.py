@@ -241,3 +241,30 @@ def test_order_sensitive_aggregates_in_session_windows_follow_arrival_order():
     )
     assert got == want == [("a", "p,q,r,s,t", "p", "t", ["p", "q", "r", "s", "t"])]
 
+
+def test_a_statement_reads_an_earlier_statements_output_as_a_stream():
+    """Chained statements: the later ones read every row the earlier one emits (they once read its
+    table when it was still empty: 0 records in)."""
+    many = pa.table(
+        {"k": ["a", "b", "a", "c", "b", "a"] * 50, "qty": list(range(300)),
+         "ts": [BASE + dt.timedelta(seconds=i) for i in range(300)]}
+    )  # fmt: skip
+    with velosql.connect() as engine:
+        push_split(engine, "t", many, [100, 200])
+        jobs = engine.run(
+            "CREATE STREAM big AS SELECT k, qty, ts FROM t WHERE qty % 3 = 0 WITH (max_batch_size = 7);\n"
+            "CREATE STREAM per_k AS SELECT k, count(*) AS n, sum(qty) AS s FROM big GROUP BY k EMIT FINAL;\n"
+            "CREATE STREAM per_min AS SELECT _window_start, count(*) AS n FROM big "
+            "WINDOW TUMBLING(ts, 60s) EMIT FINAL;",
+            timeout=60,
+        )
+        assert [j.metrics()["records_in"] for j in jobs] == [300, 100, 100]
+        per_k = engine.sql("SELECT * FROM per_k").fetchall()
+        per_min = engine.sql("SELECT * FROM per_min").fetchall()
+    big = "(SELECT * FROM t WHERE qty % 3 = 0)"
+    assert_rows_equal(per_k, batch(f"SELECT k, count(*), sum(qty) FROM {big} GROUP BY k", many))
+    want = batch(
+        f"SELECT time_bucket(INTERVAL 60 SECOND, ts, TIMESTAMP '1970-01-01') AS w, count(*) FROM {big} GROUP BY w",
+        many,
+    )
+    assert_rows_equal(per_min, want)

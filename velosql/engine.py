@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from .config import JobProcessorConfig, configured_settings, resolve_processor
 from .connectors.duckdb_table import DuckDBTableSink, DuckDBTableSource
-from .connectors.python import Channel, PythonSink, PythonSource
+from .connectors.python import Channel, ChannelSink, PythonSink, PythonSource
 from .errors import ConfigError, SqlError, VelosqlError
 from .plan.explain import explain_text
 from .plan.planner import StreamPlan, plan
@@ -65,6 +65,7 @@ class Engine:
         self._jobs: dict[str, Job] = {}
         self._channels: dict[str, Channel] = {}
         self._outputs: dict[str, PythonSink] = {}
+        self._pipes: set[str] = set()  # statements whose results later statements read as a stream
         self._lock = threading.RLock()
         self._closed = False
 
@@ -79,6 +80,7 @@ class Engine:
         """
         statements = parse_script(sql, file)
         plans = {id(s): self._plan(s) for s in statements if isinstance(s, CreateStream)}
+        self._connect_pipelines([plans[id(s)] for s in statements if isinstance(s, CreateStream)])
         prepared: list[Job] = []
         result = None
         try:
@@ -97,6 +99,21 @@ class Engine:
         for job in prepared:
             job.start()
         return result
+
+    def _connect_pipelines(self, plans: list[StreamPlan]) -> None:
+        """A statement that reads an earlier statement of the script as its source (not declared
+        in WITH) reads every row that statement emits, as a stream, not its table once: the
+        earlier statement's results also go to a channel of its name, which ends with its job."""
+        earlier: set[str] = set()
+        for p in plans:
+            name = p.source.name
+            if p.source.type is None and name in earlier:
+                with self._lock:
+                    channel = self._channels.get(name)
+                    if channel is None or channel.closed:
+                        self._channels[name] = Channel(name)
+                    self._pipes.add(name)
+            earlier.add(p.name)
 
     def run(self, path_or_sql: str, *, wait: bool = True, timeout: float | None = None) -> list[Job]:
         """Deploy a .sql file (or SQL text) and, by default, wait for its jobs to finish."""
@@ -326,6 +343,8 @@ class Engine:
                 sinks.append(FileSink(spec.name, spec.options))
             else:
                 raise SqlError(f"sink {spec.name!r}: unsupported type {spec.type!r}", p.location)
+        if p.name in self._pipes:
+            sinks.append(ChannelSink(p.name, self.channel(p.name)))
         return sinks
 
     # ---- lifecycle ------------------------------------------------------------------------------

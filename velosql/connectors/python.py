@@ -81,6 +81,10 @@ class Channel:
         with self._cond:
             return len(self._entries)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         """No more data: readers finish after what was pushed."""
         with self._cond:
@@ -205,3 +209,23 @@ class PythonSink(Sink):
 
     def describe(self) -> str:
         return f"python sink {self.name!r}"
+
+
+class ChannelSink(Sink):
+    """Hands every result table of a statement to a channel, which later statements of the same
+    engine read as their stream (a pipeline); the channel ends when the statement's job ends."""
+
+    def __init__(self, name: str, channel: Channel) -> None:
+        self.name, self.channel = name, channel
+
+    def open(self, schema: pa.Schema) -> None:
+        self.channel.declare(schema)
+
+    def write(self, table: pa.Table) -> None:
+        self.channel.push(table)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def describe(self) -> str:
+        return f"the stream of {self.name!r} to the statements that read it"
