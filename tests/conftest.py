@@ -9,6 +9,10 @@ without choosing a processor then runs on the entry, through the same settings a
 The property-based oracle tests take the entry as a parameter instead (:func:`property_test`), with
 fewer examples per V2 entry than for V1 (``VELOSQL_EXAMPLES`` / ``VELOSQL_V2_EXAMPLES``): every
 V2 example starts its job's worker processes.
+
+Two profiles set how many examples every property test draws: ``fast`` (the default: the README's
+test command stays within a few minutes on two cores) and ``long`` (``VELOSQL_PROFILE=long``, CI's
+second step): :func:`examples` scales a test's count by the profile.
 """
 
 from __future__ import annotations
@@ -30,8 +34,19 @@ MATRIX = [
     ("v2:3", "fan_in"),
 ]
 IDS = [p if s is None else f"{p}-{s}" for p, s in MATRIX]
-V1_EXAMPLES = int(os.environ.get("VELOSQL_EXAMPLES", "20"))
-V2_EXAMPLES = int(os.environ.get("VELOSQL_V2_EXAMPLES", "3"))
+PROFILE = os.environ.get("VELOSQL_PROFILE", "fast")
+if PROFILE not in ("fast", "long"):
+    raise pytest.UsageError(f"VELOSQL_PROFILE={PROFILE!r}: expected fast or long")
+LONG = PROFILE == "long"
+
+
+def examples(n: int) -> int:
+    """How many examples a property test written for ``n`` draws in this profile."""
+    return n if LONG else max(5, n // 4)
+
+
+V1_EXAMPLES = int(os.environ.get("VELOSQL_EXAMPLES", "20" if LONG else "10"))
+V2_EXAMPLES = int(os.environ.get("VELOSQL_V2_EXAMPLES", "3" if LONG else "2"))
 
 
 @pytest.fixture(params=MATRIX, ids=IDS)
@@ -75,11 +90,11 @@ def property_test(v1_examples: int | None = None, **strategies):
         @pytest.mark.parametrize("processor", IDS)
         @functools.wraps(fn)
         def test(**kwargs):
-            v1 = V1_EXAMPLES if v1_examples is None else v1_examples
-            examples = v1 if kwargs["processor"] == "v1" else V2_EXAMPLES
+            v1 = V1_EXAMPLES if v1_examples is None else examples(v1_examples)
+            count = v1 if kwargs["processor"] == "v1" else V2_EXAMPLES
 
             @settings(
-                max_examples=examples,
+                max_examples=count,
                 deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
             )

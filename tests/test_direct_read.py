@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
+from conftest import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -99,7 +100,11 @@ def velosql_rows(
 
 @pytest.mark.parametrize("processor", ["v2:2", "v2:3"])
 @pytest.mark.parametrize("layout", ["one parquet", "parquet files", "csv files"])
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(EXAMPLES),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(
     table=streams(),
     pieces=st.integers(1, 7),
@@ -182,7 +187,11 @@ def overlapping_files(draw) -> list[pa.Table]:
 
 
 @pytest.mark.parametrize(("processor", "strategy"), [("v1", "hash"), ("v2:2", "sticky"), ("v2:2", "hash")])
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(EXAMPLES),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(files=overlapping_files())
 def test_files_whose_event_times_overlap_are_not_late_against_each_other(
     tmp_path_factory, processor, strategy, files
@@ -313,7 +322,11 @@ def disordered(draw) -> tuple[list[int], list[bool]]:
 
 
 @pytest.mark.parametrize("kind", sorted(TIME_TYPES))
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(EXAMPLES),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(
     files=st.lists(disordered(), min_size=2, max_size=3),
     size=st.sampled_from(["1m", "1h", "1d"]),
@@ -486,7 +499,11 @@ def _text_file(path, fmt: str, kinds: list[str], seconds: list[int], crlf: bool)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(EXAMPLES),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(
     lines=text_lines(),
     crlf=st.booleans(),
@@ -563,7 +580,9 @@ def test_byte_ranges_of_one_text_file_number_records_as_v1(
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(lines=text_lines(), crlf=st.booleans(), cuts=st.integers(2, 6))
 def test_every_byte_range_numbers_each_record_as_the_whole_file_does(
     tmp_path_factory, monkeypatch, fmt, lines, crlf, cuts

@@ -17,7 +17,7 @@ from velosql.errors import DataError
 # The jobs of the tests marked so run on V1 and on each V2 entry of the processor matrix
 # (conftest.py); the property test takes the entry as a parameter, with fewer examples for V2.
 matrix = pytest.mark.usefixtures("processor_matrix")
-V1_EXAMPLES = int(__import__("os").environ.get("VELOSQL_HYPOTHESIS_EXAMPLES", "40"))
+V1_EXAMPLES = int(__import__("os").environ.get("VELOSQL_HYPOTHESIS_EXAMPLES", "40"))  # scaled by the profile
 QUERY = (
     "SELECT k, count(*) AS n, count(v) AS nv, sum(v) AS sv, min(v) AS lo, max(f) AS hi, avg(f) AS af, "
     "string_agg(DISTINCT k, '|') AS ks FROM src {where}GROUP BY k {having} EMIT FINAL"

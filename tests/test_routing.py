@@ -23,6 +23,7 @@ from zlib import crc32
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -127,7 +128,7 @@ def key_names(kinds: list[str]) -> list[str]:
 # ---- stable_partition_ids ----------------------------------------------------------------------------
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(key_values(), st.integers(1, 8), st.data())
 def test_rows_of_one_key_share_a_partition(kv, n, data):
     kinds, values = kv
@@ -152,7 +153,7 @@ TEXT_TYPES = (
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(key_values(), st.integers(1, 8), st.data())
 def test_dictionary_text_keeps_values_and_partitions(kv, n, data):
     """Hash routing sends text keys dictionary-encoded: the same values, the same partitions."""
@@ -172,7 +173,7 @@ def test_dictionary_text_keeps_values_and_partitions(kv, n, data):
     assert stable_partition_ids(encoded, names, n) == stable_partition_ids(table, names, n)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(key_values(), st.integers(1, 8), st.data())
 def test_ids_depend_on_the_values_only(kv, n, data):
     """The same rows in another order, another representation and another batch get the same ids."""
@@ -273,7 +274,7 @@ def reference_hash(kind: str, value) -> int:
     return fmix64(bits ^ routing._SEEDS[kind].as_py())
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 @given(
     st.lists(st.tuples(st.none() | st.integers(-(2**63), 2**63 - 1), st.none() | st.text()), max_size=30),
     st.integers(1, 64),
@@ -372,7 +373,7 @@ def test_refuses_what_it_cannot_route():
 # ---- split, round_robin, sticky_partition_ids ----------------------------------------------------------
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(key_values(), st.integers(1, 8), st.data())
 def test_split_keeps_every_row_once_in_arrival_order(kv, n, data):
     kinds, values = kv

@@ -24,6 +24,7 @@ from unittest import mock
 
 import pyarrow as pa
 import pytest
+from conftest import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -184,14 +185,14 @@ def scenarios(draw, infinite: bool = False):
     return lateness, idle, ops
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenario=scenarios())
 def test_observe_matches_the_per_row_reference(scenario):
     lateness, idle, ops = scenario
     _run(WatermarkTracker(lateness, idle), Reference(lateness, idle), ops, [1000.0])
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenario=scenarios(infinite=True))
 def test_observe_matches_the_masked_formulation_even_at_infinity(scenario):
     """Against the one-pass-per-partition formulation (which reads -inf and +inf specially)."""
@@ -216,7 +217,7 @@ def test_observe_matches_the_masked_formulation_even_at_infinity(scenario):
             assert tracker.watermark == masked.watermark
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenario=scenarios(), margin=st.one_of(st.integers(0, 60), st.integers(0, 2**40)))
 def test_observe_unless_on_time_skips_only_batches_without_a_late_row(scenario, margin):
     """The bounded path gives the exact per-row watermarks, or None only when, by those exact
@@ -345,7 +346,7 @@ def test_expected_partitions_hold_the_watermark_until_each_delivers():
     assert t.watermark == 60
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     rows=st.lists(
         st.tuples(st.integers(0, 5), st.one_of(st.none(), st.integers(-(2**62), 2**62))),
