@@ -192,17 +192,24 @@ def test_fail_batch_names_the_file_and_line_of_the_bad_record(tmp_path):
 
 
 @matrix
-def test_explain_says_when_the_scan_is_pushed_down(tmp_path):
+def test_explain_says_when_the_scan_is_pushed_down(tmp_path, processor_matrix):
     path = tmp_path / "in.csv"
     path.write_text("k,v\na,1\n")
     engine = velosql.connect()
     try:
-        text = engine.explain(
-            f"CREATE STREAM o AS SELECT k, sum(v) FROM src GROUP BY k EMIT FINAL {with_file(path)}"
-        )
+        sql = f"CREATE STREAM o AS SELECT k, sum(v) FROM src GROUP BY k EMIT FINAL {with_file(path)}"
+        text = engine.explain(sql)
+        job = engine.execute(sql)
+        job.wait(60)
     finally:
         engine.close()
     assert "scan pushdown" in text
+    if processor_matrix[0].startswith("v2"):
+        # A pushed-down scan runs without workers: EXPLAIN says so before the job, beside what
+        # runs otherwise (which one is known once the files are open).
+        routing = next(line for line in text.splitlines() if line.strip().startswith("routing:"))
+        assert "when the scan pushdown applies (see scan:), no worker process starts" in routing
+        assert job.executor.scan is None or job.executor.pool is None
 
 
 @matrix

@@ -128,6 +128,12 @@ def explain_text(plan: StreamPlan, processor, job=None) -> str:
         else:
             route = choose(plan, processor.effective_partitions(), None)
             text = route.text
+            if route.workers and (src.type or "file_source") == "file_source" and _pushdown_eligible(plan):
+                # What runs is decided when the files are open: say both, the scan first.
+                text = (
+                    "when the scan pushdown applies (see scan:), no worker process starts (and no core "
+                    f"is pinned): DuckDB's reader runs the query on every core; otherwise {text}"
+                )
             if route.strategy == "hash":
                 # The key's types are known once the source is open (V2Executor._hashable_route).
                 text += (
