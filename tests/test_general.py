@@ -268,3 +268,16 @@ def test_a_statement_reads_an_earlier_statements_output_as_a_stream():
         many,
     )
     assert_rows_equal(per_min, want)
+
+
+def test_union_all_of_the_stream_runs_per_micro_batch_and_per_window():
+    union = "SELECT k, qty FROM t WHERE qty > 100 UNION ALL SELECT k, -qty FROM t WHERE v < 3"
+    assert_rows_equal(stream(f"{union} EMIT CHANGES"), batch(union))
+    windowed = (
+        "SELECT k, _window_start, count(*) AS n FROM t WHERE qty > 100 GROUP BY ALL "
+        "UNION ALL SELECT 'all', _window_start, count(*) FROM t GROUP BY ALL"
+    )
+    got = stream(f"{windowed} WINDOW TUMBLING(ts, 60s) EMIT FINAL")
+    assert_rows_equal(got, per_window(windowed, 60))
+    distinct = "SELECT k FROM t WHERE qty > 100 UNION SELECT k FROM t WHERE v < 3"
+    assert_rows_equal(stream(f"{distinct} EMIT FINAL"), batch(distinct))

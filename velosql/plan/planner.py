@@ -104,7 +104,7 @@ class StreamPlan:
 def plan(stmt: CreateStream) -> StreamPlan:
     """Validate ``stmt`` and build its plan; raises SqlError/OptionError naming file:line:col."""
     loc = stmt.location
-    if stmt.select is None or not isinstance(stmt.select, exp.Select):
+    if stmt.select is None or not isinstance(stmt.select, (exp.Select, exp.SetOperation)):
         raise SqlError("expected SELECT after AS", loc)
     select = constructs.inline_aliases(stmt.select)
     source_table = _stream_source(select, stmt)
@@ -167,7 +167,9 @@ def plan(stmt: CreateStream) -> StreamPlan:
     )
 
 
-def _aggregates(select: exp.Select) -> bool:
+def _aggregates(select: exp.Expression) -> bool:
+    if not isinstance(select, exp.Select):
+        return False
     return select.args.get("group") is not None or any(
         is_any_aggregate(n) for item in select.expressions for n in item.walk()
     )

@@ -153,19 +153,22 @@ class _Script:
         select = tree.expression
         while isinstance(select, exp.Subquery) and not select.alias:
             select = select.this  # CREATE STREAM s AS (SELECT …)
-        if not isinstance(select, exp.Select):
-            raise SqlError(
-                "a streaming statement must be a single SELECT (not a UNION or other set operation)",
-                self.location(tokens[0].start),
-            )
-        select.pop()  # the planner gets a root Select, detached from the CREATE, without comments
+        if not isinstance(select, (exp.Select, exp.SetOperation)):
+            raise SqlError("expected a SELECT after AS", self.location(tokens[0].start))
+        select.pop()  # the planner gets a root query, detached from the CREATE, without comments
         for node in select.walk():
             node.comments = None
-        window = self._window(select.args.get("stream_window"))
-        select.set("stream_window", None)
+        # A set operation's WINDOW is written after its last SELECT, its PRIMARY KEY in its first.
+        last = first = select
+        while isinstance(last, exp.SetOperation):
+            last = last.expression
+        while isinstance(first, exp.SetOperation):
+            first = first.this
+        window = self._window(last.args.get("stream_window"))
+        last.set("stream_window", None)
 
         primary_key = []
-        for projection in select.expressions:
+        for projection in first.expressions:
             if isinstance(projection, KeyColumn):
                 primary_key.append(projection.this.alias_or_name)
                 projection.replace(projection.this)

@@ -40,7 +40,8 @@ class Statement:
 class CreateStream(Statement):
     """``CREATE STREAM|TABLE name AS SELECT … [WINDOW …] [EMIT …] [WITH (…)]``.
 
-    ``select`` is a plain sqlglot Select (DuckDB dialect) without the streaming clauses. Window
+    ``select`` is a plain sqlglot Select, or a set operation of Selects (``UNION ALL`` …), in the
+    DuckDB dialect, without the streaming clauses. Window
     functions written with ``OVER (ROWS WINDOW BUFFER N ROWS …)`` are ordinary ``exp.Window`` nodes
     whose ``meta["buffer_rows"]`` is N. ``properties`` maps each WITH key as written (lower-cased,
     quotes removed) to its value (str, int, float or bool); ``property_locations`` to where it stands.
@@ -49,7 +50,7 @@ class CreateStream(Statement):
 
     kind: str = "stream"  # "stream" | "table"
     name: str = ""
-    select: exp.Select | None = None
+    select: exp.Select | exp.SetOperation | None = None
     window: WindowSpec | None = None
     emit: str | None = None  # "changes" | "final" | None (not written)
     properties: dict[str, object] = field(default_factory=dict)
