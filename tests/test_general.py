@@ -281,3 +281,34 @@ def test_union_all_of_the_stream_runs_per_micro_batch_and_per_window():
     assert_rows_equal(got, per_window(windowed, 60))
     distinct = "SELECT k FROM t WHERE qty > 100 UNION SELECT k FROM t WHERE v < 3"
     assert_rows_equal(stream(f"{distinct} EMIT FINAL"), batch(distinct))
+
+
+def sessions_batch(sql: str, gap_s: int, key: str | None, table: pa.Table = ROWS) -> list[tuple]:
+    """``sql`` over each session's rows as batch SQL: sessions per ``key`` (None: the whole
+    input), a new one where the gap to the key's previous row is at least ``gap_s``."""
+    con = duckdb.connect()
+    con.register("input", table.append_column("seq", pa.array(range(table.num_rows), pa.int64())))
+    part = f"PARTITION BY {key} " if key else ""
+    con.execute(
+        f"""CREATE TABLE s AS WITH b AS (SELECT *, CASE WHEN epoch(ts) - lag(epoch(ts)) OVER ({part}ORDER BY ts, seq)
+                >= {gap_s} THEN 1 ELSE 0 END AS brk FROM input)
+            SELECT *, sum(brk) OVER ({part}ORDER BY ts, seq) AS sid FROM b"""
+    )
+    sessions = con.sql(f"SELECT DISTINCT {key or 'NULL'}, sid FROM s").fetchall()
+    rows = []
+    for k, sid in sessions:
+        match = f"{key} IS NOT DISTINCT FROM {'NULL' if k is None else repr(k)} AND " if key else ""
+        con.execute(
+            f"CREATE OR REPLACE VIEW t AS SELECT * EXCLUDE (brk, sid, seq), min(ts) OVER () AS _window_start "
+            f"FROM s WHERE {match}sid = {sid} ORDER BY seq"
+        )
+        rows += con.sql(sql).fetchall()
+    return rows
+
+
+def test_session_windows_run_any_select_per_closed_session():
+    per_key = "SELECT k, _window_start, PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY v) AS p, count(DISTINCT name) AS d FROM t GROUP BY k, _window_start"
+    got = stream(f"{per_key} WINDOW SESSION(ts, 30s)")
+    assert_rows_equal(got, sessions_batch(per_key, 30, "k"))
+    whole = "SELECT DISTINCT name FROM t"
+    assert_rows_equal(stream(f"{whole} WINDOW SESSION(ts, 60s)"), sessions_batch(whole, 60, None))

@@ -64,9 +64,11 @@ FORMS = ["project", "aggregate", "distinct", "window_function", "subquery", "uni
 def queries(draw, form: str):
     """A SELECT of ``form``: (the SELECT, window, emit, whether its result is a keyed table of
     running values, form)."""
-    window = draw(st.sampled_from([None, None, ("tumbling", 60), ("sliding", 60, 30)]))
+    window = draw(st.sampled_from([None, None, ("tumbling", 60), ("sliding", 60, 30), ("session", 45)]))
     source = draw(st.sampled_from(["t", "t", "subquery", "cte"]))
-    join = draw(st.booleans()) and form in ("project", "aggregate")
+    # Sessions form from the rows a statement keeps: a join would filter them as well (an inner
+    # join before the session, which the batch side here does not model).
+    join = draw(st.booleans()) and form in ("project", "aggregate") and (window or ("",))[0] != "session"
     where = draw(st.one_of(st.none(), st.sampled_from(PREDICATES)))
     relation, cte = "t", ""
     if source == "subquery":
@@ -79,6 +81,8 @@ def queries(draw, form: str):
         relation += f" {draw(st.sampled_from(['JOIN', 'LEFT JOIN']))} dim USING (k)"
     bounds = ["_window_start"] if window else []
     keyed = False
+    keys: list[str] = []  # the outermost GROUP BY: what sessions are formed by
+    place = None  # where the subquery form's subquery stands
     if form == "project":
         items = draw(
             st.lists(st.sampled_from(VALUES + (["label", "w"] if join else [])), min_size=1, max_size=4)
@@ -86,7 +90,7 @@ def queries(draw, form: str):
         select = f"SELECT {_items(items)} FROM {relation}"
     elif form == "aggregate":
         aggs = draw(st.lists(st.sampled_from(AGGREGATES), min_size=1, max_size=4))
-        keys = draw(st.sampled_from([["k"], ["k", "s"], [], ["upper(k)"]]))
+        keys = draw(st.sampled_from([["k"], ["k", "s"], [], ["upper(k)"]]))  # sessions form per these
         items = _items(bounds + keys + aggs)
         select = f"SELECT {items} FROM {relation}"
         keyed = bool(keys)
@@ -106,7 +110,7 @@ def queries(draw, form: str):
         )
         where = None
     else:
-        sub = draw(
+        sub, place = draw(
             st.sampled_from(
                 [
                     ("SELECT k, x, (SELECT max(w) FROM dim) AS mw FROM {r}", "select"),
@@ -114,7 +118,7 @@ def queries(draw, form: str):
                     ("SELECT k, x FROM {r} WHERE x > (SELECT avg(x) FROM t)", "stream"),
                 ]
             )
-        )[0]
+        )
         select = sub.format(r=relation).replace(
             "SELECT k", f"SELECT {_items(bounds)}{', ' if bounds else ''}k", 1
         )
@@ -128,8 +132,13 @@ def queries(draw, form: str):
     if form == "window_function" and draw(st.booleans()):
         select += " QUALIFY f IS NOT NULL"
     emit = "FINAL" if window else draw(st.sampled_from(["FINAL", "CHANGES"]))
+    # The rows sessions form from: those the outermost SELECT's WHERE keeps, when it reads t.
+    plain_where = form in ("project", "aggregate", "distinct", "window_function") or (
+        form == "subquery" and place == "select"
+    )
+    kept = where if relation == "t" and plain_where else None
     select = cte + select
-    return select, window, emit, keyed and emit == "CHANGES", form
+    return select, window, emit, keyed and emit == "CHANGES", form, (keys, kept)
 
 
 def _items(items: list[str]) -> str:
@@ -140,21 +149,24 @@ def _items(items: list[str]) -> str:
 def _clause(window) -> str:
     if window is None:
         return ""
-    if window[0] == "tumbling":
-        return f" WINDOW TUMBLING(ts, {window[1]}s)"
-    return f" WINDOW SLIDING(ts, {window[1]}s, {window[2]}s)"
+    if window[0] == "sliding":
+        return f" WINDOW SLIDING(ts, {window[1]}s, {window[2]}s)"
+    return f" WINDOW {window[0].upper()}(ts, {window[1]}s)"
 
 
-def batch(select: str, table: pa.Table, window) -> list[tuple] | None:
+def batch(select: str, table: pa.Table, window, sessions: tuple) -> list[tuple] | None:
     """The SELECT as DuckDB batch SQL over ``table`` (per window: each window's rows, with
-    ``_window_start``); None when DuckDB refuses it."""
+    ``_window_start``; sessions per ``sessions`` = (keys, the condition of the rows they form
+    from)); None when DuckDB refuses it."""
     con = duckdb.connect(config={"threads": 1})
     con.execute(f"CREATE TABLE dim AS {DIM}")
-    con.register("input", table)
+    con.register("input", table.append_column("seq", pa.array(range(table.num_rows), pa.int64())))
     try:
         if window is None:
-            con.execute("CREATE VIEW t AS SELECT * FROM input")
+            con.execute("CREATE VIEW t AS SELECT * EXCLUDE (seq) FROM input")
             return con.sql(select).fetchall()
+        if window[0] == "session":
+            return _per_session(con, select, window[1], *sessions)
         size, step = window[1], window[-1]
         seconds = sorted({int((ts - EPOCH).total_seconds()) for ts in table.column("ts").to_pylist()})
         starts = sorted({t - t % step - j * step for t in seconds for j in range(size // step)})
@@ -164,7 +176,7 @@ def batch(select: str, table: pa.Table, window) -> list[tuple] | None:
                 continue
             ws = EPOCH + dt.timedelta(seconds=start)
             con.execute(
-                f"CREATE OR REPLACE VIEW t AS SELECT *, TIMESTAMP '{ws}' AS _window_start FROM input "
+                f"CREATE OR REPLACE VIEW t AS SELECT * EXCLUDE (seq), TIMESTAMP '{ws}' AS _window_start FROM input "
                 f"WHERE ts >= TIMESTAMP '{ws}' AND ts < TIMESTAMP '{ws}' + INTERVAL {size} SECOND"
             )
             rows += con.sql(select).fetchall()
@@ -173,6 +185,28 @@ def batch(select: str, table: pa.Table, window) -> list[tuple] | None:
         return None
     finally:
         con.close()
+
+
+def _per_session(con, select: str, gap: int, keys: list[str], kept: str | None) -> list[tuple]:
+    """``select`` over each session's rows: sessions per ``keys`` (none: the whole input) over
+    the rows ``kept`` keeps, a new one where the gap to the key's previous row is at least ``gap``
+    seconds."""
+    part = f"PARTITION BY {', '.join(keys)} " if keys else ""
+    con.execute(
+        f"""CREATE TABLE s AS
+            WITH b AS (SELECT *, CASE WHEN epoch(ts) - lag(epoch(ts)) OVER ({part}ORDER BY ts, seq) >= {gap}
+                                 THEN 1 ELSE 0 END AS brk FROM input WHERE {kept or "TRUE"}),
+                 c AS (SELECT *, sum(brk) OVER ({part}ORDER BY ts, seq) AS sid FROM b)
+            SELECT *, dense_rank() OVER (ORDER BY {", ".join([*keys, "sid"])}) AS sn FROM c"""
+    )
+    rows = []
+    for (sn,) in con.sql("SELECT DISTINCT sn FROM s").fetchall():
+        con.execute(
+            "CREATE OR REPLACE VIEW t AS SELECT * EXCLUDE (brk, sid, sn, seq), min(ts) OVER () AS _window_start "
+            f"FROM s WHERE sn = {sn} ORDER BY seq"
+        )
+        rows += con.sql(select).fetchall()
+    return rows
 
 
 def refused_reasons() -> list[str]:
@@ -187,8 +221,8 @@ def refused_reasons() -> list[str]:
 @property_test(v1_examples=QUERY_EXAMPLES, data=streams(max_rows=40), draw=st.data())
 def test_random_selects_stream_to_the_batch_result(processor, form, data, draw):
     table, splits, size = data
-    select, window, emit, keyed, form = draw.draw(queries(form), label="query")
-    expected = batch(select, table, window)
+    select, window, emit, keyed, form, sessions = draw.draw(queries(form), label="query")
+    expected = batch(select, table, window, sessions)
     assume(expected is not None)  # the grammar drew SQL DuckDB itself refuses
     kind = "TABLE" if keyed else "STREAM"
     sink = "" if keyed else "'o.type' = 'python', "

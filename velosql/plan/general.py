@@ -62,13 +62,6 @@ def choose(
         limit = _top_limit(body)
         rows = over(_without_limit(body), stream, batch_rows)
         return GeneralPlan("distinct", sqlgen.ShapeSQL(reference=reference), DistinctSpec(rows), limit)
-    if window is not None and window.kind == "session":
-        raise SqlError(
-            f"{found.general[0]} over SESSION windows is not supported yet: sessions are formed per "
-            "GROUP BY key, which this SELECT does not give in one place; use TUMBLING or SLIDING "
-            "windows, or EMIT FINAL without a window",
-            loc,
-        )
     if emit == "changes" and window is None:
         bounded = (
             "; or bound the window function: OVER (ROWS WINDOW BUFFER <n> ROWS PARTITION BY …) "
@@ -89,6 +82,10 @@ def choose(
             "the window closes; write EMIT FINAL",
             loc,
         )
+    if window is not None and window.kind == "session":
+        spec = _sessions(select, stream, found, window, loc)
+        late = f"SELECT * FROM __in WHERE {W.late_condition(window)}"
+        return GeneralPlan("general", sqlgen.ShapeSQL(reference=reference, late=late), spec, None)
     rows = relation("__gbuf", window is not None, found.references, bounds=True)
     spec = GeneralSpec(select=over(select, stream, rows), window=window, why=found.general)
     if window is not None:
@@ -100,6 +97,63 @@ def choose(
         )
     late = f"SELECT * FROM __in WHERE {W.late_condition(window)}" if window is not None else ""
     return GeneralPlan("general", sqlgen.ShapeSQL(reference=reference, late=late), spec, None)
+
+
+def _sessions(select, stream: str, found: Constructs, window: WindowSpec, loc: Location) -> GeneralSpec:
+    """The general operator over SESSION windows: sessions per GROUP BY key of the outermost
+    SELECT (over the whole stream when it has none), the SELECT run over each closed session's
+    rows."""
+    keys = []
+    if isinstance(select, exp.Select) and select.args.get("group") is not None:
+        keys = [_unqualified(k) for k in sqlgen.group_keys(select, loc)]
+    sessions = W.sessionize("__gbuf", keys, window.size_us)
+    on_time = f"NOT {W.late_condition(window)}"
+    kept = _session_filter(select, stream)
+    if kept is not None:  # sessions form from the rows the statement keeps, as in batch SQL
+        on_time = f"({kept}) AND {on_time}"
+    order = ", ".join(["__ss", "__se", *keys])
+    hidden = ["__seq", "__et", "__wm", "__ss", "__se", "__sid", "__sn"]
+    hidden += [c for c in (*SYSTEM_COLUMNS, *WINDOW_COLUMNS) if c not in found.references]
+    rows = f"(SELECT * EXCLUDE ({', '.join(hidden)}) FROM __gsess WHERE __sn = $SN)"
+    return GeneralSpec(
+        select=over(select, stream, rows),
+        window=window,
+        why=found.general,
+        on_time=on_time,
+        close=(
+            f"CREATE OR REPLACE TEMP TABLE __gsess AS SELECT *, dense_rank() OVER (ORDER BY {order}) AS __sn "
+            f"FROM ({sessions}) WHERE __se <= $WM ORDER BY __sn, __seq"
+        ),
+        keep=(
+            "CREATE OR REPLACE TEMP TABLE __gbuf AS SELECT * EXCLUDE (__ss, __se, __sid, _window_start, "
+            f"_window_end) FROM ({sessions}) WHERE __se > $WM ORDER BY __seq"
+        ),
+    )
+
+
+def _session_filter(select: exp.Expression, stream: str) -> str | None:
+    """The WHERE of an outermost SELECT that reads the stream alone (no join, no subquery in
+    the condition), as SQL over the stream's rows; None otherwise (sessions then form from
+    every on-time row)."""
+    if not isinstance(select, exp.Select) or select.args.get("joins") or select.args.get("where") is None:
+        return None
+    from_ = select.args.get("from_")
+    table = from_.this if from_ is not None else None
+    if not (isinstance(table, exp.Table) and table.name.lower() == stream):
+        return None
+    where = select.args["where"].this
+    if any(isinstance(n, (exp.Subquery, exp.Exists)) for n in where.walk()):
+        return None
+    return _unqualified(where)
+
+
+def _unqualified(key: exp.Expression) -> str:
+    """A GROUP BY key as SQL over the buffered rows (no table or alias qualifies a column there)."""
+    return (
+        key.copy()
+        .transform(lambda n: exp.column(n.name, quoted=True) if isinstance(n, exp.Column) else n)
+        .sql("duckdb")
+    )
 
 
 def relation(table: str, windowed: bool, references: frozenset[str], bounds: bool) -> str:

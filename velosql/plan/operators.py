@@ -17,7 +17,8 @@ class GeneralSpec:
     """The user's whole SELECT, run over the on-time rows of each window the watermark closes, or
     once over every row at the end of a bounded input (no window).
 
-    ``select`` reads the buffered rows of one window through ``__gbuf`` (with ``$WS``/``$WE``);
+    ``select`` reads the buffered rows of one window through ``__gbuf`` (with ``$WS``/``$WE``) or
+    one session through ``__gsess``;
     ``why`` names the constructs that brought the statement here, for EXPLAIN. Windowed:
     ``on_time`` is the condition a micro-batch's rows (``__in``) are kept on, ``starts`` gives
     the start ``__ws`` of every window holding a buffered row, and ``evict`` forgets the rows no
@@ -30,6 +31,11 @@ class GeneralSpec:
     on_time: str = "TRUE"
     starts: str = ""
     evict: str = ""
+    # SESSION windows: ``close`` numbers the sessions watermark ``$WM`` closes (``__sn`` from 1,
+    # in ``__gsess``, each session's rows in arrival order) and ``keep`` leaves the others in
+    # ``__gbuf``; ``select`` then reads session ``$SN``.
+    close: str = ""
+    keep: str = ""
 
 
 @dataclass(frozen=True)

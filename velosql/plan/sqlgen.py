@@ -158,7 +158,7 @@ def _expand_star(item: exp.Expression, hidden: tuple[str, ...]) -> exp.Expressio
 # ---- grouped queries ----------------------------------------------------------------------------
 
 
-def _group_keys(select: exp.Select, loc: Location) -> list[exp.Expression]:
+def group_keys(select: exp.Select, loc: Location) -> list[exp.Expression]:
     group = select.args.get("group")
     if group is None:
         return []
@@ -249,7 +249,7 @@ def _analyse_grouped(select, alias, from_sql, where_sql, window, loc, limit) -> 
     session = window is not None and window.kind == "session"
     if session:  # its rows are sorted by event time to find the sessions
         select = in_arrival_order(select)
-    keys = _group_keys(select, loc)
+    keys = group_keys(select, loc)
     rw = _Rewriter(keys, window, loc, session=session, keep_aggs=session)
     rw.output_aliases = {i.alias.lower() for i in select.expressions if i.alias}
     items, names = [], []
@@ -317,24 +317,7 @@ def _reference(select, keys, alias, from_sql, where_sql, window) -> str:
 
 
 def _sessionize(rel: str, keys, window: WindowSpec) -> str:
-    """Rows of ``rel`` with their session bounds ``_window_start``/``_window_end`` (and µs forms).
-
-    A new session starts when the gap to the previous row of the same key is at least the session
-    gap; a session ends ``gap`` after its last row.
-    """
-    part = f"PARTITION BY {', '.join(_sql(k) for k in keys)} " if keys else ""
-    gap = window.size_us
-    brk = (
-        f"SELECT *, CASE WHEN {W.ET} - lag({W.ET}) OVER ({part}ORDER BY {W.ET}, {SEQ}) >= {gap} "
-        f"THEN 1 ELSE 0 END AS __brk FROM {rel}"
-    )
-    sid = f"SELECT *, sum(__brk) OVER ({part}ORDER BY {W.ET}, {SEQ} ROWS UNBOUNDED PRECEDING) AS __sid FROM ({brk})"
-    spart = f"PARTITION BY {', '.join([*(_sql(k) for k in keys), '__sid'])}"
-    return (
-        f"SELECT * EXCLUDE (__brk), min({W.ET}) OVER ({spart}) AS __ss, max({W.ET}) OVER ({spart}) + {gap} AS __se, "
-        f"make_timestamp(min({W.ET}) OVER ({spart})) AS _window_start, "
-        f"make_timestamp(max({W.ET}) OVER ({spart}) + {gap}) AS _window_end FROM ({sid})"
-    )
+    return W.sessionize(rel, [_sql(k) for k in keys], window.size_us)
 
 
 # ---- ROWS WINDOW BUFFER -------------------------------------------------------------------------

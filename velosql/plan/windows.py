@@ -104,3 +104,24 @@ def next_window_end(w: WindowSpec, wm: int) -> int:
     """The earliest end after ``wm`` a window can have (ends are ``size`` past a multiple of the step)."""
     step = w.size_us if w.kind == "tumbling" else w.advance_us
     return ((wm - w.size_us) // step + 1) * step + w.size_us
+
+
+def sessionize(rel: str, keys: list[str], gap: int) -> str:
+    """Rows of ``rel`` with their session: ``__sid`` (numbered per key), its bounds ``__ss`` /
+    ``__se`` in microseconds and ``_window_start`` / ``_window_end`` as TIMESTAMPs.
+
+    A new session starts when the gap to the previous row of the same key (by event time, then
+    arrival) is at least ``gap``; a session ends ``gap`` after its last row.
+    """
+    part = f"PARTITION BY {', '.join(keys)} " if keys else ""
+    brk = (
+        f"SELECT *, CASE WHEN {ET} - lag({ET}) OVER ({part}ORDER BY {ET}, __seq) >= {gap} "
+        f"THEN 1 ELSE 0 END AS __brk FROM {rel}"
+    )
+    sid = f"SELECT *, sum(__brk) OVER ({part}ORDER BY {ET}, __seq ROWS UNBOUNDED PRECEDING) AS __sid FROM ({brk})"
+    spart = f"PARTITION BY {', '.join([*keys, '__sid'])}"
+    return (
+        f"SELECT * EXCLUDE (__brk), min({ET}) OVER ({spart}) AS __ss, max({ET}) OVER ({spart}) + {gap} AS __se, "
+        f"make_timestamp(min({ET}) OVER ({spart})) AS _window_start, "
+        f"make_timestamp(max({ET}) OVER ({spart}) + {gap}) AS _window_end FROM ({sid})"
+    )

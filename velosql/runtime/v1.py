@@ -417,7 +417,7 @@ class V1Executor:
         shape = self.plan.shape
         if self.operator is not None:
             self._late(table)
-            self._write_some(self.operator.process(table))
+            self._write_some(self._operate(self.operator.process, table))
         elif shape == "project":
             self._write(self.con.sql(self.sql.project).to_arrow_table())
         elif shape == "buffered":
@@ -533,7 +533,7 @@ class V1Executor:
     def _after_watermark(self, wm: int) -> None:
         """Emit and forget what the watermark closed."""
         if self.operator is not None:
-            self._write_some(self.operator.on_watermark(wm))
+            self._write_some(self._operate(self.operator.on_watermark, wm))
         elif self.plan.shape == "aggregate" and self.plan.window is not None:
             if self.min_open_end is None or self.min_open_end > wm:
                 return
@@ -558,7 +558,7 @@ class V1Executor:
         if self.changelog is not None:
             self.changelog.checkpoint()
         if self.operator is not None:
-            self._write_some(self.operator.finish(wm))
+            self._write_some(self._operate(self.operator.finish, wm))
         elif self.plan.shape == "aggregate":
             if self.plan.window is None:
                 if not self.sql.changes:
@@ -581,6 +581,13 @@ class V1Executor:
         """``out`` with the output's column names and types."""
         out = out.rename_columns(self.out_names)
         return out if out.schema == self.out_schema else out.cast(self.out_schema)
+
+    def _operate(self, step, arg):
+        """One step of the operator; DuckDB's error in it fails the job naming the statement."""
+        try:
+            return step(arg)
+        except duckdb.Error as exc:
+            raise JobError(f"job {self.plan.name!r}: {_first_line(exc)}") from None
 
     def _write_some(self, out: pa.Table | None) -> None:
         if out is not None:

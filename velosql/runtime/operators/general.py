@@ -15,9 +15,8 @@ import pyarrow.compute as pc
 
 from ...plan import windows as W
 from ...plan.operators import GeneralSpec
+from ..watermark import NEG_INF
 from . import Operator, concat
-
-NEG_INF = -(2**63)
 
 
 class GeneralOperator(Operator):
@@ -33,19 +32,25 @@ class GeneralOperator(Operator):
     def bind(self, con, batch: pa.Table) -> pa.Schema:
         self.con = con
         con.execute("CREATE OR REPLACE TEMP TABLE __gbuf AS SELECT * FROM __in LIMIT 0").fetchall()
+        if self.spec.close:  # sessions: bind the statements on the empty buffer
+            con.execute(self.spec.close.replace("$WM", "0")).fetchall()
+            con.execute(self.spec.keep.replace("$WM", "0")).fetchall()
+            return con.sql(self.spec.select.replace("$SN", "1")).to_arrow_table().schema
         return con.sql(self._select(0, 0)).to_arrow_table().schema
 
     def process(self, batch: pa.Table) -> None:
         (n,) = self.con.execute(
             f"INSERT INTO __gbuf SELECT * FROM __in WHERE {self.spec.on_time}"
         ).fetchall()[0]
-        if n and self.window is not None:
+        if n and self.window is not None and self.window.kind != "session":
             end = W.min_window_end(self.window, pc.min(batch["__et"]).as_py())
             self.min_open_end = end if self.min_open_end is None else min(self.min_open_end, end)
         self.rows += n
         return None
 
     def on_watermark(self, wm: int) -> pa.Table | None:
+        if self.window is not None and self.window.kind == "session":
+            return self._close_sessions(wm)
         if self.window is None or self.min_open_end is None or self.min_open_end > wm:
             return None
         size = self.window.size_us
@@ -61,11 +66,30 @@ class GeneralOperator(Operator):
         return concat(out)
 
     def finish(self, wm: int) -> pa.Table | None:
+        if self.window is not None and self.window.kind == "session":
+            return self._close_sessions(wm)
         if self.window is None:
             return concat([self.con.sql(self.spec.select).to_arrow_table()])
         if self.rows:
             self.min_open_end = NEG_INF
         return self.on_watermark(wm)
+
+    def _close_sessions(self, wm: int) -> pa.Table | None:
+        """Each session that ``wm`` closed, one after another in start order; a session's end is
+        known only once its rows are sessionized, so every watermark step sessionizes the buffer."""
+        if not self.rows or wm == NEG_INF:
+            return None
+        self.con.execute(self.spec.close.replace("$WM", str(wm))).fetchall()
+        (sessions,) = self.con.execute("SELECT coalesce(max(__sn), 0) FROM __gsess").fetchall()[0]
+        if not sessions:
+            return None
+        out = [
+            self.con.sql(self.spec.select.replace("$SN", str(n))).to_arrow_table()
+            for n in range(1, sessions + 1)
+        ]
+        self.con.execute(self.spec.keep.replace("$WM", str(wm))).fetchall()
+        (self.rows,) = self.con.execute("SELECT count(*) FROM __gbuf").fetchall()[0]
+        return concat(out)
 
     def _select(self, start: int, end: int) -> str:
         return self.spec.select.replace("$WS", str(start)).replace("$WE", str(end))
