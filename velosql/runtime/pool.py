@@ -1,12 +1,22 @@
-"""The process layer of the V2 processor: N spawned workers, one DuckDB connection each.
+"""The job's side of V2's worker processes: a pool of N spawned workers, one DuckDB connection each.
 
 A :class:`WorkerPool` starts N worker processes with the ``spawn`` method (never ``fork`` once DuckDB
 or librdkafka threads exist). Worker *i* serves partition *i*: it owns one ``threads=1`` DuckDB
-connection and runs the SQL it is sent; it plans nothing. Parent and worker share nothing but
-messages over one duplex pipe, and Arrow tables cross it as Arrow IPC stream bytes
-(``Connection.send_bytes``), never pickled.
+connection and runs the SQL it is sent; it plans nothing (:mod:`.worker`). Parent and worker share
+nothing but messages over one duplex pipe; the requests, their replies and how they travel are in
+:mod:`.protocol`.
 
-The requests, their replies and how they travel are in :mod:`.protocol`.
+Lifecycle: the V2 executor's job thread creates the pool, uses it and closes it; the pool is used
+by one thread at a time.
+
+- The constructor blocks until every worker has started (at most ``start_timeout`` seconds) and
+  has run ``setup``.
+- :meth:`WorkerPool.send` blocks while it collects replies to make room (see flow control below)
+  and while it writes to the worker's pipe; :meth:`WorkerPool.scatter` writes and reads no reply.
+  :meth:`WorkerPool.receive` and :meth:`WorkerPool.drain` block for replies, each at most
+  ``timeout`` seconds. :meth:`WorkerPool.check`, :meth:`WorkerPool.outstanding` and
+  :meth:`WorkerPool.metrics` never block.
+- :meth:`WorkerPool.close` blocks until every worker has exited.
 
 Flow control: at most ``max_in_flight`` requests per worker are outstanding (sent but not yet
 returned to the caller). :meth:`WorkerPool.send` first collects the oldest replies to make room and
@@ -24,8 +34,8 @@ Failures never hang and never leave a process behind:
   daemonic, ignore SIGINT (the parent owns Ctrl-C), and exit by themselves once the parent process
   is gone, even in the middle of a query.
 
-Scripts that create a pool need the usual ``if __name__ == "__main__":`` guard, because ``spawn``
-imports the main module in each worker.
+A script that creates a pool needs no ``if __name__ == "__main__":`` guard, though ``spawn``
+normally imports the main module in each child: workers start without it (``_main_not_imported``).
 """
 
 from __future__ import annotations
@@ -56,9 +66,6 @@ from .protocol import (
     FILE_MIN_ROWS,
     STOP,
     Batch,
-    Call,
-    Marker,
-    Query,
     Reply,
     Request,
     Setup,
@@ -68,7 +75,7 @@ from .protocol import (
     write_ipc_file,
 )
 
-__all__ = ["Batch", "Call", "Marker", "Query", "Reply", "Request", "Setup", "WorkerMetrics", "WorkerPool"]
+__all__ = ["WorkerMetrics", "WorkerPool"]
 
 
 @dataclass
