@@ -267,6 +267,25 @@ def test_close_leaves_no_process_and_is_idempotent():
         p.send(0, Query("SELECT 1"))
 
 
+def test_a_worker_imports_neither_sqlglot_nor_the_planner_nor_the_pool():
+    """Every V2 job waits for its workers to start, so a worker imports what it runs and no more:
+    pyarrow, DuckDB and the protocol, not the SQL and plan layers, the job's pool or numpy."""
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules.setdefault("numpy", None)  # as worker_boot does
+        import velosql.runtime.worker
+        print(*sorted(name for name, module in sys.modules.items() if module is not None))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=DEADLINE * 3
+    )
+    assert done.returncode == 0, done.stderr
+    heavy = ("sqlglot", "numpy", "velosql.sql", "velosql.plan", "velosql.engine", "velosql.runtime.pool")
+    assert [m for m in done.stdout.split() if m.startswith(heavy)] == []
+
+
 def test_workers_die_with_a_parent_that_exits_abruptly():
     script = textwrap.dedent(
         f"""
