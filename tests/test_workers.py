@@ -19,8 +19,9 @@ from processes import gone, wait_gone
 
 from velosql.errors import ConfigError, InvalidPartitionCountError, JobError, WorkerError
 from velosql.plan import planner
+from velosql.runtime.pool import WorkerPool
+from velosql.runtime.protocol import Batch, Marker, Query, Setup
 from velosql.runtime.v2 import changes_call
-from velosql.runtime.workers import Batch, Marker, Query, Setup, WorkerPool
 from velosql.sql.parser import parse_one
 
 DEADLINE = 20.0  # seconds; generous for a loaded CI machine, and only reached on failure
@@ -100,9 +101,9 @@ def test_each_worker_runs_pyarrow_on_one_thread(pool):
 def test_large_batches_travel_as_files_in_memory_and_leave_none_behind():
     """A batch of FILE_MIN_ROWS rows or more goes through a mapped Arrow file, not the pipe; the
     worker removes each file after use and close() the directory."""
-    from velosql.runtime import workers
+    from velosql.runtime import protocol
 
-    table = trades(workers.FILE_MIN_ROWS + 5)
+    table = trades(protocol.FILE_MIN_ROWS + 5)
     with WorkerPool(2) as p:
         directory = p._files
         for i in range(2):
@@ -266,11 +267,31 @@ def test_close_leaves_no_process_and_is_idempotent():
         p.send(0, Query("SELECT 1"))
 
 
+def test_a_worker_imports_neither_sqlglot_nor_the_planner_nor_the_pool():
+    """Every V2 job waits for its workers to start, so a worker imports what it runs and no more:
+    pyarrow, DuckDB and the protocol, not the SQL and plan layers, the job's pool or numpy."""
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules.setdefault("numpy", None)  # as worker_boot does
+        import velosql.runtime.worker
+        print(*sorted(name for name, module in sys.modules.items() if module is not None))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=DEADLINE * 3
+    )
+    assert done.returncode == 0, done.stderr
+    heavy = ("sqlglot", "numpy", "velosql.sql", "velosql.plan", "velosql.engine", "velosql.runtime.pool")
+    assert [m for m in done.stdout.split() if m.startswith(heavy)] == []
+
+
 def test_workers_die_with_a_parent_that_exits_abruptly():
     script = textwrap.dedent(
         f"""
         import os
-        from velosql.runtime.workers import Query, WorkerPool
+        from velosql.runtime.pool import WorkerPool
+        from velosql.runtime.protocol import Query
 
         pool = WorkerPool(2)
         pool.send(1, Query({ENDLESS!r}))  # one worker idle, one busy in DuckDB

@@ -9,7 +9,7 @@ The job merges the replies and keeps the job watermark: every row of one read se
 the request carried, so a row late only against rows of its own read is kept, and which rows are
 late depends on how the workers' reads interleave (see the guide's watermark section).
 
-These functions run in the worker process (:class:`~velosql.runtime.workers.Call`).
+These functions run in the worker process (:class:`~velosql.runtime.protocol.Call`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..connectors.base import OFFSET_COL, PARTITION_COL, PartitionEnd, SourceContext, int_scalar
+from .protocol import ipc_buffer
 from .watermark import NEG_INF, any_late, event_time_us, without_null_time
-from .workers import ipc_buffer
 
 _END = object()
 SEQ_PARTITION_SHIFT = 40  # __seq = partition << 40 | offset: arrival order within each partition

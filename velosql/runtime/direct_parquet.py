@@ -130,7 +130,7 @@ def read_run(con: duckdb.DuckDBPyConnection, state: dict, watermark: int):
             if behind and spec["window"] is not None:  # a row behind the watermark: is it late?
                 late = con.sql(spec["late"]).to_arrow_table()
                 if late.num_rows:
-                    from .workers import ipc_buffer
+                    from .protocol import ipc_buffer
 
                     info["late"] = ipc_buffer(late).to_pybytes()
                     statements = spec["out_late"]

@@ -2,8 +2,9 @@
 
 The job's process keeps what needs one place: the merged aggregation state of EMIT FINAL, the job
 watermark, the dead letters and late rows, and the sinks (one writer per DuckDB database). Each
-worker (:mod:`workers`) is a spawned process with one ``threads=1`` DuckDB connection. How rows
-reach the workers and what the workers keep depends on the query (:func:`choose`):
+worker (:mod:`worker`, driven through :mod:`pool`) is a spawned process with one ``threads=1``
+DuckDB connection. How rows reach the workers and what the workers keep depends on the query
+(:func:`choose`):
 
 - **Partials** (GROUP BY … EMIT FINAL). Workers compute each micro-batch's partial aggregate and keep
   no state; their partial rows are appended to ``__state`` here, where windows close and results
@@ -49,9 +50,10 @@ from ..plan.sqlgen import referenced_columns as _referenced
 from . import direct_parquet, routing, running
 from .direct import SEQ_PARTITION_SHIFT
 from .job import format_watermark
+from .pool import WorkerPool
+from .protocol import FILE_MIN_ROWS, Batch, Call, Query
 from .v1 import V1Executor
 from .watermark import NEG_INF
-from .workers import FILE_MIN_ROWS, Batch, Call, Query, WorkerPool
 
 STRATEGIES = {
     "hash": "hash", "always_hash": "hash", "alwayshash": "hash",

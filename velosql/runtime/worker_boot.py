@@ -13,6 +13,6 @@ import sys
 
 def main(conn, core: int | None, files: str | None = None) -> None:
     sys.modules.setdefault("numpy", None)  # "import numpy" now raises ImportError: both do without
-    from .workers import _worker_main
+    from . import worker
 
-    _worker_main(conn, core, files)
+    worker.main(conn, core, files)

@@ -1,34 +1,27 @@
-"""The process layer of the V2 processor: N spawned workers, one DuckDB connection each.
+"""The job's side of V2's worker processes: a pool of N spawned workers, one DuckDB connection each.
 
 A :class:`WorkerPool` starts N worker processes with the ``spawn`` method (never ``fork`` once DuckDB
 or librdkafka threads exist). Worker *i* serves partition *i*: it owns one ``threads=1`` DuckDB
-connection and runs the SQL it is sent; it plans nothing. Parent and worker share nothing but
-messages over one duplex pipe, and Arrow tables cross it as Arrow IPC stream bytes
-(``Connection.send_bytes``), never pickled.
+connection and runs the SQL it is sent; it plans nothing (:mod:`.worker`). Parent and worker share
+nothing but messages over one duplex pipe; the requests, their replies and how they travel are in
+:mod:`.protocol`.
 
-Requests and their replies; each worker answers its requests one by one, in order:
+Lifecycle: the V2 executor's job thread creates the pool, uses it and closes it; the pool is used
+by one thread at a time.
 
-- :class:`Setup` — run statements once (``CREATE TABLE …``); replied to with no table.
-- :class:`Batch` — register an Arrow table as ``__in``, run one SQL string on it, unregister it. The
-  reply holds the result of the string's last statement. That table may have zero rows, and DML
-  gives DuckDB's one-row ``Count`` table.
-- :class:`Query` — run one SQL string; the reply holds its last statement's result.
-- :class:`Marker` — an in-band watermark or end-of-input marker. The worker echoes its value, so its
-  reply arrives after the replies to every earlier request.
-- :class:`Call` — run a function of velosql's own in the worker (``"module:name"``), given the
-  worker's connection, a dict it keeps between calls and an argument; it returns a value to send
-  back and optionally a table. The V2 processor's direct reads (a worker reading its own source
-  partitions) are such calls.
-
-A batch's or query's SQL may be a sequence of statements run in order; the reply holds the result
-of the one at index ``result`` (by default the last).
+- The constructor blocks until every worker has started (at most ``start_timeout`` seconds) and
+  has run ``setup``.
+- :meth:`WorkerPool.send` blocks while it collects replies to make room (see flow control below)
+  and while it writes to the worker's pipe; :meth:`WorkerPool.scatter` writes and reads no reply.
+  :meth:`WorkerPool.receive` and :meth:`WorkerPool.drain` block for replies, each at most
+  ``timeout`` seconds. :meth:`WorkerPool.check`, :meth:`WorkerPool.outstanding` and
+  :meth:`WorkerPool.metrics` never block.
+- :meth:`WorkerPool.close` blocks until every worker has exited.
 
 Flow control: at most ``max_in_flight`` requests per worker are outstanding (sent but not yet
 returned to the caller). :meth:`WorkerPool.send` first collects the oldest replies to make room and
 returns them. So at most that many requests and replies per worker are queued in its pipe or
-process, and a slow worker slows its sender. This is backpressure, not dropping. A worker has a reply thread that writes replies
-while its main thread reads the next request. Without it, a large reply and a large request could
-each fill the pipe and block both processes.
+process, and a slow worker slows its sender. This is backpressure, not dropping.
 
 Failures never hang and never leave a process behind:
 
@@ -41,8 +34,8 @@ Failures never hang and never leave a process behind:
   daemonic, ignore SIGINT (the parent owns Ctrl-C), and exit by themselves once the parent process
   is gone, even in the middle of a query.
 
-Scripts that create a pool need the usual ``if __name__ == "__main__":`` guard, because ``spawn``
-imports the main module in each worker.
+A script that creates a pool needs no ``if __name__ == "__main__":`` guard, though ``spawn``
+normally imports the main module in each child: workers start without it (``_main_not_imported``).
 """
 
 from __future__ import annotations
@@ -50,14 +43,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import importlib
 import multiprocessing
 import os
 import pickle
-import queue
 import shutil
 import signal
-import struct
 import sys
 import tempfile
 import threading
@@ -66,101 +56,26 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any
 
-import duckdb
 import pyarrow as pa
 
 from ..errors import ConfigError, InvalidPartitionCountError, JobError, WorkerError
 from . import worker_boot
+from .protocol import (
+    FILE_MIN_BYTES,
+    FILE_MIN_ROWS,
+    STOP,
+    Batch,
+    Reply,
+    Request,
+    Setup,
+    describe,
+    encode,
+    recv_bytes,
+    write_ipc_file,
+)
 
-__all__ = ["Batch", "Call", "Marker", "Query", "Reply", "Request", "Setup", "WorkerMetrics", "WorkerPool"]
-
-_STOP = pickle.dumps(("stop", None))
-_SQL_SHOWN = 160  # characters of a statement quoted in an error message
-
-
-@dataclass(frozen=True)
-class Setup:
-    """Statements a worker runs once, in order, before its batches (DDL, settings)."""
-
-    statements: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        # A lone string would otherwise be taken for a sequence of one-character statements.
-        statements = (self.statements,) if isinstance(self.statements, str) else tuple(self.statements)
-        object.__setattr__(self, "statements", statements)
-
-
-@dataclass(frozen=True)
-class Batch:
-    """An Arrow table the worker registers as ``__in`` and the SQL it runs on it.
-
-    ``sql`` is one statement or a sequence of them; the reply holds the result of statement
-    ``result`` (an index into the sequence). A statement is SQL text, or a :class:`Call` run
-    while the table is registered (its table is the statement's result).
-    """
-
-    table: pa.Table | pa.RecordBatch
-    sql: str | Call | tuple[str | Call, ...]
-    result: int = -1
-    name: str = "__in"  # the table's name in the statements
-
-
-@dataclass(frozen=True)
-class Query:
-    """SQL the worker runs (one string or a sequence); the result of statement ``result`` comes back."""
-
-    sql: str | tuple[str, ...]
-    result: int = -1
-
-
-@dataclass(frozen=True)
-class Call:
-    """Run ``function(con, state, arg)`` in the worker; it returns ``(value, table or None)``.
-
-    ``function`` is ``"module:name"`` of a module inside the ``velosql`` package; ``state`` is a
-    dict the worker keeps for its whole life; ``arg`` and ``value`` must be picklable.
-    """
-
-    function: str
-    arg: Any = None
-
-    def __post_init__(self) -> None:
-        if not self.function.startswith("velosql."):
-            raise ValueError(f"A worker call runs velosql's own functions only, not {self.function!r}.")
-
-
-@dataclass(frozen=True)
-class Marker:
-    """An in-band marker (watermark, end of input): answered after every earlier request.
-
-    ``value`` must be picklable and small; it is echoed back in :attr:`Reply.value`.
-    """
-
-    value: Any = None
-
-
-Request = Setup | Batch | Query | Marker | Call
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A worker's answer to one request.
-
-    Attributes:
-        partition: The worker (partition) index that answered.
-        kind: ``"setup"``, ``"batch"``, ``"query"`` or ``"marker"``.
-        table: The statement's result for a batch or query; ``None`` for setup and markers.
-        value: The marker's value; ``None`` for other kinds.
-        busy_seconds: Time the worker spent on the request, decoding and encoding included.
-    """
-
-    partition: int
-    kind: str
-    table: pa.Table | None
-    value: Any
-    busy_seconds: float
+__all__ = ["WorkerMetrics", "WorkerPool"]
 
 
 @dataclass
@@ -323,7 +238,7 @@ class WorkerPool:
             self._sent_files += 1
             path = os.path.join(self._files, f"{partition}-{self._sent_files}.arrow")
             started = time.perf_counter()
-            _write_ipc_file(path, request.table)
+            write_ipc_file(path, request.table)
             worker.metrics.wait_seconds += time.perf_counter() - started
             header, payload, rows = (
                 pickle.dumps(("batch_file", (request.sql, request.result, path, request.name))),
@@ -331,8 +246,8 @@ class WorkerPool:
                 request.table.num_rows,
             )
         else:
-            header, payload, rows = _encode(request)
-        self._transmit(worker, header, payload, _describe(request), None)
+            header, payload, rows = encode(request)
+        self._transmit(worker, header, payload, describe(request), None)
         worker.metrics.rows_sent += rows
         return replies
 
@@ -357,9 +272,9 @@ class WorkerPool:
         """
         self._sent_files += 1
         path = os.path.join(self._files, f"shared-{self._sent_files}.arrow")
-        _write_ipc_file(path, table)
+        write_ipc_file(path, table)
         self._shared[path] = len(partitions)
-        what = _describe(Batch(table, sql, result))
+        what = describe(Batch(table, sql, result))
         for i in partitions:
             header = pickle.dumps(("batch_part", (sql, result, path, column, i)))
             self._transmit(self._worker(i), header, None, what, path)
@@ -480,7 +395,7 @@ class WorkerPool:
                 # table_at: where the reply's table is: False (none), True (next in the pipe), or
                 # the path of the file the worker wrote it to.
                 ok, kind, busy, table_at, value = pickle.loads(worker.conn.recv_bytes())
-                payload = _recv_bytes(worker.conn) if table_at is True else None
+                payload = recv_bytes(worker.conn) if table_at is True else None
             except (EOFError, OSError):
                 raise self._lost(worker) from None
             except BaseException:
@@ -565,46 +480,6 @@ def _main_not_imported():
                 main.__dict__.update(saved)
 
 
-def _encode(request: Request) -> tuple[bytes, pa.Buffer | None, int]:
-    """The pickled header, optional IPC payload and row count of a request.
-
-    Pickling here, before anything is written, keeps an unpicklable marker value from leaving
-    half a message in the pipe.
-    """
-    if isinstance(request, Batch):
-        return (
-            pickle.dumps(("batch", (request.sql, request.result, request.name))),
-            ipc_buffer(request.table),
-            request.table.num_rows,
-        )
-    if isinstance(request, Query):
-        return pickle.dumps(("query", (request.sql, request.result))), None, 0
-    if isinstance(request, Call):
-        return pickle.dumps(("call", (request.function, request.arg))), None, 0
-    if isinstance(request, Setup):
-        return pickle.dumps(("setup", request.statements)), None, 0
-    if isinstance(request, Marker):
-        return pickle.dumps(("marker", request.value)), None, 0
-    raise TypeError(
-        f"A worker request must be Setup, Batch, Query, Marker or Call, not {type(request).__name__}."
-    )
-
-
-def _describe(request: Request) -> str:
-    """How an error message names a request: its kind and the start of its SQL."""
-    if isinstance(request, Call):
-        return f"a call of {request.function}"
-    if isinstance(request, (Batch, Query)):
-        statements = (request.sql,) if isinstance(request.sql, (str, Call)) else request.sql
-        text = "; ".join(f"CALL {s.function}" if isinstance(s, Call) else s for s in statements)
-        sql = " ".join(text.split())
-        shown = sql if len(sql) <= _SQL_SHOWN else sql[: _SQL_SHOWN - 1] + "…"
-        return f"a {type(request).__name__.lower()} `{shown}`"
-    if isinstance(request, Setup):
-        return f"a setup of {len(request.statements)} statement(s)"
-    return f"a marker {request.value!r}"
-
-
 def _describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -634,7 +509,7 @@ def _shutdown(workers: list[_Worker], stop_timeout: float, files: str | None = N
         try:
             # Never block here: a worker busy on a query may not read its full pipe.
             os.set_blocking(worker.conn.fileno(), False)
-            worker.conn.send_bytes(_STOP)
+            worker.conn.send_bytes(STOP)
         except (OSError, ValueError):
             pass  # it is dead or its pipe is full; terminate below
         # Closing our end also ends the worker's reply thread if it is blocked writing to us.
@@ -653,252 +528,3 @@ def _shutdown(workers: list[_Worker], stop_timeout: float, files: str | None = N
             worker.process.close()
     if files is not None:
         shutil.rmtree(files, ignore_errors=True)
-
-
-# ---- the worker process ---------------------------------------------------------------------
-
-
-def _worker_main(conn: Connection, core: int | None, files: str | None = None) -> None:
-    """A worker's entry point: pin, start the helper threads, connect, then serve until stopped."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
-    # Pin before any thread exists, because threads inherit the mask of the thread that starts them.
-    cores, affinity_error = _pin(core) if core is not None else (None, None)
-    # One partition, one core: N workers need not each start pyarrow pools of a thread per CPU
-    # (with affinity those threads would share the worker's one core anyway). Measured in the
-    # direct-read prototype (2 workers, 2 cores) it changes nothing either way. (What made pyarrow
-    # partials look slow in workers there was the first group_by of a process, which imports
-    # pyarrow.acero and pyarrow.dataset: ~0.16 s, then ~2x faster than DuckDB's GROUP BY.)
-    pa.set_cpu_count(1)
-    pa.set_io_thread_count(1)
-    threading.Thread(
-        target=_exit_with_parent, args=(files,), name="velosql-parent-watch", daemon=True
-    ).start()
-    outbox: queue.SimpleQueue = queue.SimpleQueue()
-    sender = threading.Thread(target=_send_replies, args=(conn, outbox), name="velosql-replies", daemon=True)
-    sender.start()
-    con = None
-    try:
-        try:
-            con = duckdb.connect(config={"threads": 1})
-        except Exception as exc:
-            outbox.put(((False, "start", 0.0, False, f"{type(exc).__name__}: {exc}"), None))
-            return
-        started = (os.getpid(), cores, affinity_error, pa.cpu_count(), pa.io_thread_count())
-        outbox.put(((True, "start", 0.0, False, started), None))
-        _serve(conn, con, outbox, files)
-    finally:
-        outbox.put(None)
-        sender.join()
-        if con is not None:
-            con.close()
-        conn.close()
-    # Stopped cleanly: skip the interpreter's teardown of DuckDB, pyarrow and numpy (~40 ms of
-    # every V2 job's stop, measured on 2 workers). Everything of ours is closed above.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-def _serve(
-    conn: Connection, con: duckdb.DuckDBPyConnection, outbox: queue.SimpleQueue, files: str | None
-) -> None:
-    """Answer requests in order until a stop message, or until the parent closes the pipe.
-
-    A large result goes back as a file in the pool's directory (see :meth:`WorkerPool._read`);
-    the header names it, and the parent maps and removes it.
-    """
-    state: dict = {}  # what Call functions keep between calls
-    replies = 0
-    while True:
-        try:
-            kind, data = pickle.loads(conn.recv_bytes())
-            payload = _recv_bytes(conn) if kind == "batch" else None
-        except (EOFError, OSError):
-            return
-        if kind == "stop":
-            return
-        started = time.perf_counter()
-        try:
-            value, table = _handle(con, kind, data, payload, state)
-            reply, table_at = None, table is not None  # where the table goes: see WorkerPool._read
-            if table is not None and files is not None and table.num_rows >= FILE_MIN_ROWS:
-                replies += 1
-                table_at = os.path.join(files, f"reply-{os.getpid()}-{replies}.arrow")
-                _write_ipc_file(table_at, table)
-            elif table is not None:
-                reply = ipc_buffer(table)
-            header = (True, kind, time.perf_counter() - started, table_at, value)
-        except Exception as exc:
-            reply = None
-            header = (False, kind, time.perf_counter() - started, False, f"{type(exc).__name__}: {exc}")
-        outbox.put((header, reply))
-
-
-def _handle(con: duckdb.DuckDBPyConnection, kind: str, data: Any, payload: bytes | None, state: dict):
-    """Run one request; return the value to send back and the result table, if any."""
-    if kind == "setup":
-        for statement in data:
-            con.execute(statement)
-            con.complete()  # a result left pending would block the connection
-        return None, None
-    if kind == "marker":
-        return data, None
-    if kind == "query":
-        return None, _run(con, *data, state)
-    if kind == "call":
-        return _call(con, state, *data)
-    if kind == "batch":
-        sql, result, name = data
-        with _registered(con, name, payload):
-            return None, _run(con, sql, result, state)
-    if kind == "batch_part":
-        sql, result, path, column, me = data
-        with pa.memory_map(path) as source, _registered(con, "__all", source):
-            con.execute(
-                f'CREATE OR REPLACE TEMP VIEW __in AS SELECT * EXCLUDE ("{column}") FROM __all '
-                f'WHERE "{column}" = {int(me)}'
-            )
-            try:
-                return None, _run(con, sql, result, state)
-            finally:
-                con.execute("DROP VIEW IF EXISTS __in")
-    if kind == "batch_file":
-        sql, result, path, name = data
-        try:
-            # The batch's buffers are the mapped file: no copy.
-            with pa.memory_map(path) as source, _registered(con, name, source):
-                return None, _run(con, sql, result, state)
-        finally:
-            os.unlink(path)
-    raise ValueError(f"Unknown worker request kind {kind!r}.")
-
-
-@contextlib.contextmanager
-def _registered(con: duckdb.DuckDBPyConnection, name: str, ipc):
-    """The Arrow IPC stream ``ipc`` (a buffer or a mapped file) as the table ``name`` for the block."""
-    con.register(name, pa.ipc.open_stream(ipc).read_all())
-    try:
-        yield
-    finally:
-        con.unregister(name)
-
-
-def _call(con: duckdb.DuckDBPyConnection, state: dict, function: str, arg: Any):
-    """Run a :class:`Call`'s function; it returns ``(value, table or None)``."""
-    module, _, name = function.partition(":")
-    return getattr(importlib.import_module(module), name)(con, state, arg)
-
-
-def _run(con: duckdb.DuckDBPyConnection, sql, result: int, state: dict) -> pa.Table:
-    """Run one statement or several in order; the result of statement ``result`` as Arrow."""
-    if isinstance(sql, str):
-        return con.sql(sql).to_arrow_table()
-    statements = (sql,) if isinstance(sql, Call) else sql
-    out = None
-    for i, statement in enumerate(statements):
-        if isinstance(statement, Call):
-            table = _call(con, state, statement.function, statement.arg)[1]
-            if i == result % len(statements):
-                out = table
-        elif i == result % len(statements):
-            out = con.sql(statement).to_arrow_table()
-        else:
-            con.execute(statement)
-            con.complete()
-    return out
-
-
-FILE_MIN_ROWS = 16_384  # batches at least this large go through a file in memory, not the pipe
-# ... and requests at least this large: a pipe holds 64 KiB, and a write beyond what the busy
-# worker has read waits for it (partial rows sent to a worker while it aggregates: pushed trades,
-# V2:2 Q_tumble 0.50 -> 0.44 s).
-FILE_MIN_BYTES = 32_768
-
-
-def _write_ipc_file(path: str, table: pa.Table) -> None:
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write(table)
-
-
-def ipc_buffer(table: pa.Table | pa.RecordBatch) -> pa.Buffer:
-    """``table`` as Arrow IPC stream bytes, written once into a buffer of the exact size."""
-    # Measuring first costs no copy and saves the regrowth copies of a BufferOutputStream.
-    size = pa.MockOutputStream()
-    with pa.ipc.new_stream(size, table.schema) as writer:
-        writer.write(table)
-    buffer = pa.allocate_buffer(size.size())
-    with pa.ipc.new_stream(pa.FixedSizeBufferWriter(buffer), table.schema) as writer:
-        writer.write(table)
-    return buffer
-
-
-def _recv_bytes(conn: Connection) -> bytes | bytearray:
-    """``conn.recv_bytes()`` with one copy instead of three: 2 ms instead of 10 for 11 MB.
-
-    ``Connection.recv_bytes`` reads into a ``BytesIO`` in socket-buffer-sized chunks, allocating
-    a chunk of the full remaining size each time. Here the frame ``send_bytes`` wrote (a 4-byte
-    big-endian signed length, or -1 and an 8-byte length above 2 GiB, then the data) is read
-    straight into one ``bytearray``. ``Connection`` itself never reads ahead on POSIX, so the two
-    can share the descriptor.
-    """
-    if not hasattr(os, "readv"):  # Windows: named pipes, not descriptors
-        return conn.recv_bytes()
-    fd = conn.fileno()
-    (size,) = struct.unpack("!i", _read_exactly(fd, 4))
-    if size == -1:
-        (size,) = struct.unpack("!Q", _read_exactly(fd, 8))
-    return _read_exactly(fd, size)
-
-
-def _read_exactly(fd: int, size: int) -> bytearray:
-    data = bytearray(size)
-    view, done = memoryview(data), 0
-    while done < size:
-        n = os.readv(fd, [view[done:]])
-        if n == 0:
-            raise EOFError if done == 0 else OSError("The pipe closed in the middle of a message.")
-        done += n
-    return data
-
-
-def _send_replies(conn: Connection, outbox: queue.SimpleQueue) -> None:
-    """The reply thread: write queued replies in order until ``None`` or the parent is gone."""
-    while (item := outbox.get()) is not None:
-        header, payload = item
-        try:
-            conn.send_bytes(pickle.dumps(header))
-            if payload is not None:
-                conn.send_bytes(payload)
-        except OSError:
-            return  # the parent closed its end; the main thread will read EOF and exit
-
-
-def _exit_with_parent(files: str | None) -> None:
-    """Exit as soon as the parent process is gone, even while the main thread runs a query.
-
-    A parent that died could not remove the pool's directory of batch files in ``/dev/shm``
-    (memory): the workers remove it (each tries; the others find it gone).
-    """
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        wait([parent.sentinel])
-        if files is not None:
-            shutil.rmtree(files, ignore_errors=True)
-        os._exit(0)
-
-
-def _pin(core: int) -> tuple[tuple[int, ...] | None, str | None]:
-    """Pin this process to ``core``; the cores it now runs on, or ``None`` and why it could not."""
-    import psutil
-
-    try:
-        process = psutil.Process()
-        process.cpu_affinity([core])
-        if hasattr(os, "sched_setaffinity"):
-            # Linux pins one thread at a time, and importing pyarrow has already started threads.
-            for thread in process.threads():
-                with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
-                    os.sched_setaffinity(thread.id, {core})
-        return tuple(process.cpu_affinity()), None
-    except (AttributeError, NotImplementedError, OSError, ValueError, psutil.Error) as exc:
-        return None, f"Could not pin to core {core}: {type(exc).__name__}: {exc}"
