@@ -210,7 +210,7 @@ def test_nothing_starts_when_a_later_statement_fails(engine):
         ("CREATE STREAM o AS SELECT v FROM t WITH (queue_threshold = 'many')", "expected an integer"),
         (
             "CREATE STREAM o AS SELECT v FROM t WITH ('watermark.max_out_of_orderness' = 'soon')",
-            "invalid duration",
+            "invalid value 'soon' for 'watermark.max_out_of_orderness': expected a duration such as",
         ),
         ("CREATE STREAM o AS SELECT v FROM t WITH (processor = 'v3')", "Unknown processor architecture"),
         ("CREATE STREAM o AS SELECT v FROM t WITH ('x.type' = 'file_source')", "names 'x', which is neither"),

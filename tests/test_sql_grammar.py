@@ -495,16 +495,19 @@ SELECT 'not; a split' AS x;
 INSTALL httpfs;
 """
 
-WINDOW_SIZE = "expected a window size such as 1m, 30s or INTERVAL '1' MINUTE"
+DURATIONS = "1m, 30s, 500ms, '10 minutes' or INTERVAL '1' MINUTE"
+WINDOW_SIZE = f"expected a window size such as {DURATIONS}"
 ERRORS = [
     ("CREATE STREAM s AS\nSELECT * FROM t\nWINDOW TUMBLING(▸foo)", f"{WINDOW_SIZE}, found 'foo'"),
     ("CREATE STREAM s AS SELECT * FROM t WINDOW TUMBLING(ts, ▸)", f"{WINDOW_SIZE}, found ')'"),
-    ("CREATE STREAM s AS SELECT * FROM t WINDOW TUMBLING(▸INTERVAL '1' MONTH)", f"{WINDOW_SIZE}, found 'INTERVAL'"),
-    ("CREATE STREAM s AS SELECT * FROM t WINDOW TUMBLING(▸0s)", f"{WINDOW_SIZE}, found '0'"),
-    ("CREATE STREAM s AS SELECT * FROM t WINDOW SESSION(▸ts)", "expected a session gap such as 1m, 30s or INTERVAL '1' MINUTE, found 'ts'"),
+    ("CREATE STREAM s AS SELECT * FROM t WINDOW TUMBLING(▸INTERVAL '1' MONTH)", f"{WINDOW_SIZE}, found \"INTERVAL '1' MONTH\""),
+    ("CREATE STREAM s AS SELECT * FROM t WINDOW TUMBLING(▸0s)", "a window size must be greater than zero, found '0s'"),
+    ("CREATE STREAM s AS SELECT * FROM t WINDOW SLIDING(1m, ▸0)", "a window advance must be greater than zero, found '0'"),
+    ("CREATE STREAM s AS SELECT * FROM t WINDOW TUMBLING(▸'10 lightyears')", f"{WINDOW_SIZE}, found \"'10 lightyears'\""),
+    ("CREATE STREAM s AS SELECT * FROM t WINDOW SESSION(▸ts)", f"expected a session gap such as {DURATIONS}, found 'ts'"),
     ("CREATE STREAM s AS SELECT * FROM t\n  WINDOW ▸HOPPINGX(1m)", "unknown window kind: expected TUMBLING, SLIDING, HOPPING or SESSION, found 'HOPPINGX'"),
     ("CREATE STREAM s AS SELECT * FROM t WINDOW SLIDING(1m▸)", "expected ',' and the advance after the size of a SLIDING window, found ')'"),
-    ("CREATE STREAM s AS SELECT * FROM t WINDOW SLIDING(1m, ▸x)", "expected the window advance such as 1m, 30s or INTERVAL '1' MINUTE, found 'x'"),
+    ("CREATE STREAM s AS SELECT * FROM t WINDOW SLIDING(1m, ▸x)", f"expected a window advance such as {DURATIONS}, found 'x'"),
     ("CREATE STREAM s AS SELECT * FROM t WINDOW TUMBLING(1▸m", "expected ')' to close WINDOW TUMBLING(…), found the end of the statement"),
     ("CREATE STREAM s AS SELECT * FROM t WINDOW TUMBLING(1m▸, 2m)", "expected ')' to close WINDOW TUMBLING(…), found ','"),
     ("CREATE STREAM s\n▸SELECT * FROM t", "expected AS after CREATE STREAM s, found 'SELECT'"),
@@ -558,7 +561,8 @@ def test_error_message_example_from_the_docs():
     with pytest.raises(SqlError) as raised:
         parse_script(script, "app.sql")
     assert str(raised.value) == (
-        "app.sql:12:8: expected a window size such as 1m, 30s or INTERVAL '1' MINUTE, found 'foo'"
+        "app.sql:12:8: expected a window size such as 1m, 30s, 500ms, '10 minutes' or INTERVAL '1' MINUTE, "
+        "found 'foo'"
     )
 
 
