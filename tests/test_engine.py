@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import duckdb
 import pyarrow as pa
 import pytest
 
@@ -370,3 +371,34 @@ def test_reader_queue_is_bounded_by_rows_not_items():
     assert [q.get(timeout=0).num_rows for _ in range(10)] == [10] * 10
     with pytest.raises(queue.Empty):
         q.get(timeout=0)
+
+
+def test_a_zero_session_gap_keeps_rows_of_one_time_together_across_micro_batches(engine):
+    # With no lateness the second ('A', 1s) row arrives when the watermark is already at 1s: it is
+    # not late, so the session of that instant must still be open for it.
+    rows = [
+        ("A", 1, 0),
+        ("A", 2, 0),
+        ("A", 3, 1),
+        ("B", 4, 1),
+        ("A", 5, 1),
+        ("A", 6, 3),
+        ("B", 7, 3),
+        ("A", 8, 10),
+    ]
+    for i in range(0, len(rows), 2):
+        engine.push("tr", trades(rows[i : i + 2]))
+    engine.close_source("tr")
+    engine.execute(
+        "CREATE STREAM sz AS SELECT symbol, _window_start AS ws, _window_end AS we, count(*) AS n, "
+        "sum(price) AS total FROM tr GROUP BY symbol WINDOW SESSION(ts, 0s) EMIT FINAL "
+        "WITH (max_batch_size = 2)"
+    ).wait(60)
+    got = sorted(engine.sql("SELECT * FROM sz").fetchall())
+    batch = duckdb.connect()
+    batch.register("tr", trades(rows))
+    want = sorted(
+        batch.sql("SELECT symbol, ts, ts, count(*), sum(price) FROM tr GROUP BY symbol, ts").fetchall()
+    )
+    assert len(want) == 6
+    assert got == want

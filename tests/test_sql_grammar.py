@@ -53,6 +53,8 @@ WINDOWS = [
     ("SESSION(30s)", WindowSpec("session", 30 * S)),
     ("SESSION(ts, INTERVAL '5' MINUTE)", WindowSpec("session", 5 * MIN, None, "ts")),
     ("SESSION(user_ts, 10)", WindowSpec("session", 10 * S, None, "user_ts")),
+    ("SESSION(ts, 0s)", WindowSpec("session", 0, None, "ts")),
+    ("SESSION(ts, INTERVAL '0' SECOND)", WindowSpec("session", 0, None, "ts")),
 ]
 
 

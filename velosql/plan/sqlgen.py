@@ -318,12 +318,13 @@ def _sessionize(rel: str, keys, window: WindowSpec) -> str:
     """Rows of ``rel`` with their session bounds ``_window_start``/``_window_end`` (and µs forms).
 
     A new session starts when the gap to the previous row of the same key is at least the session
-    gap; a session ends ``gap`` after its last row.
+    gap; a session ends ``gap`` after its last row. A zero gap is read as the smallest one, 1 µs,
+    for the split: a session then holds the rows of one event time, and ends at that time.
     """
     part = f"PARTITION BY {', '.join(_sql(k) for k in keys)} " if keys else ""
     gap = window.size_us
     brk = (
-        f"SELECT *, CASE WHEN {W.ET} - lag({W.ET}) OVER ({part}ORDER BY {W.ET}, {SEQ}) >= {gap} "
+        f"SELECT *, CASE WHEN {W.ET} - lag({W.ET}) OVER ({part}ORDER BY {W.ET}, {SEQ}) >= {max(gap, 1)} "
         f"THEN 1 ELSE 0 END AS __brk FROM {rel}"
     )
     sid = f"SELECT *, sum(__brk) OVER ({part}ORDER BY {W.ET}, {SEQ} ROWS UNBOUNDED PRECEDING) AS __sid FROM ({brk})"
@@ -579,14 +580,15 @@ def _session_sql(q: Query, window: WindowSpec, late: str) -> ShapeSQL:
     sessions = _sessionize("__sbuf", keys, window)
     group = ", ".join([*q.key_sql, "__ss", "__se"])
     items = ", ".join(q.items)
-    emit = f"SELECT {items} FROM ({sessions}) WHERE __se <= $WM GROUP BY {group}"
+    # A session closes once the watermark reaches its end: no row that is not late can join it.
+    # With a zero gap it ends at its last row, and a row of that very time is not late yet.
+    closed = "__se <= $WM" if window.size_us else "__se < $WM"
+    emit = f"SELECT {items} FROM ({sessions}) WHERE {closed} GROUP BY {group}"
     if q.having_sql:
         emit += f" HAVING {q.having_sql}"
     if q.order_sql:
         emit += f" {q.order_sql}"
-    keep = (
-        f"SELECT * EXCLUDE (__ss, __se, __sid, _window_start, _window_end) FROM ({sessions}) WHERE __se > $WM"
-    )
+    keep = f"SELECT * EXCLUDE (__ss, __se, __sid, _window_start, _window_end) FROM ({sessions}) WHERE NOT ({closed})"
     return ShapeSQL(
         late=late, buffer_insert=insert, session_emit=emit, session_keep=keep, reference=q.project_sql
     )

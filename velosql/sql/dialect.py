@@ -247,7 +247,7 @@ class Velosql(DuckDB):
                     self._retreat(index)
 
             what = "session gap" if kind == "SESSION" else "window size"
-            size = self._parse_duration(what)
+            size = self._parse_duration(what, zero=kind == "SESSION")
             advance = None
             if kind in ("SLIDING", "HOPPING"):
                 if not self._match(TokenType.COMMA):
