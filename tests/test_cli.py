@@ -113,6 +113,20 @@ def test_piped_run_prints_one_summary_line_per_job(tmp_path, app):
     ]
 
 
+def test_a_script_starting_with_a_bom_runs(tmp_path, app):
+    app.write_text("\ufeff" + doubled(), encoding="utf-8")
+    result = velosql(tmp_path, "run", "app.sql")
+    assert result.returncode == 0, result.stderr
+    assert rows(tmp_path / "out.csv") == ["id,v2", "1,20", "2,40", "3,80"]
+
+
+def test_a_bom_does_not_move_the_place_of_an_error(tmp_path, app):
+    app.write_text("\ufeff" + doubled().replace("v * 2", "v *"), encoding="utf-8")
+    result = velosql(tmp_path, "run", "app.sql")
+    assert_clean_error(result, 2, "app.sql:2:")
+    assert re.search(r"app\.sql:2:\d+: ", result.stderr).group() == "app.sql:2:16: "
+
+
 def test_relative_paths_resolve_against_the_working_directory(tmp_path, app):
     (tmp_path / "apps").mkdir()
     app.rename(tmp_path / "apps" / "app.sql")

@@ -402,3 +402,10 @@ def test_a_zero_session_gap_keeps_rows_of_one_time_together_across_micro_batches
     )
     assert len(want) == 6
     assert got == want
+
+
+def test_execute_runs_a_script_starting_with_a_bom(engine):
+    engine.push("tr", trades([("A", 1, 0), ("B", 2, 1)]))
+    engine.close_source("tr")
+    engine.execute("\ufeffCREATE STREAM bom AS SELECT symbol, price * 2 AS p2 FROM tr EMIT CHANGES").wait(60)
+    assert sorted(engine.sql("SELECT * FROM bom").fetchall()) == [("A", 2.0), ("B", 4.0)]

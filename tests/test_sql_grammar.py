@@ -658,3 +658,21 @@ def test_trades_job():
         "_window_start, _window_end FROM trades GROUP BY symbol"
     )
     assert statement.text == TRADES.rstrip(";")
+
+
+# ---- a UTF-8 byte-order mark ---------------------------------------------------------------------
+def test_a_script_starting_with_a_bom_parses():
+    first, second = parse_script("\ufeffCREATE STREAM s AS SELECT * FROM t EMIT CHANGES;\nSELECT 1")
+    assert isinstance(first, CreateStream)
+    assert (first.text, first.location) == (
+        "CREATE STREAM s AS SELECT * FROM t EMIT CHANGES",
+        Location(None, 1, 1),
+    )
+    assert (second.text, second.location) == ("SELECT 1", Location(None, 2, 1))
+
+
+@pytest.mark.parametrize("bom", ["", "\ufeff"])
+def test_a_bom_does_not_move_error_locations(bom):
+    with pytest.raises(SqlError) as raised:
+        parse_script(f"{bom}CREATE STREAM s AS SELECT * FROM t EMIT SOMETIMES", "app.sql")
+    assert str(raised.value) == "app.sql:1:41: expected CHANGES or FINAL after EMIT, found 'SOMETIMES'"

@@ -67,8 +67,10 @@ def parse_one(text: str, file: str | None = None) -> Statement:
 
 class _Script:
     def __init__(self, text: str, file: str | None) -> None:
-        self.text, self.file = text, file
-        self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+        # A byte-order mark (Windows editors save UTF-8 with one) is not part of the first
+        # statement; columns count from the character after it, as editors show them.
+        self.text, self.file = text.removeprefix("\ufeff"), file
+        self._line_starts = [0] + [m.end() for m in re.finditer("\n", self.text)]
         self.tokens = self._tokenize()
 
     def location(self, offset: int) -> Location:
