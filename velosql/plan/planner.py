@@ -21,6 +21,7 @@ from sqlglot import exp
 from .. import options as opts
 from ..config import JobProcessorConfig, processor_from_statement
 from ..errors import ConfigError, Location, OptionError, SqlError
+from ..sql.deep import deep_call
 from ..sql.statements import CreateStream, WindowSpec
 from . import sqlgen
 from .aggregates import AggSpec
@@ -99,6 +100,10 @@ class StreamPlan:
 
 def plan(stmt: CreateStream) -> StreamPlan:
     """Validate ``stmt`` and build its plan; raises SqlError/OptionError naming file:line:col."""
+    return deep_call(_plan, stmt, where=stmt.location)
+
+
+def _plan(stmt: CreateStream) -> StreamPlan:
     select = stmt.select
     loc = stmt.location
     if select is None or not isinstance(select, exp.Select):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from sqlglot import exp
 
 from ..errors import Location, SqlError
+from ..sql.deep import deep_call
 from ..sql.statements import WindowSpec
 from . import windows as W
 from .aggregates import SEQ, AggSpec, aggregate_name, decompose, is_aggregate
@@ -617,8 +618,8 @@ def referenced_columns(statements: str | tuple[str, ...]) -> frozenset[str] | No
     names: set[str] = set()
     for sql in (statements,) if isinstance(statements, str) else statements:
         try:
-            tree = exp.maybe_parse(sql, dialect="duckdb")
-        except SqlglotError:  # DuckDB runs it as it is: every column may be read
+            tree = deep_call(exp.maybe_parse, sql, dialect="duckdb", where=None)
+        except (SqlglotError, SqlError):  # DuckDB runs it as it is: every column may be read
             return None
         tables = {n.lower() for t in tree.find_all(exp.Table) for n in (t.name, t.alias) if n}
         for node in tree.walk():

@@ -24,6 +24,7 @@ from sqlglot.errors import ErrorLevel, ParseError, TokenError
 from sqlglot.tokens import Token, TokenType
 
 from ..errors import Location, SqlError
+from .deep import deep_call
 from .dialect import WINDOW_KINDS, KeyColumn, StreamingCreate, StreamWindow, Velosql, interval_us
 from .statements import (
     CreateStream,
@@ -147,6 +148,10 @@ class _Script:
 
     # ---- CREATE STREAM ----------------------------------------------------------------------------
     def _create_stream(self, tokens: list[Token], annotations: dict[str, str]) -> CreateStream:
+        where = self.location(tokens[0].start)
+        return deep_call(self._parse_create_stream, tokens, annotations, where=where)
+
+    def _parse_create_stream(self, tokens: list[Token], annotations: dict[str, str]) -> CreateStream:
         tree = self._parse(tokens)
         if not isinstance(tree, StreamingCreate):
             raise SqlError(
