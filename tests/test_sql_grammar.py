@@ -554,6 +554,47 @@ def test_error_message_and_location(bad, message):
     assert str(raised.value).startswith(f"{where}: {message}")
 
 
+# Typos: the grammar fails after them (GROUPBY is read as an alias); the message names the typo.
+W = "EMIT CHANGES WITH ('t.type' = 'python')"
+TYPOS = [
+    (f"CREATE STREAM s AS SELECT k, COUNT(*) FROM t\n▸GROUPBY k {W}", "GROUPBY is not a keyword: did you mean GROUP BY?"),
+    (f"CREATE STREAM s AS SELECT k FROM t WHERE k > 1 ▸ORDERBY k {W}", "ORDERBY is not a keyword: did you mean ORDER BY?"),
+    (f"CREATE STREAM s AS SELECT k FROM t ▸PARTITIONBY k {W}", "PARTITIONBY is not a keyword: did you mean PARTITION BY?"),
+    (f"CREATE STREAM s AS SELECT k, COUNT(*) FROM t ▸GROUP k {W}", "GROUP must be followed by BY: did you mean GROUP BY?"),
+    (f"CREATE STREAM s AS SELECT k FROM t GROUP BY k ▸order k {W}", "order must be followed by BY: did you mean ORDER BY?"),
+    (f"CREATE STREAM s AS SELECT k ▸FORM t {W}", "FORM is not a keyword: did you mean FROM?"),
+    (f"CREATE STREAM s AS SELECT k FROM t ▸WERE k > 1 {W}", "WERE is not a keyword: did you mean WHERE?"),
+    (f"CREATE STREAM s AS SELECT k, COUNT(*) FROM t GROUP BY k ▸HAVNG COUNT(*) > 1 {W}", "HAVNG is not a keyword: did you mean HAVING?"),
+    (f"CREATE STREAM s AS SELECT k FROM t ▸LIMT 5 {W}", "LIMT is not a keyword: did you mean LIMIT?"),
+    (f"CREATE STREAM s AS SELECT k FROM t ▸JION u ON t.k = u.k {W}", "JION is not a keyword: did you mean JOIN?"),
+    ("CREATE STREAM s AS SELECT k FROM t ▸EMITS CHANGES", "EMITS is not a keyword: did you mean EMIT?"),
+    ("CREATE STREAM s AS SELECT k FROM t EMIT CHANGES ▸WIHT ('t.type' = 'python')", "WIHT is not a keyword: did you mean WITH?"),
+    (f"CREATE STREAM s AS SELECT symbol ▸COUNT(*) FROM t GROUP BY symbol {W}", "missing comma between select items? COUNT(…) follows 'symbol'"),
+    (f"CREATE STREAM s AS SELECT a b ▸c FROM t {W}", "missing comma between select items? 'c' follows 'a b'"),
+    (f"CREATE STREAM s AS SELECT a,\n  upper(b) AS ub ▸c FROM t {W}", "missing comma between select items? 'c' follows 'upper(b) AS ub'"),
+    (f"CREATE STREAM s AS SELECT k, COUNT(*) n ▸total FROM t GROUP BY k {W}", "missing comma between select items? 'total' follows 'COUNT(*) n'"),
+    (f"CREATE STREAM s AS SELECT k, SUM(v ▸FROM t GROUP BY k {W}", "expected ')', found 'FROM'"),
+    (f"CREATE STREAM s AS SELECT k FROM t t1 ▸t2 {W}", "expected EMIT, WITH (…) or the end of the statement, found 't2'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("bad", "message"), TYPOS)
+def test_a_typo_says_what_is_wrong_where(bad, message):
+    test_error_message_and_location(bad, message)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE STREAM s AS SELECT k AS form, v limt, v AS groupby FROM t EMIT CHANGES",
+        "CREATE STREAM s AS SELECT k, COUNT(*) total FROM t GROUP BY k EMIT CHANGES",
+        "CREATE STREAM s AS SELECT k FROM t AS were WHERE were.k > 1 EMIT CHANGES",
+    ],
+)
+def test_words_like_keywords_are_still_names(sql):
+    assert isinstance(parse_one(sql), CreateStream)
+
+
 def test_error_message_example_from_the_docs():
     script = (
         "-- app\n" * 4

@@ -26,6 +26,7 @@ from sqlglot.tokens import Token, TokenType
 from ..errors import Location, SqlError
 from .deep import deep_call
 from .dialect import WINDOW_KINDS, KeyColumn, StreamingCreate, StreamWindow, Velosql, interval_us
+from .hints import diagnose
 from .statements import (
     CreateStream,
     Describe,
@@ -220,13 +221,20 @@ class _Script:
         detail = error.errors[0] if error.errors else {}
         message = detail.get("description") or str(error)
         # ParseError points at a token's last character; report where the token starts instead.
-        ends = {(t.line, t.col): t for t in tokens}
-        token = ends.get((detail.get("line"), detail.get("col")))
+        ends = {(t.line, t.col): i for i, t in enumerate(tokens)}
+        index = ends.get((detail.get("line"), detail.get("col")))
+        token = tokens[index] if index is not None else None
+        # sqlglot's own messages, and ours for tokens left over after the query, only say what
+        # was expected where a typo stopped the grammar: look around for the typo itself.
+        generic = "found" not in message or _LEFT_OVER in message
         if "found" not in message:
             for pattern, replacement in _GENERIC:
                 message = re.sub(pattern, replacement, message)
             found = f"found {token.text!r}" if token else "found the end of the statement"
             message = f"{message}, {found}"
+        hint = diagnose(tokens, len(tokens) if index is None else index, self.text) if generic else None
+        if hint is not None:
+            message, token = hint
         where = self.location(token.start) if token else Location(self.file, detail.get("line", 1), 1)
         return SqlError(message, where)
 
@@ -243,6 +251,7 @@ class _Script:
         )
 
 
+_LEFT_OVER = "or the end of the statement, found"  # the dialect's message for tokens after the query
 # sqlglot's own messages, reworded in the style of ours (", found …" is appended).
 _GENERIC = (
     (r"^Expecting (.*)$", r"expected '\1'"),
