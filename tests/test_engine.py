@@ -409,3 +409,39 @@ def test_execute_runs_a_script_starting_with_a_bom(engine):
     engine.close_source("tr")
     engine.execute("\ufeffCREATE STREAM bom AS SELECT symbol, price * 2 AS p2 FROM tr EMIT CHANGES").wait(60)
     assert sorted(engine.sql("SELECT * FROM bom").fetchall()) == [("A", 2.0), ("B", 4.0)]
+
+
+# ---- DuckDB's errors: its hint kept, the place as the user wrote it -----------------------------
+# "▸" marks the place the error must name; the statement starts on line 3, column 3 of app.sql.
+BINDER_ERRORS = [
+    (
+        "CREATE STREAM s AS\nSELECT symbol,\n       SUM(▸prize) AS total\nFROM trades GROUP BY symbol",
+        'Binder Error: Referenced column "prize" not found in FROM clause! Candidate bindings: "price"',
+    ),
+    (
+        "CREATE STREAM s AS SELECT symbol FROM trades WHERE ▸qtty > 1",
+        'Binder Error: Referenced column "qtty" not found in FROM clause! Candidate bindings: "qty"',
+    ),
+    (
+        "CREATE STREAM s AS SELECT ▸nosuch(price) FROM trades",
+        'Catalog Error: Scalar Function with name nosuch does not exist! Did you mean "',
+    ),
+]
+
+
+@pytest.mark.parametrize(("statement", "message"), BINDER_ERRORS)
+def test_a_binder_error_keeps_duckdbs_hint_and_points_at_the_column(engine, statement, message):
+    engine.sql("CREATE TABLE trades AS SELECT 'A' AS symbol, 1.5 AS price, 3 AS qty")
+    script = "SELECT 1;\n\n  " + statement + " EMIT CHANGES WITH ('trades.type' = 'table')"
+    before = script[: script.index("▸")]
+    where = f"app.sql:{before.count(chr(10)) + 1}:{len(before) - before.rfind(chr(10))}"
+    with pytest.raises(SqlError) as raised:
+        engine.execute(script.replace("▸", ""), file="app.sql")
+    assert str(raised.value).startswith(f"{where}: {message}")
+    assert "__" not in str(raised.value)  # no name velosql made up
+
+
+def test_a_duckdb_error_in_plain_sql_points_at_its_place(engine):
+    with pytest.raises(SqlError) as raised:
+        engine.execute("SELECT 1;\n  SELECT a\n  FORM range(3) t", file="app.sql")
+    assert str(raised.value) == 'app.sql:3:8: Parser Error: syntax error at or near "range"'

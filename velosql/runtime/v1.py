@@ -33,6 +33,7 @@ from ..connectors.base import (
 from ..errors import DataError, JobError, SqlError
 from ..plan import windows as W
 from ..plan.sqlgen import referenced_columns
+from ..sql.duckdb_errors import duckdb_error, duckdb_message
 from . import pushdown, running
 from .arrow_partials import ArrowPartials
 from .watermark import NEG_INF, WatermarkTracker, any_late, event_time_us, without_null_time
@@ -182,7 +183,7 @@ class V1Executor:
         try:
             return self.con.sql(sql)
         except duckdb.Error as exc:
-            raise SqlError(f"{_first_line(exc)}", self.plan.location) from None
+            raise duckdb_error(exc, self.plan.text, self.plan.location) from None
 
     # ---- per-batch preparation ------------------------------------------------------------------
 
@@ -349,7 +350,7 @@ class V1Executor:
         try:
             result = self.scan.run(self.job.stop_event, progress)
         except duckdb.Error as exc:
-            raise JobError(f"job {self.plan.name!r}: {_first_line(exc)}") from None
+            raise JobError(f"job {self.plan.name!r}: {duckdb_message(exc)}") from None
         if result is not None:  # a stopped scan leaves nothing, its bad records included
             for location, error, raw in self.scan.rejects():
                 self._reject(location, error, raw)
@@ -390,7 +391,7 @@ class V1Executor:
         try:
             self._step(table)
         except duckdb.Error as exc:
-            raise JobError(f"job {self.plan.name!r}: {_first_line(exc)}") from None
+            raise JobError(f"job {self.plan.name!r}: {duckdb_message(exc)}") from None
         if self.plan.windowed:
             self.metrics.watermark = self.tracker.watermark
             self._after_watermark(self.tracker.watermark)
@@ -559,7 +560,7 @@ class V1Executor:
         try:
             self._write(self.con.sql(sql).to_arrow_table())
         except duckdb.Error as exc:
-            raise JobError(f"job {self.plan.name!r}: {_first_line(exc)}") from None
+            raise JobError(f"job {self.plan.name!r}: {duckdb_message(exc)}") from None
 
     def _as_output(self, out: pa.Table) -> pa.Table:
         """``out`` with the output's column names and types."""
@@ -658,8 +659,3 @@ def _next_window_end(window, wm: int) -> int:
     """The earliest end after ``wm`` a window can have (ends are ``size`` past a multiple of the step)."""
     step = window.size_us if window.kind == "tumbling" else window.advance_us
     return ((wm - window.size_us) // step + 1) * step + window.size_us
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
