@@ -574,6 +574,9 @@ TYPOS = [
     (f"CREATE STREAM s AS SELECT a,\n  upper(b) AS ub ▸c FROM t {W}", "missing comma between select items? 'c' follows 'upper(b) AS ub'"),
     (f"CREATE STREAM s AS SELECT k, COUNT(*) n ▸total FROM t GROUP BY k {W}", "missing comma between select items? 'total' follows 'COUNT(*) n'"),
     (f"CREATE STREAM s AS SELECT k, SUM(v ▸FROM t GROUP BY k {W}", "expected ')', found 'FROM'"),
+    (f"CREATE STREAM s AS SELECT v * ▸AS v2 FROM t {W}", "expected an expression after '*', found 'AS'"),
+    (f"CREATE STREAM s AS SELECT v FROM t WHERE v > 1 AND ▸{W}", "expected an expression after AND, found 'EMIT'"),
+    ("CREATE STREAM s AS SELECT v FROM t where ▸EMIT CHANGES", "expected an expression after WHERE, found 'EMIT'"),
     (f"CREATE STREAM s AS SELECT k FROM t t1 ▸t2 {W}", "expected EMIT, WITH (…) or the end of the statement, found 't2'"),
 ]  # fmt: skip
 

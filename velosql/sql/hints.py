@@ -8,7 +8,8 @@ usual causes, in this order, and names the token to blame:
 * a keyword written as one word (``GROUPBY``, ``ORDERBY``, ``PARTITIONBY``);
 * ``GROUP`` or ``ORDER`` without ``BY``;
 * a misspelt clause keyword in a clause's place (``WERE``, ``FORM``, ``HAVNG``, ``LIMT``, ``JION``);
-* a missing comma between two items of the outermost select list.
+* a missing comma between two items of the outermost select list;
+* an operator or clause left without its operand before ``EMIT`` (``WHERE EMIT CHANGES``).
 
 Anything else keeps the parser's own message.
 """
@@ -56,7 +57,18 @@ def diagnose(tokens: list[Token], index: int, text: str) -> tuple[str, Token] | 
             match = difflib.get_close_matches(word, CLAUSES, n=1, cutoff=0.75)
             if match:
                 return f"{tokens[i].text} is not a keyword: did you mean {CLAUSES[match[0]]}?", tokens[i]
-    return _missing_comma(tokens, index, text)
+    return _emit_as_operand(tokens, index) or _missing_comma(tokens, index, text)
+
+
+def _emit_as_operand(tokens: list[Token], index: int) -> tuple[str, Token] | None:
+    """``WHERE EMIT CHANGES``: the condition is missing, and EMIT was read as a column."""
+    if not 2 <= index < len(tokens) or _word(tokens[index - 1]) != "EMIT":
+        return None
+    if _word(tokens[index]) not in ("CHANGES", "FINAL") or tokens[index - 2].token_type in _ENDS:
+        return None
+    before = tokens[index - 2].text
+    shown = before.upper() if before.isalpha() else repr(before)
+    return f"expected an expression after {shown}, found 'EMIT'", tokens[index - 1]
 
 
 def _word(token: Token) -> str | None:

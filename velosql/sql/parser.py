@@ -256,9 +256,22 @@ _LEFT_OVER = "or the end of the statement, found"  # the dialect's message for t
 _GENERIC = (
     (r"^Expecting (.*)$", r"expected '\1'"),
     (r"^Invalid expression / Unexpected token$", "unexpected token"),
-    (r"^Required keyword: '\w+' missing for <class '[\w.]*\.(\w+)'>$", r"incomplete \1"),
+    (r"^Required keyword: '\w+' missing for <class '[\w.]*\.(\w+)'>$", lambda m: _incomplete(m.group(1))),
     (r"^Expected (.*?) but got <Token .*>$", r"expected \1"),
 )
+# Operators whose right-hand side is missing, as the user wrote them (sqlglot names their nodes).
+_OPERATORS = {"Add": "+", "Sub": "-", "Mul": "*", "Div": "/", "IntDiv": "//", "Mod": "%", "Pow": "^",
+              "DPipe": "||", "EQ": "=", "NEQ": "<>", "GT": ">", "GTE": ">=", "LT": "<", "LTE": "<=",
+              "And": "AND", "Or": "OR", "Like": "LIKE", "ILike": "ILIKE"}  # fmt: skip
+
+
+def _incomplete(node: str) -> str:
+    if node not in _OPERATORS:
+        return f"incomplete {node}"
+    op = _OPERATORS[node]
+    return f"expected an expression after {op if op.isalpha() else repr(op)}"
+
+
 _UNTERMINATED = (("'", "string"), ('"', "quoted identifier"), ("/*", "comment"), ("$", "dollar-quoted string"),
                  ("E'", "string"))  # fmt: skip
 
