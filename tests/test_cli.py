@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pytest
 from terminal import read_pty, start_on_pty
 
@@ -111,6 +112,41 @@ def test_piped_run_prints_one_summary_line_per_job(tmp_path, app):
         ("hello_world", "Finished", "3", "3", "0", "0"),
         ("second", "Finished", "3", "3", "0", "0"),
     ]
+
+
+def test_a_script_starting_with_a_bom_runs(tmp_path, app):
+    app.write_text("\ufeff" + doubled(), encoding="utf-8")
+    result = velosql(tmp_path, "run", "app.sql")
+    assert result.returncode == 0, result.stderr
+    assert rows(tmp_path / "out.csv") == ["id,v2", "1,20", "2,40", "3,80"]
+
+
+def test_a_bom_does_not_move_the_place_of_an_error(tmp_path, app):
+    app.write_text("\ufeff" + doubled().replace("v * 2", "v *"), encoding="utf-8")
+    result = velosql(tmp_path, "run", "app.sql")
+    assert_clean_error(result, 2, "app.sql:2:")
+    assert re.search(r"app\.sql:2:\d+: ", result.stderr).group() == "app.sql:2:16: "
+
+
+def test_a_deeply_nested_expression_runs_end_to_end(tmp_path):
+    # 499 levels of (x + 1) is the deepest DuckDB accepts (it counts each as two); CASE adds more.
+    paren = "x"
+    for _ in range(499):
+        paren = f"({paren} + 1)"
+    case = "x"
+    for i in range(250):
+        case = f"CASE WHEN x > {i % 7} THEN {case} ELSE -1 END"
+    (tmp_path / "in.csv").write_text("id,x\n" + "".join(f"{i},{i * 7 % 300}\n" for i in range(50)))
+    query = f"SELECT id, {paren} AS p, {case} AS c FROM src WHERE {paren} > 520"
+    (tmp_path / "app.sql").write_text(
+        f"CREATE STREAM deep AS\n{query}\nEMIT CHANGES\nWITH ('src.type' = 'file_source', 'src.path' = 'in.csv',"
+        "\n      'deep.type' = 'file_sink', 'deep.path' = 'out.csv');\n"
+    )
+    result = velosql(tmp_path, "run", "app.sql")
+    assert result.returncode == 0, result.stderr
+    batch = duckdb.connect().sql(query.replace("FROM src", f"FROM '{tmp_path / 'in.csv'}'")).fetchall()
+    assert len(batch) > 10
+    assert rows(tmp_path / "out.csv") == ["id,p,c", *sorted(",".join(map(str, r)) for r in batch)]
 
 
 def test_relative_paths_resolve_against_the_working_directory(tmp_path, app):

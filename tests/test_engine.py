@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import duckdb
 import pyarrow as pa
 import pytest
 
@@ -210,7 +211,7 @@ def test_nothing_starts_when_a_later_statement_fails(engine):
         ("CREATE STREAM o AS SELECT v FROM t WITH (queue_threshold = 'many')", "expected an integer"),
         (
             "CREATE STREAM o AS SELECT v FROM t WITH ('watermark.max_out_of_orderness' = 'soon')",
-            "invalid duration",
+            "invalid value 'soon' for 'watermark.max_out_of_orderness': expected a duration such as",
         ),
         ("CREATE STREAM o AS SELECT v FROM t WITH (processor = 'v3')", "Unknown processor architecture"),
         ("CREATE STREAM o AS SELECT v FROM t WITH ('x.type' = 'file_source')", "names 'x', which is neither"),
@@ -370,3 +371,77 @@ def test_reader_queue_is_bounded_by_rows_not_items():
     assert [q.get(timeout=0).num_rows for _ in range(10)] == [10] * 10
     with pytest.raises(queue.Empty):
         q.get(timeout=0)
+
+
+def test_a_zero_session_gap_keeps_rows_of_one_time_together_across_micro_batches(engine):
+    # With no lateness the second ('A', 1s) row arrives when the watermark is already at 1s: it is
+    # not late, so the session of that instant must still be open for it.
+    rows = [
+        ("A", 1, 0),
+        ("A", 2, 0),
+        ("A", 3, 1),
+        ("B", 4, 1),
+        ("A", 5, 1),
+        ("A", 6, 3),
+        ("B", 7, 3),
+        ("A", 8, 10),
+    ]
+    for i in range(0, len(rows), 2):
+        engine.push("tr", trades(rows[i : i + 2]))
+    engine.close_source("tr")
+    engine.execute(
+        "CREATE STREAM sz AS SELECT symbol, _window_start AS ws, _window_end AS we, count(*) AS n, "
+        "sum(price) AS total FROM tr GROUP BY symbol WINDOW SESSION(ts, 0s) EMIT FINAL "
+        "WITH (max_batch_size = 2)"
+    ).wait(60)
+    got = sorted(engine.sql("SELECT * FROM sz").fetchall())
+    batch = duckdb.connect()
+    batch.register("tr", trades(rows))
+    want = sorted(
+        batch.sql("SELECT symbol, ts, ts, count(*), sum(price) FROM tr GROUP BY symbol, ts").fetchall()
+    )
+    assert len(want) == 6
+    assert got == want
+
+
+def test_execute_runs_a_script_starting_with_a_bom(engine):
+    engine.push("tr", trades([("A", 1, 0), ("B", 2, 1)]))
+    engine.close_source("tr")
+    engine.execute("\ufeffCREATE STREAM bom AS SELECT symbol, price * 2 AS p2 FROM tr EMIT CHANGES").wait(60)
+    assert sorted(engine.sql("SELECT * FROM bom").fetchall()) == [("A", 2.0), ("B", 4.0)]
+
+
+# ---- DuckDB's errors: its hint kept, the place as the user wrote it -----------------------------
+# "▸" marks the place the error must name; the statement starts on line 3, column 3 of app.sql.
+BINDER_ERRORS = [
+    (
+        "CREATE STREAM s AS\nSELECT symbol,\n       SUM(▸prize) AS total\nFROM trades GROUP BY symbol",
+        'Binder Error: Referenced column "prize" not found in FROM clause! Candidate bindings: "price"',
+    ),
+    (
+        "CREATE STREAM s AS SELECT symbol FROM trades WHERE ▸qtty > 1",
+        'Binder Error: Referenced column "qtty" not found in FROM clause! Candidate bindings: "qty"',
+    ),
+    (
+        "CREATE STREAM s AS SELECT ▸nosuch(price) FROM trades",
+        'Catalog Error: Scalar Function with name nosuch does not exist! Did you mean "',
+    ),
+]
+
+
+@pytest.mark.parametrize(("statement", "message"), BINDER_ERRORS)
+def test_a_binder_error_keeps_duckdbs_hint_and_points_at_the_column(engine, statement, message):
+    engine.sql("CREATE TABLE trades AS SELECT 'A' AS symbol, 1.5 AS price, 3 AS qty")
+    script = "SELECT 1;\n\n  " + statement + " EMIT CHANGES WITH ('trades.type' = 'table')"
+    before = script[: script.index("▸")]
+    where = f"app.sql:{before.count(chr(10)) + 1}:{len(before) - before.rfind(chr(10))}"
+    with pytest.raises(SqlError) as raised:
+        engine.execute(script.replace("▸", ""), file="app.sql")
+    assert str(raised.value).startswith(f"{where}: {message}")
+    assert "__" not in str(raised.value)  # no name velosql made up
+
+
+def test_a_duckdb_error_in_plain_sql_points_at_its_place(engine):
+    with pytest.raises(SqlError) as raised:
+        engine.execute("SELECT 1;\n  SELECT a\n  FORM range(3) t", file="app.sql")
+    assert str(raised.value) == 'app.sql:3:8: Parser Error: syntax error at or near "range"'

@@ -25,14 +25,15 @@ LATENESS_S = 30
 
 
 @st.composite
-def streams(draw, max_rows=60, shuffle=True):
-    """(arrival-ordered table, batch splits, micro-batch size) with disorder within the lateness."""
+def streams(draw, max_rows=60, shuffle=True, max_step=40):
+    """(arrival-ordered table, batch splits, micro-batch size) with disorder within the lateness;
+    consecutive event times are 0 to ``max_step`` seconds apart."""
     n = draw(st.integers(0, max_rows))
     keys = st.sampled_from(["a", "b", "c", "d", None])
     rows = []
     t = 0
     for _ in range(n):
-        t += draw(st.integers(0, 40))
+        t += draw(st.integers(0, max_step))
         rows.append(
             {
                 "k": draw(keys),
@@ -225,6 +226,17 @@ def test_session_windows(processor, data, gap):
             SELECT k, min(ts), max(ts) + INTERVAL '{gap} seconds', count(*), max(y) FROM s GROUP BY k, sid""",
         table,
     )  # fmt: skip
+    assert_rows_equal(got, want)
+
+
+@property_test(data=streams(max_step=2))
+def test_a_zero_session_gap_makes_a_session_of_each_event_time(processor, data):
+    table, splits, batch = data
+    got = streamed(
+        "CREATE STREAM o AS SELECT k, _window_start, _window_end, count(*) AS n, max(y) AS hi FROM t "
+        "GROUP BY k WINDOW SESSION(ts, 0s) EMIT FINAL", table, splits, batch, processor)  # fmt: skip
+    # Rows of one key and one event time are one session, which starts and ends at that time.
+    want = oracle("SELECT k, ts, ts, count(*), max(y) FROM t GROUP BY k, ts", table)
     assert_rows_equal(got, want)
 
 

@@ -53,6 +53,8 @@ WINDOWS = [
     ("SESSION(30s)", WindowSpec("session", 30 * S)),
     ("SESSION(ts, INTERVAL '5' MINUTE)", WindowSpec("session", 5 * MIN, None, "ts")),
     ("SESSION(user_ts, 10)", WindowSpec("session", 10 * S, None, "user_ts")),
+    ("SESSION(ts, 0s)", WindowSpec("session", 0, None, "ts")),
+    ("SESSION(ts, INTERVAL '0' SECOND)", WindowSpec("session", 0, None, "ts")),
 ]
 
 
@@ -495,16 +497,19 @@ SELECT 'not; a split' AS x;
 INSTALL httpfs;
 """
 
-WINDOW_SIZE = "expected a window size such as 1m, 30s or INTERVAL '1' MINUTE"
+DURATIONS = "1m, 30s, 500ms, '10 minutes' or INTERVAL '1' MINUTE"
+WINDOW_SIZE = f"expected a window size such as {DURATIONS}"
 ERRORS = [
     ("CREATE STREAM s AS\nSELECT * FROM t\nWINDOW TUMBLING(▸foo)", f"{WINDOW_SIZE}, found 'foo'"),
     ("CREATE STREAM s AS SELECT * FROM t WINDOW TUMBLING(ts, ▸)", f"{WINDOW_SIZE}, found ')'"),
-    ("CREATE STREAM s AS SELECT * FROM t WINDOW TUMBLING(▸INTERVAL '1' MONTH)", f"{WINDOW_SIZE}, found 'INTERVAL'"),
-    ("CREATE STREAM s AS SELECT * FROM t WINDOW TUMBLING(▸0s)", f"{WINDOW_SIZE}, found '0'"),
-    ("CREATE STREAM s AS SELECT * FROM t WINDOW SESSION(▸ts)", "expected a session gap such as 1m, 30s or INTERVAL '1' MINUTE, found 'ts'"),
+    ("CREATE STREAM s AS SELECT * FROM t WINDOW TUMBLING(▸INTERVAL '1' MONTH)", f"{WINDOW_SIZE}, found \"INTERVAL '1' MONTH\""),
+    ("CREATE STREAM s AS SELECT * FROM t WINDOW TUMBLING(▸0s)", "a window size must be greater than zero, found '0s'"),
+    ("CREATE STREAM s AS SELECT * FROM t WINDOW SLIDING(1m, ▸0)", "a window advance must be greater than zero, found '0'"),
+    ("CREATE STREAM s AS SELECT * FROM t WINDOW TUMBLING(▸'10 lightyears')", f"{WINDOW_SIZE}, found \"'10 lightyears'\""),
+    ("CREATE STREAM s AS SELECT * FROM t WINDOW SESSION(▸ts)", f"expected a session gap such as {DURATIONS}, found 'ts'"),
     ("CREATE STREAM s AS SELECT * FROM t\n  WINDOW ▸HOPPINGX(1m)", "unknown window kind: expected TUMBLING, SLIDING, HOPPING or SESSION, found 'HOPPINGX'"),
     ("CREATE STREAM s AS SELECT * FROM t WINDOW SLIDING(1m▸)", "expected ',' and the advance after the size of a SLIDING window, found ')'"),
-    ("CREATE STREAM s AS SELECT * FROM t WINDOW SLIDING(1m, ▸x)", "expected the window advance such as 1m, 30s or INTERVAL '1' MINUTE, found 'x'"),
+    ("CREATE STREAM s AS SELECT * FROM t WINDOW SLIDING(1m, ▸x)", f"expected a window advance such as {DURATIONS}, found 'x'"),
     ("CREATE STREAM s AS SELECT * FROM t WINDOW TUMBLING(1▸m", "expected ')' to close WINDOW TUMBLING(…), found the end of the statement"),
     ("CREATE STREAM s AS SELECT * FROM t WINDOW TUMBLING(1m▸, 2m)", "expected ')' to close WINDOW TUMBLING(…), found ','"),
     ("CREATE STREAM s\n▸SELECT * FROM t", "expected AS after CREATE STREAM s, found 'SELECT'"),
@@ -548,6 +553,50 @@ def test_error_message_and_location(bad, message):
     assert str(raised.value).startswith(f"{where}: {message}")
 
 
+# Typos: the grammar fails after them (GROUPBY is read as an alias); the message names the typo.
+W = "EMIT CHANGES WITH ('t.type' = 'python')"
+TYPOS = [
+    (f"CREATE STREAM s AS SELECT k, COUNT(*) FROM t\n▸GROUPBY k {W}", "GROUPBY is not a keyword: did you mean GROUP BY?"),
+    (f"CREATE STREAM s AS SELECT k FROM t WHERE k > 1 ▸ORDERBY k {W}", "ORDERBY is not a keyword: did you mean ORDER BY?"),
+    (f"CREATE STREAM s AS SELECT k FROM t ▸PARTITIONBY k {W}", "PARTITIONBY is not a keyword: did you mean PARTITION BY?"),
+    (f"CREATE STREAM s AS SELECT k, COUNT(*) FROM t ▸GROUP k {W}", "GROUP must be followed by BY: did you mean GROUP BY?"),
+    (f"CREATE STREAM s AS SELECT k FROM t GROUP BY k ▸order k {W}", "order must be followed by BY: did you mean ORDER BY?"),
+    (f"CREATE STREAM s AS SELECT k ▸FORM t {W}", "FORM is not a keyword: did you mean FROM?"),
+    (f"CREATE STREAM s AS SELECT k FROM t ▸WERE k > 1 {W}", "WERE is not a keyword: did you mean WHERE?"),
+    (f"CREATE STREAM s AS SELECT k, COUNT(*) FROM t GROUP BY k ▸HAVNG COUNT(*) > 1 {W}", "HAVNG is not a keyword: did you mean HAVING?"),
+    (f"CREATE STREAM s AS SELECT k FROM t ▸LIMT 5 {W}", "LIMT is not a keyword: did you mean LIMIT?"),
+    (f"CREATE STREAM s AS SELECT k FROM t ▸JION u ON t.k = u.k {W}", "JION is not a keyword: did you mean JOIN?"),
+    ("CREATE STREAM s AS SELECT k FROM t ▸EMITS CHANGES", "EMITS is not a keyword: did you mean EMIT?"),
+    ("CREATE STREAM s AS SELECT k FROM t EMIT CHANGES ▸WIHT ('t.type' = 'python')", "WIHT is not a keyword: did you mean WITH?"),
+    (f"CREATE STREAM s AS SELECT symbol ▸COUNT(*) FROM t GROUP BY symbol {W}", "missing comma between select items? COUNT(…) follows 'symbol'"),
+    (f"CREATE STREAM s AS SELECT a b ▸c FROM t {W}", "missing comma between select items? 'c' follows 'a b'"),
+    (f"CREATE STREAM s AS SELECT a,\n  upper(b) AS ub ▸c FROM t {W}", "missing comma between select items? 'c' follows 'upper(b) AS ub'"),
+    (f"CREATE STREAM s AS SELECT k, COUNT(*) n ▸total FROM t GROUP BY k {W}", "missing comma between select items? 'total' follows 'COUNT(*) n'"),
+    (f"CREATE STREAM s AS SELECT k, SUM(v ▸FROM t GROUP BY k {W}", "expected ')', found 'FROM'"),
+    (f"CREATE STREAM s AS SELECT v * ▸AS v2 FROM t {W}", "expected an expression after '*', found 'AS'"),
+    (f"CREATE STREAM s AS SELECT v FROM t WHERE v > 1 AND ▸{W}", "expected an expression after AND, found 'EMIT'"),
+    ("CREATE STREAM s AS SELECT v FROM t where ▸EMIT CHANGES", "expected an expression after WHERE, found 'EMIT'"),
+    (f"CREATE STREAM s AS SELECT k FROM t t1 ▸t2 {W}", "expected EMIT, WITH (…) or the end of the statement, found 't2'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("bad", "message"), TYPOS)
+def test_a_typo_says_what_is_wrong_where(bad, message):
+    test_error_message_and_location(bad, message)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE STREAM s AS SELECT k AS form, v limt, v AS groupby FROM t EMIT CHANGES",
+        "CREATE STREAM s AS SELECT k, COUNT(*) total FROM t GROUP BY k EMIT CHANGES",
+        "CREATE STREAM s AS SELECT k FROM t AS were WHERE were.k > 1 EMIT CHANGES",
+    ],
+)
+def test_words_like_keywords_are_still_names(sql):
+    assert isinstance(parse_one(sql), CreateStream)
+
+
 def test_error_message_example_from_the_docs():
     script = (
         "-- app\n" * 4
@@ -557,7 +606,8 @@ def test_error_message_example_from_the_docs():
     with pytest.raises(SqlError) as raised:
         parse_script(script, "app.sql")
     assert str(raised.value) == (
-        "app.sql:12:8: expected a window size such as 1m, 30s or INTERVAL '1' MINUTE, found 'foo'"
+        "app.sql:12:8: expected a window size such as 1m, 30s, 500ms, '10 minutes' or INTERVAL '1' MINUTE, "
+        "found 'foo'"
     )
 
 
@@ -651,3 +701,21 @@ def test_trades_job():
         "_window_start, _window_end FROM trades GROUP BY symbol"
     )
     assert statement.text == TRADES.rstrip(";")
+
+
+# ---- a UTF-8 byte-order mark ---------------------------------------------------------------------
+def test_a_script_starting_with_a_bom_parses():
+    first, second = parse_script("\ufeffCREATE STREAM s AS SELECT * FROM t EMIT CHANGES;\nSELECT 1")
+    assert isinstance(first, CreateStream)
+    assert (first.text, first.location) == (
+        "CREATE STREAM s AS SELECT * FROM t EMIT CHANGES",
+        Location(None, 1, 1),
+    )
+    assert (second.text, second.location) == ("SELECT 1", Location(None, 2, 1))
+
+
+@pytest.mark.parametrize("bom", ["", "\ufeff"])
+def test_a_bom_does_not_move_error_locations(bom):
+    with pytest.raises(SqlError) as raised:
+        parse_script(f"{bom}CREATE STREAM s AS SELECT * FROM t EMIT SOMETIMES", "app.sql")
+    assert str(raised.value) == "app.sql:1:41: expected CHANGES or FINAL after EMIT, found 'SOMETIMES'"

@@ -23,6 +23,7 @@ from .plan.planner import StreamPlan, plan
 from .runtime.job import FAILED, FINISHED, STOPPED, Job
 from .runtime.processor import JobProcessorFactory
 from .sql import parse_script
+from .sql.duckdb_errors import duckdb_error
 from .sql.statements import (
     CreateStream,
     Describe,
@@ -203,7 +204,7 @@ class Engine:
         try:
             return self.con.sql(text)
         except duckdb.Error as exc:
-            raise SqlError(str(exc).strip().splitlines()[0], stmt.location) from None
+            raise duckdb_error(exc, text, stmt.location, as_written=True) from None
 
     def _processor_for(self, p: StreamPlan) -> JobProcessorConfig:
         return resolve_processor(p.processor, cli=self.default_processor, config_path=self.config_path)

@@ -12,9 +12,9 @@ Keys come in two scopes:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from .durations import EXAMPLES, parse_duration
 from .errors import Location, OptionError
 
 SOURCE_TYPES = ("file_source", "file_source_mmap", "kafka_source", "python", "table")
@@ -32,7 +32,8 @@ class Option:
     """One WITH key: its scope, value kind, default and the text the docs show.
 
     ``kind`` is one of ``str``, ``int``, ``bool``, ``duration`` (a value such as ``'5s'``, ``'500ms'``,
-    ``'1m'``, ``'2h'`` or a bare number of seconds, parsed to integer microseconds) and ``enum``
+    ``'10 minutes'`` or a bare number of seconds, read by :func:`velosql.durations.parse_duration`
+    into integer microseconds) and ``enum``
     (one of ``choices``, compared case-insensitively). ``types`` restricts a source/sink option to the
     connector types that understand it (``None``: every type of its scope).
     """
@@ -293,27 +294,6 @@ _ALIASES = {"log_and_continue": "LogAndContinue", "send_to_dlq": "SendToDLQ",
             "fail_batch": "FailBatch", "retry_with_backoff": "RetryWithBackoff", "dlq": "SendToDLQ",
             "fail": "FailBatch"}  # fmt: skip
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d)?\s*$", re.IGNORECASE)
-_UNIT_US = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000,
-            "d": 86_400_000_000}  # fmt: skip
-
-
-def parse_duration(value: object) -> int:
-    """``'500ms'``, ``'30s'``, ``'1m'``, ``'2h'``, ``'1d'`` or a number of seconds → microseconds.
-
-    Raises ``ValueError`` with the allowed forms when the value is none of them.
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r}")
-    if isinstance(value, (int, float)):
-        return int(value * 1_000_000)
-    m = _DURATION.match(str(value))
-    if not m:
-        raise ValueError(
-            f"invalid duration {value!r}: expected a number with ms, s, m, h or d (e.g. '500ms', '5s')"
-        )
-    return int(float(m.group(1)) * _UNIT_US[(m.group(2) or "s").lower()])
-
 
 def find(scope: str, name: str) -> Option | None:
     """The option called ``name`` in ``scope``, or None."""
@@ -349,7 +329,10 @@ def convert(opt: Option, value: object, key: str, location: Location | None = No
                 return False
             raise ValueError
         if opt.kind == "duration":
-            return parse_duration(value)
+            try:
+                return parse_duration(value)
+            except ValueError:
+                raise ValueError(f"expected a duration such as {EXAMPLES}") from None
         if opt.kind == "enum":
             text = str(value).strip()
             for choice in opt.choices or ():

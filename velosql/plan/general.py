@@ -122,11 +122,11 @@ def _sessions(select, stream: str, found: Constructs, window: WindowSpec, loc: L
         on_time=on_time,
         close=(
             f"CREATE OR REPLACE TEMP TABLE __gsess AS SELECT *, dense_rank() OVER (ORDER BY {order}) AS __sn "
-            f"FROM ({sessions}) WHERE __se <= $WM ORDER BY __sn, __seq"
+            f"FROM ({sessions}) WHERE {W.session_closed(window)} ORDER BY __sn, __seq"
         ),
         keep=(
             "CREATE OR REPLACE TEMP TABLE __gbuf AS SELECT * EXCLUDE (__ss, __se, __sid, _window_start, "
-            f"_window_end) FROM ({sessions}) WHERE __se > $WM ORDER BY __seq"
+            f"_window_end) FROM ({sessions}) WHERE NOT ({W.session_closed(window)}) ORDER BY __seq"
         ),
     )
 

@@ -22,6 +22,7 @@ from sqlglot import exp
 from .. import options as opts
 from ..config import JobProcessorConfig, processor_from_statement
 from ..errors import ConfigError, Location, OptionError, SqlError
+from ..sql.deep import deep_call
 from ..sql.statements import CreateStream, WindowSpec
 from . import constructs, general, sqlgen
 from .aggregates import AggSpec, is_any_aggregate
@@ -103,6 +104,10 @@ class StreamPlan:
 
 def plan(stmt: CreateStream) -> StreamPlan:
     """Validate ``stmt`` and build its plan; raises SqlError/OptionError naming file:line:col."""
+    return deep_call(_plan, stmt, where=stmt.location)
+
+
+def _plan(stmt: CreateStream) -> StreamPlan:
     loc = stmt.location
     if stmt.select is None or not isinstance(stmt.select, (exp.Select, exp.SetOperation)):
         raise SqlError("expected SELECT after AS", loc)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from sqlglot import exp
 
 from ..errors import Location, SqlError
+from ..sql.deep import deep_call
 from ..sql.statements import WindowSpec
 from . import windows as W
 from .aggregates import SEQ, AggSpec, aggregate_name, decompose, in_arrival_order, is_aggregate
@@ -564,14 +565,13 @@ def _session_sql(q: Query, window: WindowSpec, late: str) -> ShapeSQL:
     sessions = _sessionize("__sbuf", keys, window)
     group = ", ".join([*q.key_sql, "__ss", "__se"])
     items = ", ".join(q.items)
-    emit = f"SELECT {items} FROM ({sessions}) WHERE __se <= $WM GROUP BY {group}"
+    closed = W.session_closed(window)
+    emit = f"SELECT {items} FROM ({sessions}) WHERE {closed} GROUP BY {group}"
     if q.having_sql:
         emit += f" HAVING {q.having_sql}"
     if q.order_sql:
         emit += f" {q.order_sql}"
-    keep = (
-        f"SELECT * EXCLUDE (__ss, __se, __sid, _window_start, _window_end) FROM ({sessions}) WHERE __se > $WM"
-    )
+    keep = f"SELECT * EXCLUDE (__ss, __se, __sid, _window_start, _window_end) FROM ({sessions}) WHERE NOT ({closed})"
     return ShapeSQL(
         late=late, buffer_insert=insert, session_emit=emit, session_keep=keep, reference=q.project_sql
     )
@@ -600,8 +600,8 @@ def referenced_columns(statements: str | tuple[str, ...]) -> frozenset[str] | No
     names: set[str] = set()
     for sql in (statements,) if isinstance(statements, str) else statements:
         try:
-            tree = exp.maybe_parse(sql, dialect="duckdb")
-        except SqlglotError:  # DuckDB runs it as it is: every column may be read
+            tree = deep_call(exp.maybe_parse, sql, dialect="duckdb", where=None)
+        except (SqlglotError, SqlError):  # DuckDB runs it as it is: every column may be read
             return None
         tables = {n.lower() for t in tree.find_all(exp.Table) for n in (t.name, t.alias) if n}
         for node in tree.walk():

@@ -111,11 +111,13 @@ def sessionize(rel: str, keys: list[str], gap: int) -> str:
     ``__se`` in microseconds and ``_window_start`` / ``_window_end`` as TIMESTAMPs.
 
     A new session starts when the gap to the previous row of the same key (by event time, then
-    arrival) is at least ``gap``; a session ends ``gap`` after its last row.
+    arrival) is at least ``gap``; a session ends ``gap`` after its last row. A zero gap is read
+    as the smallest one, 1 µs, for the split: a session then holds the rows of one event time,
+    and ends at that time.
     """
     part = f"PARTITION BY {', '.join(keys)} " if keys else ""
     brk = (
-        f"SELECT *, CASE WHEN {ET} - lag({ET}) OVER ({part}ORDER BY {ET}, __seq) >= {gap} "
+        f"SELECT *, CASE WHEN {ET} - lag({ET}) OVER ({part}ORDER BY {ET}, __seq) >= {max(gap, 1)} "
         f"THEN 1 ELSE 0 END AS __brk FROM {rel}"
     )
     sid = f"SELECT *, sum(__brk) OVER ({part}ORDER BY {ET}, __seq ROWS UNBOUNDED PRECEDING) AS __sid FROM ({brk})"
@@ -125,3 +127,10 @@ def sessionize(rel: str, keys: list[str], gap: int) -> str:
         f"make_timestamp(min({ET}) OVER ({spart})) AS _window_start, "
         f"make_timestamp(max({ET}) OVER ({spart}) + {gap}) AS _window_end FROM ({sid})"
     )
+
+
+def session_closed(w: WindowSpec) -> str:
+    """SQL true for a sessionized row whose session watermark ``$WM`` has closed: no row that is
+    not late can join it any more. With a zero gap a session ends at its last row, and a row of
+    that very time is not late yet."""
+    return "__se <= $WM" if w.size_us else "__se < $WM"

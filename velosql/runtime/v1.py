@@ -33,6 +33,7 @@ from ..connectors.base import (
 from ..errors import DataError, JobError, SqlError
 from ..plan import windows as W
 from ..plan.sqlgen import referenced_columns
+from ..sql.duckdb_errors import duckdb_error, duckdb_message
 from . import operators, pushdown, running
 from .arrow_partials import ArrowPartials
 from .watermark import NEG_INF, WatermarkTracker, any_late, event_time_us, without_null_time
@@ -129,7 +130,7 @@ class V1Executor:
                 try:
                     schema = self.operator.bind(self.con, empty)
                 except duckdb.Error as exc:
-                    raise SqlError(_first_line(exc), plan.location) from None
+                    raise duckdb_error(exc, plan.text, plan.location) from None
                 reference = None
             elif plan.shape == "aggregate":
                 self._exec(f"CREATE OR REPLACE TEMP TABLE __state AS {sql.partial} LIMIT 0")
@@ -191,7 +192,7 @@ class V1Executor:
         try:
             return self.con.sql(sql)
         except duckdb.Error as exc:
-            raise SqlError(f"{_first_line(exc)}", self.plan.location) from None
+            raise duckdb_error(exc, self.plan.text, self.plan.location) from None
 
     # ---- per-batch preparation ------------------------------------------------------------------
 
@@ -358,7 +359,7 @@ class V1Executor:
         try:
             result = self.scan.run(self.job.stop_event, progress)
         except duckdb.Error as exc:
-            raise JobError(f"job {self.plan.name!r}: {_first_line(exc)}") from None
+            raise JobError(f"job {self.plan.name!r}: {duckdb_message(exc)}") from None
         if result is not None:  # a stopped scan leaves nothing, its bad records included
             for location, error, raw in self.scan.rejects():
                 self._reject(location, error, raw)
@@ -399,7 +400,7 @@ class V1Executor:
         try:
             self._step(table)
         except duckdb.Error as exc:
-            raise JobError(f"job {self.plan.name!r}: {_first_line(exc)}") from None
+            raise JobError(f"job {self.plan.name!r}: {duckdb_message(exc)}") from None
         if self.plan.windowed:
             self.metrics.watermark = self.tracker.watermark
             self._after_watermark(self.tracker.watermark)
@@ -575,7 +576,7 @@ class V1Executor:
         try:
             self._write(self.con.sql(sql).to_arrow_table())
         except duckdb.Error as exc:
-            raise JobError(f"job {self.plan.name!r}: {_first_line(exc)}") from None
+            raise JobError(f"job {self.plan.name!r}: {duckdb_message(exc)}") from None
 
     def _as_output(self, out: pa.Table) -> pa.Table:
         """``out`` with the output's column names and types."""
@@ -587,7 +588,7 @@ class V1Executor:
         try:
             return step(arg)
         except duckdb.Error as exc:
-            raise JobError(f"job {self.plan.name!r}: {_first_line(exc)}") from None
+            raise JobError(f"job {self.plan.name!r}: {duckdb_message(exc)}") from None
 
     def _write_some(self, out: pa.Table | None) -> None:
         if out is not None:
@@ -669,8 +670,3 @@ class RowQueue:
             self.rows -= rows
             self.cond.notify_all()
             return item
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -985,7 +985,9 @@ def _key_columns(route_keys: str) -> list[str | None]:
     """Each key ``route_keys`` selects: its lower-cased name when it is a bare column, else None."""
     from sqlglot import exp
 
-    select = exp.maybe_parse(route_keys, dialect="duckdb")
+    from ..sql.deep import deep_call
+
+    select = deep_call(exp.maybe_parse, route_keys, dialect="duckdb", where=None)
     return [node.name.lower() if isinstance(node, exp.Column) else None for node in select.expressions]
 
 

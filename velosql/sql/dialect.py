@@ -10,10 +10,10 @@ Everything DuckDB's sqlglot dialect parses still parses; on top of it::
     [WITH ('key' = value, bare.key = value, …)]
 
 and ``OVER (ROWS WINDOW BUFFER n ROWS PARTITION BY … ORDER BY …)``, which becomes an ordinary
-``exp.Window`` whose ``meta["buffer_rows"]`` is n. Window sizes are written ``1m``, ``30s``,
-``500ms``, ``2h``, ``1d``, a bare number of seconds or an ``INTERVAL``; all of them parse to a
-canonical ``exp.Interval`` (``INTERVAL '1' MINUTE``) and :func:`interval_us` turns one into
-microseconds.
+``exp.Window`` whose ``meta["buffer_rows"]`` is n. Window sizes are durations as
+:mod:`velosql.durations` reads them (``1m``, ``30s``, ``500ms``, ``'10 minutes'``, a bare number
+of seconds or an ``INTERVAL``); they parse to an ``exp.Interval`` (``INTERVAL '1' MINUTE`` when
+they have one unit) and :func:`interval_us` turns one into microseconds.
 
 The streaming nodes are :class:`StreamingCreate`, :class:`StreamWindow` (stored on the Select under
 the ``stream_window`` key, so the DuckDB generator never prints it), :class:`Emit` and
@@ -28,53 +28,25 @@ from sqlglot import exp
 from sqlglot.dialects.duckdb import DuckDB
 from sqlglot.tokens import TokenType
 
+from ..durations import EXAMPLES, parse_duration, unit_name
+
 # The window kinds as written → WindowSpec.kind (HOPPING is another name for SLIDING).
 WINDOW_KINDS = {"TUMBLING": "tumbling", "SLIDING": "sliding", "HOPPING": "sliding", "SESSION": "session"}
 EMIT_MODES = ("CHANGES", "FINAL")
 
-# Canonical unit → microseconds, and the spellings accepted for each (plural forms are also accepted).
-_UNIT_US = {
-    "MICROSECOND": 1,
-    "MILLISECOND": 1_000,
-    "SECOND": 1_000_000,
-    "MINUTE": 60_000_000,
-    "HOUR": 3_600_000_000,
-    "DAY": 86_400_000_000,
-}
-_UNIT_NAMES = {
-    **{unit: unit for unit in _UNIT_US},
-    **{"US": "MICROSECOND", "MS": "MILLISECOND", "S": "SECOND", "SEC": "SECOND", "M": "MINUTE",
-       "MIN": "MINUTE", "H": "HOUR", "HR": "HOUR", "D": "DAY"},
-}  # fmt: skip
-_INTERVAL_PART = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*")
+_ONE_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")  # '30s', '10 minutes', '5'
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*$")
-
-
-def unit_name(text: str) -> str | None:
-    """``'ms'``, ``'Minutes'``, ``'SEC'`` … → the canonical unit (``MILLISECOND``, ``MINUTE``, …)."""
-    upper = text.upper()
-    if upper not in _UNIT_NAMES and len(upper) > 2 and upper.endswith("S"):
-        upper = upper[:-1]
-    return _UNIT_NAMES.get(upper)
 
 
 def interval_us(node: exp.Expr | None) -> int | None:
     """Microseconds of an ``exp.Interval`` such as ``INTERVAL '5' MINUTE`` or ``INTERVAL '1 hour
-    30 minutes'``; None when it is not an interval or uses a unit without a fixed length."""
+    30 minutes'``; None when it is not an interval or not a duration (see :mod:`velosql.durations`)."""
     if not isinstance(node, exp.Interval) or not isinstance(node.this, exp.Literal):
         return None
-    unit = node.text("unit")
-    parts = [(node.this.name, unit)] if unit else _INTERVAL_PART.findall(node.this.name)
-    if not parts or (not unit and _INTERVAL_PART.sub("", node.this.name)):
+    try:
+        return parse_duration(f"{node.this.name} {node.text('unit')}")
+    except ValueError:
         return None
-    total = 0.0
-    for number, part_unit in parts:
-        name = unit_name(part_unit)
-        try:
-            total += float(number) * _UNIT_US[name]
-        except (KeyError, ValueError):
-            return None
-    return int(total)
 
 
 class StreamWindow(exp.Expression):
@@ -274,15 +246,15 @@ class Velosql(DuckDB):
                     time_column = None
                     self._retreat(index)
 
-            what = "a session gap" if kind == "SESSION" else "a window size"
-            size = self._parse_duration(what)
+            what = "session gap" if kind == "SESSION" else "window size"
+            size = self._parse_duration(what, zero=kind == "SESSION")
             advance = None
             if kind in ("SLIDING", "HOPPING"):
                 if not self._match(TokenType.COMMA):
                     self.raise_error(
                         f"expected ',' and the advance after the size of a {kind} window, {self._found()}"
                     )
-                advance = self._parse_duration("the window advance")
+                advance = self._parse_duration("window advance")
             if not self._match(TokenType.R_PAREN):
                 self.raise_error(f"expected ')' to close WINDOW {kind}(…), {self._found()}")
 
@@ -292,8 +264,10 @@ class Velosql(DuckDB):
             window.meta["start"] = kind_token.start
             return window
 
-        def _parse_duration(self, what: str) -> exp.Interval:
-            """``1m``, ``500ms``, ``5`` (seconds), ``'30s'`` or ``INTERVAL …`` → a canonical Interval."""
+        def _parse_duration(self, what: str, zero: bool = False) -> exp.Interval:
+            """``1m``, ``500ms``, ``5`` (seconds), ``'30s'``, ``'1 hour 30 minutes'`` or ``INTERVAL …``
+            → an Interval (canonical ``INTERVAL 'n' UNIT`` when it has one unit); ``what`` names it in
+            errors (``window size``); ``zero`` allows a zero duration (a session gap)."""
             token = self._curr
             interval: exp.Expr | None = None
             if self._match(TokenType.INTERVAL, advance=False):
@@ -304,17 +278,20 @@ class Velosql(DuckDB):
                     unit = unit_name(self._advance_any().text)
                 interval = exp.Interval(this=exp.Literal.string(token.text), unit=exp.var(unit))
             elif self._match(TokenType.STRING):
-                m = _INTERVAL_PART.fullmatch(token.text)
-                if m and unit_name(m.group(2)):
-                    interval = exp.Interval(
-                        this=exp.Literal.string(m.group(1)), unit=exp.var(unit_name(m.group(2)))
-                    )
+                m = _ONE_PART.fullmatch(token.text)
+                unit = unit_name(m.group(2) or "s") if m else None
+                if unit:
+                    interval = exp.Interval(this=exp.Literal.string(m.group(1)), unit=exp.var(unit))
+                else:
+                    interval = exp.Interval(this=exp.Literal.string(token.text))
             us = interval_us(interval)
-            if not us or us < 0:
-                found = f"found {token.text!r}" if token else "found the end of the statement"
-                self.raise_error(
-                    f"expected {what} such as 1m, 30s or INTERVAL '1' MINUTE, {found}", token or None
-                )
+            if us is None:
+                written = self._find_sql(token, self._prev) if interval else token and token.text
+                found = f"found {written!r}" if written else "found the end of the statement"
+                self.raise_error(f"expected a {what} such as {EXAMPLES}, {found}", token)
+            if us == 0 and not zero:
+                written = self._find_sql(token, self._prev)
+                self.raise_error(f"a {what} must be greater than zero, found {written!r}", token)
             return interval
 
         # ---- CREATE STREAM|TABLE … AS SELECT … [EMIT …] [WITH (…)] ------------------------------

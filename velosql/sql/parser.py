@@ -24,7 +24,9 @@ from sqlglot.errors import ErrorLevel, ParseError, TokenError
 from sqlglot.tokens import Token, TokenType
 
 from ..errors import Location, SqlError
+from .deep import deep_call
 from .dialect import WINDOW_KINDS, KeyColumn, StreamingCreate, StreamWindow, Velosql, interval_us
+from .hints import diagnose
 from .statements import (
     CreateStream,
     Describe,
@@ -67,8 +69,10 @@ def parse_one(text: str, file: str | None = None) -> Statement:
 
 class _Script:
     def __init__(self, text: str, file: str | None) -> None:
-        self.text, self.file = text, file
-        self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+        # A byte-order mark (Windows editors save UTF-8 with one) is not part of the first
+        # statement; columns count from the character after it, as editors show them.
+        self.text, self.file = text.removeprefix("\ufeff"), file
+        self._line_starts = [0] + [m.end() for m in re.finditer("\n", self.text)]
         self.tokens = self._tokenize()
 
     def location(self, offset: int) -> Location:
@@ -145,6 +149,10 @@ class _Script:
 
     # ---- CREATE STREAM ----------------------------------------------------------------------------
     def _create_stream(self, tokens: list[Token], annotations: dict[str, str]) -> CreateStream:
+        where = self.location(tokens[0].start)
+        return deep_call(self._parse_create_stream, tokens, annotations, where=where)
+
+    def _parse_create_stream(self, tokens: list[Token], annotations: dict[str, str]) -> CreateStream:
         tree = self._parse(tokens)
         if not isinstance(tree, StreamingCreate):
             raise SqlError(
@@ -216,13 +224,20 @@ class _Script:
         detail = error.errors[0] if error.errors else {}
         message = detail.get("description") or str(error)
         # ParseError points at a token's last character; report where the token starts instead.
-        ends = {(t.line, t.col): t for t in tokens}
-        token = ends.get((detail.get("line"), detail.get("col")))
+        ends = {(t.line, t.col): i for i, t in enumerate(tokens)}
+        index = ends.get((detail.get("line"), detail.get("col")))
+        token = tokens[index] if index is not None else None
+        # sqlglot's own messages, and ours for tokens left over after the query, only say what
+        # was expected where a typo stopped the grammar: look around for the typo itself.
+        generic = "found" not in message or _LEFT_OVER in message
         if "found" not in message:
             for pattern, replacement in _GENERIC:
                 message = re.sub(pattern, replacement, message)
             found = f"found {token.text!r}" if token else "found the end of the statement"
             message = f"{message}, {found}"
+        hint = diagnose(tokens, len(tokens) if index is None else index, self.text) if generic else None
+        if hint is not None:
+            message, token = hint
         where = self.location(token.start) if token else Location(self.file, detail.get("line", 1), 1)
         return SqlError(message, where)
 
@@ -239,13 +254,27 @@ class _Script:
         )
 
 
+_LEFT_OVER = "or the end of the statement, found"  # the dialect's message for tokens after the query
 # sqlglot's own messages, reworded in the style of ours (", found …" is appended).
 _GENERIC = (
     (r"^Expecting (.*)$", r"expected '\1'"),
     (r"^Invalid expression / Unexpected token$", "unexpected token"),
-    (r"^Required keyword: '\w+' missing for <class '[\w.]*\.(\w+)'>$", r"incomplete \1"),
+    (r"^Required keyword: '\w+' missing for <class '[\w.]*\.(\w+)'>$", lambda m: _incomplete(m.group(1))),
     (r"^Expected (.*?) but got <Token .*>$", r"expected \1"),
 )
+# Operators whose right-hand side is missing, as the user wrote them (sqlglot names their nodes).
+_OPERATORS = {"Add": "+", "Sub": "-", "Mul": "*", "Div": "/", "IntDiv": "//", "Mod": "%", "Pow": "^",
+              "DPipe": "||", "EQ": "=", "NEQ": "<>", "GT": ">", "GTE": ">=", "LT": "<", "LTE": "<=",
+              "And": "AND", "Or": "OR", "Like": "LIKE", "ILike": "ILIKE"}  # fmt: skip
+
+
+def _incomplete(node: str) -> str:
+    if node not in _OPERATORS:
+        return f"incomplete {node}"
+    op = _OPERATORS[node]
+    return f"expected an expression after {op if op.isalpha() else repr(op)}"
+
+
 _UNTERMINATED = (("'", "string"), ('"', "quoted identifier"), ("/*", "comment"), ("$", "dollar-quoted string"),
                  ("E'", "string"))  # fmt: skip
 
