@@ -198,3 +198,45 @@ def test_ctrl_d_stops_a_running_job_cleanly(shell, tmp_path):
     rows = (tmp_path / "per_min.csv").read_text().splitlines()
     assert rows[0] == "sym,n,ws" and len(rows) == 4
     assert not re.search("Traceback", t.text)
+
+
+# ---- push queries -------------------------------------------------------------------------------
+
+WATCHED = "WITH ('trades.type' = 'file_source', 'trades.path' = 'trades.csv', 'trades.watch' = 'true')"
+
+
+def test_push_query_appends_its_changelog_live_until_ctrl_c(shell, tmp_path):
+    (tmp_path / "trades.csv").write_text(TRADES)
+    t = shell()
+    t.send(".mode changelog" + ENTER)
+    t.send(f"SELECT sym, count(*) AS n FROM trades GROUP BY sym EMIT CHANGES {WATCHED};" + ENTER)
+    t.expect(r"op \| sym \| n\n\+I \| A \| 1\n\+I \| B \| 1\n\+U \| A \| 2\n")
+    # The source is watched: the query runs on until Ctrl-C, which ends it and not the shell.
+    with (tmp_path / "trades.csv").open("a") as fh:
+        fh.write("2024-01-01 10:02:00,B,4\n")
+    t.expect(r"\+U \| B \| 2\n")
+    t.send(CTRL_C)
+    t.expect(r"4 rows, \d+\.\d\d s")
+    t.expect(PROMPT)
+    t.send("SHOW STREAMS;" + ENTER)  # the transient job is gone
+    t.expect(r"\| op \| name \|\n\+----\+------\+\n\+----\+------\+")
+
+
+def test_limit_ends_a_push_query(shell, tmp_path):
+    (tmp_path / "trades.csv").write_text(TRADES)
+    t = shell()
+    t.send(".mode csv" + ENTER)
+    t.send(f"SELECT sym, price FROM trades LIMIT 2 EMIT CHANGES {WATCHED};" + ENTER)
+    t.expect(r"sym,price\nA,1.5\nB,2.0\n2 rows, ")
+    t.expect(PROMPT)
+
+
+def test_push_query_in_table_mode_keeps_one_row_per_key(shell, tmp_path):
+    (tmp_path / "trades.csv").write_text(TRADES)
+    t = shell()
+    t.send(
+        "SELECT sym, sum(price) AS total FROM trades GROUP BY sym EMIT CHANGES "
+        "WITH ('trades.type' = 'file_source', 'trades.path' = 'trades.csv');" + ENTER
+    )
+    t.expect(r"│ A\s+│ 4\.5\s+│\n│ B\s+│ 2\.0\s+│\n└")
+    t.expect(r"3 rows, ")

@@ -30,7 +30,7 @@ from ..runtime.job import FAILED as FAILED_JOB
 from ..runtime.job import Job
 from ..sql import CreateStream, DuckDBStatement, parse_script
 from ..sql.statements import Statement
-from . import render
+from . import push, render
 from .messages import format_error
 
 POLL_SECONDS = 0.2
@@ -122,6 +122,14 @@ class Runner:
             return False
         started, cpu = time.perf_counter(), os.times()
         try:
+            pushed = (
+                push.push_query(stmt)
+                if isinstance(stmt, DuckDBStatement) and not self.wait_for_jobs
+                else None
+            )
+            if pushed is not None:
+                push.run(self.engine, pushed, stmt.location, self.settings, self.out, self.err)
+                return True
             if isinstance(stmt, DuckDBStatement):
                 result = self.engine.sql(stmt.text)
                 quiet = result is None or _quiet(stmt, result)
