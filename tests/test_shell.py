@@ -238,5 +238,54 @@ def test_push_query_in_table_mode_keeps_one_row_per_key(shell, tmp_path):
         "SELECT sym, sum(price) AS total FROM trades GROUP BY sym EMIT CHANGES "
         "WITH ('trades.type' = 'file_source', 'trades.path' = 'trades.csv');" + ENTER
     )
-    t.expect(r"│ A\s+│ 4\.5\s+│\n│ B\s+│ 2\.0\s+│\n└")
+    t.expect(r"│ A\s+│\s+4\.5 │\n│ B\s+│\s+2\.0 │\n└")
     t.expect(r"3 rows, ")
+
+
+# ---- the guide's transcript ---------------------------------------------------------------------
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide.md"
+START, END = "<!-- shell-transcript:start -->\n```text\n", "```\n<!-- shell-transcript:end -->"
+TIMING = re.compile(r"\d+ rows, \d+\.\d\d s")
+
+
+def transcript_inputs(block: str) -> list[str]:
+    """What was typed at each prompt of a transcript (continuation lines joined)."""
+    inputs: list[str] = []
+    for line in block.splitlines():
+        if line.startswith("velosql> "):
+            inputs.append(line.removeprefix("velosql> "))
+        elif line.startswith("    ...> "):
+            inputs[-1] += "\n" + line.removeprefix("    ...> ")
+    return inputs
+
+
+def replay(inputs: list[str]) -> str:
+    """The session the shell prints for ``inputs``: each prompt with its input, then the output."""
+    import contextlib
+    import io
+
+    import velosql
+    from velosql.cli import render
+    from velosql.cli.shell import Shell
+
+    screen = io.StringIO()
+    with contextlib.redirect_stdout(screen), contextlib.redirect_stderr(screen):
+        shell = Shell(velosql.connect(), None, render.Settings(width=100))
+        try:
+            for text in inputs:
+                first, *rest = text.split("\n")
+                screen.write("".join([f"velosql> {first}\n", *(f"    ...> {r}\n" for r in rest)]))
+                shell.handle(text)
+        finally:
+            shell.engine.close()
+    return screen.getvalue()
+
+
+def test_the_guides_transcript_is_what_the_shell_prints(monkeypatch):
+    monkeypatch.setenv("PROCESSOR_CONFIG", "v1")
+    monkeypatch.chdir(GUIDE.parents[1])  # the transcript reads sql/data/trades.csv
+    text = GUIDE.read_text(encoding="utf-8")
+    block = text.split(START, 1)[1].split(END, 1)[0]
+    session = block[block.index("velosql> ") :]
+    assert TIMING.sub("N rows, T s", replay(transcript_inputs(session))) == TIMING.sub("N rows, T s", session)

@@ -120,6 +120,7 @@ class _LiveTable:
         self.keys = keys
         self.limit = settings.maxrows if settings.maxrows > 0 else 2**62
         self.columns: list[str] = []
+        self.numeric: list[bool] = []
         self.rows: dict[object, tuple] = {}
         self.count = 0
         self.live = Live(
@@ -129,6 +130,10 @@ class _LiveTable:
 
     def add(self, table: pa.Table) -> None:
         self.columns = table.column_names
+        self.numeric = [
+            pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+            for t in table.schema.types
+        ]
         index = [self.columns.index(k) for k in self.keys if k in self.columns]
         for row in zip(*(c.to_pylist() for c in table.columns)):
             key = tuple(row[i] for i in index) if index else self.count
@@ -144,14 +149,16 @@ class _LiveTable:
         from rich.table import Table
 
         table = Table(box=box.SQUARE)
-        for name in self.columns:
-            table.add_column(name)
+        for name, numeric in zip(self.columns, self.numeric):
+            table.add_column(name, justify="right" if numeric else "left")
         for row in self.rows.values():
             table.add_row(*(render.text(v) for v in row))
         return table
 
     def close(self) -> None:
         self.live.stop()
+        if not self.live.console.is_terminal:  # a terminal's cursor is already below the table
+            self.live.console.line()
 
 
 class _Changelog:
