@@ -106,6 +106,13 @@ class Terminal:
         os.write(self.master, keys.encode())
 
     def expect(self, pattern: str, timeout: float = 60) -> re.Match:
+        found = self.poll(pattern, timeout)
+        if found is None:
+            pytest.fail(f"timed out waiting for {pattern!r} in the terminal:\n{self.text[self.pos :]}")
+        return found
+
+    def poll(self, pattern: str, timeout: float) -> re.Match | None:
+        """Like :meth:`expect`, but None when ``pattern`` has not shown within ``timeout``."""
         wanted = re.compile(pattern)
         deadline = time.monotonic() + timeout
         while True:
@@ -114,7 +121,7 @@ class Terminal:
                 self.pos = found.end()
                 return found
             if time.monotonic() > deadline:
-                pytest.fail(f"timed out waiting for {pattern!r} in the terminal:\n{self.text[self.pos :]}")
+                return None
             ready, _, _ = select.select([self.master], [], [], 0.1)
             chunk = read_chunk(self.master) if ready else b""
             if chunk:

@@ -166,3 +166,21 @@ def test_a_query_after_a_streaming_statement_sees_the_whole_result(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"n,total\n1000,{sum(i * 20 for i in range(1000))}\n"
     assert "velosql: job doubled Finished: 1000 records in, 1000 out" in result.stderr
+
+
+def test_c_runs_dot_commands_too(tmp_path):
+    result = velosql(
+        tmp_path,
+        "-c",
+        ".mode csv",
+        "-c",
+        "CREATE TABLE t AS SELECT 1 AS a",
+        "-c",
+        "SELECT * FROM t",
+        "-c",
+        ".tables",
+    )
+    assert (result.returncode, result.stdout) == (0, "a\n1\nt\n"), result.stderr
+    result = velosql(tmp_path, "-c", ".nope", "-c", "SELECT 1")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == "velosql: error: unknown command '.nope': .help lists the commands\n"

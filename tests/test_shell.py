@@ -7,6 +7,7 @@ as it is typed, so the patterns look for results and messages, not for exact scr
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,20 @@ def test_ctrl_c_cancels_the_input(shell):
     t.send("SELECT 'kept' AS k;" + ENTER)
     t.expect(r"│ kept\s+│")
     assert "forgotten  │" not in t.text and "│ forgotten" not in t.text
+
+
+def test_ctrl_c_interrupts_a_running_query(shell):
+    t = shell()
+    t.send("SELECT count(*) FROM range(100000000000) a WHERE a.range % 7 = 3;" + ENTER)
+    # Ctrl-C typed before the query starts only clears the next prompt's input: type it until
+    # the query is interrupted.
+    deadline = time.monotonic() + 60
+    while t.poll("Interrupted", 0.5) is None:
+        assert time.monotonic() < deadline, t.text
+        t.send(CTRL_C)
+    t.expect(PROMPT)
+    t.send("SELECT 'still here' AS s;" + ENTER)
+    t.expect(r"│ still here\s+│")
 
 
 def test_history_persists_across_sessions(shell, tmp_path):

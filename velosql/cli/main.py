@@ -29,6 +29,7 @@ from ..errors import ConfigError, SqlError, VelosqlError
 from ..runtime.job import FAILED, Job
 from . import render
 from .progress import open_progress, summary_line
+from .script import FAILED as FAILED_OUTCOME
 from .script import INVALID, OK, Runner
 
 # How long the wait loop blocks on one job before it looks at signals, idleness and the display.
@@ -248,7 +249,10 @@ def _run_scripts(
         outcomes = []
         try:
             for text, file in scripts:
-                outcomes.append(runner.run(text, file, bail=bail))
+                if file is None and text.lstrip().startswith("."):
+                    outcomes.append(_dot_command(engine, settings, text))
+                else:
+                    outcomes.append(runner.run(text, file, bail=bail))
                 if outcomes[-1] != OK and bail:
                     break
         finally:
@@ -263,6 +267,19 @@ def _run_scripts(
         only_invalid = all(o in (OK, INVALID) for o in outcomes) and not engine.jobs()
         return invalid_code if only_invalid else JOB_FAILED
     return code
+
+
+def _dot_command(engine: Engine, settings: render.Settings, line: str) -> str:
+    """``-c .tables``, ``-c ".mode csv"``: a dot-command, as the shell runs it."""
+    from . import dotcommands
+    from .shell import Shell
+
+    try:
+        dotcommands.run(Shell(engine, None, settings), line.strip())
+    except VelosqlError as exc:
+        click.echo(f"velosql: error: {exc}", err=True)
+        return FAILED_OUTCOME
+    return OK
 
 
 def _report_kept_tables(engine: Engine, database: str | None) -> None:

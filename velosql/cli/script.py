@@ -18,6 +18,7 @@ while the user queries their tables.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import TextIO
@@ -72,8 +73,10 @@ class Runner:
         self.stopping = stopping
         self.progress = progress
         self.timer = False
-        self.interrupted = False
         self._noted: set[str] = set()
+        # DuckDB's progress bar would print into a captured duckbox, and while it draws, holds
+        # the interpreter: Ctrl-C would wait for the query's end.
+        engine.sql("SET enable_progress_bar = false")
 
     # ---- scripts --------------------------------------------------------------------------------
 
@@ -130,18 +133,9 @@ class Runner:
             if pushed is not None:
                 push.run(self.engine, pushed, stmt.location, self.settings, self.out, self.err)
                 return True
-            if isinstance(stmt, DuckDBStatement):
-                result = self.engine.sql(stmt.text)
-                quiet = result is None or _quiet(stmt, result)
-            else:
-                result = self.engine.run_statement(stmt)
-                quiet = result is None
-            if not quiet:
-                self.write(self._text(result))
+            self.write(self._interruptible(lambda: self._result(stmt)))
         except KeyboardInterrupt:
-            self.engine.con.interrupt()
             self.err.write("Interrupted\n")
-            self.interrupted = True
             return False
         except (duckdb.Error, VelosqlError) as exc:
             self.error(exc, text, stmt.location, file)
@@ -150,6 +144,48 @@ class Runner:
             if self.timer:
                 self._time(started, cpu)
         return True
+
+    def _result(self, stmt: Statement) -> str:
+        """Run ``stmt`` and render its result (in a worker thread: see :meth:`_interruptible`)."""
+        if isinstance(stmt, DuckDBStatement):
+            result = self.engine.sql(stmt.text)
+            if result is None or _quiet(stmt, result):
+                return ""
+        else:
+            result = self.engine.run_statement(stmt)
+            if result is None:
+                return ""
+        return self._text(result)
+
+    def _interruptible(self, work: Callable[[], str]) -> str:
+        """``work()``, run in a thread while this one waits: a signal handler only runs in the main
+        thread, between Python instructions, so a query the main thread ran itself could not be
+        interrupted until it ended. Ctrl-C (or a stop request) interrupts DuckDB's query."""
+        outcome: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                outcome["value"] = work()
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run, name="velosql-statement", daemon=True)
+        thread.start()
+        try:
+            while thread.is_alive():
+                thread.join(POLL_SECONDS)
+                if self.stopping():
+                    self.engine.con.interrupt()
+        except KeyboardInterrupt:
+            self.engine.con.interrupt()
+            thread.join()
+            raise
+        if "error" in outcome:
+            error = outcome["error"]
+            if isinstance(error, duckdb.InterruptException):
+                raise KeyboardInterrupt from None
+            raise error
+        return outcome["value"]
 
     def _text(self, result) -> str:
         if isinstance(result, str):  # EXPLAIN of a streaming statement: the plan
