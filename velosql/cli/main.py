@@ -235,7 +235,6 @@ def _run_scripts(
     finish, report them; the exit code. ``invalid_code`` is the code of a script that did not
     validate (nothing of it ran)."""
     with _StopSignals() as signals:
-        progress = open_progress(sys.stderr)
         runner = Runner(
             engine,
             settings,
@@ -244,19 +243,16 @@ def _run_scripts(
             wait_for_jobs=True,
             prefix="velosql: error: ",
             stopping=lambda: signals.received is not None,
-            progress=progress.update,
+            progress=lambda: open_progress(sys.stderr),
         )
         outcomes = []
-        try:
-            for text, file in scripts:
-                if file is None and text.lstrip().startswith("."):
-                    outcomes.append(_dot_command(engine, settings, text))
-                else:
-                    outcomes.append(runner.run(text, file, bail=bail))
-                if outcomes[-1] != OK and bail:
-                    break
-        finally:
-            progress.close()
+        for text, file in scripts:
+            if file is None and text.lstrip().startswith("."):
+                outcomes.append(_dot_command(engine, settings, text))
+            else:
+                outcomes.append(runner.run(text, file, bail=bail))
+            if outcomes[-1] != OK and bail:
+                break
         if outcomes and outcomes[-1] != OK and bail:
             engine.stop()
         code = _supervise(engine, until_idle, signals)

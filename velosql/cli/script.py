@@ -33,6 +33,7 @@ from ..sql import CreateStream, DuckDBStatement, parse_script
 from ..sql.statements import Statement
 from . import push, render
 from .messages import format_error
+from .progress import QuietProgress
 
 POLL_SECONDS = 0.2
 OK, INVALID, FAILED = "ok", "invalid", "failed"  # outcomes of Runner.run
@@ -50,7 +51,9 @@ class Runner:
         wait_for_jobs: Script semantics (see the module docstring); False at the prompt.
         prefix: What each error message starts with (``velosql: error: `` in scripts).
         stopping: Tells a waiting script to give up (a signal was received).
-        progress: Called with the jobs while a script waits for them (the live display of ``run``).
+        progress: Opens the display shown while a script waits for jobs (``update(jobs)``,
+            ``close()``; the live table of ``run``). It is open only while waiting, so that
+            results printed between waits do not run through it.
     """
 
     def __init__(
@@ -63,7 +66,7 @@ class Runner:
         wait_for_jobs: bool,
         prefix: str = "",
         stopping: Callable[[], bool] = lambda: False,
-        progress: Callable[[list[Job]], None] = lambda jobs: None,
+        progress: Callable[[], object] = QuietProgress,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -208,14 +211,20 @@ class Runner:
                     f"running (its input is unbounded)\n"
                 )
         waiting = [j for j in jobs if bounded(j.plan)]
-        while any(not j.done for j in waiting):
-            if self.stopping() or any(j.status == FAILED_JOB for j in jobs):
-                return False  # the caller stops the jobs and reports why
-            try:
-                next(j for j in waiting if not j.done).wait(POLL_SECONDS)
-            except VelosqlError:
-                pass
-            self.progress(jobs)
+        if all(j.done for j in waiting):
+            return not any(j.status == FAILED_JOB for j in jobs)
+        display = self.progress()
+        try:
+            while any(not j.done for j in waiting):
+                if self.stopping() or any(j.status == FAILED_JOB for j in jobs):
+                    return False  # the caller stops the jobs and reports why
+                try:
+                    next(j for j in waiting if not j.done).wait(POLL_SECONDS)
+                except VelosqlError:
+                    pass
+                display.update(jobs)
+        finally:
+            display.close()
         return not any(j.status == FAILED_JOB for j in jobs)
 
     def _time(self, started: float, cpu: os.times_result) -> None:

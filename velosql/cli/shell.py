@@ -13,6 +13,7 @@ they flush — and ends the shell. An error prints one message and the prompt co
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -112,6 +113,8 @@ class Shell:
         stripped = text.strip()
         if not stripped:
             return None
+        if self.out.isatty():  # the terminal may have been resized since the last statement
+            self.settings.width = shutil.get_terminal_size().columns
         if stripped.startswith("."):
             try:
                 return dotcommands.run(self, stripped)
