@@ -202,6 +202,16 @@ def test_unknown_with_key_is_named(tmp_path, app):
     assert not (tmp_path / "out.csv").exists()
 
 
+def test_a_source_that_cannot_be_bound_is_reported_with_its_place(tmp_path, app):
+    message = "velosql: error: app.sql:{}:1: file source 'src': no file matches path 'missing.csv'"
+    app.write_text(doubled(src="missing.csv"))
+    assert_clean_error(velosql(tmp_path, "run", "app.sql"), 2, message.format(1))  # nothing ran
+    app.write_text("SELECT 'first' AS s;\n" + doubled(src="missing.csv"))
+    result = velosql(tmp_path, "run", "app.sql")
+    assert_clean_error(result, 1, message.format(2))  # the SELECT before it ran
+    assert "first" in result.stdout
+
+
 def test_unknown_processor_string(tmp_path, app):
     result = velosql(tmp_path, "run", "app.sql", "--processor", "v9")
     assert_clean_error(result, 2, "--processor", "v9")

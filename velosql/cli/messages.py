@@ -65,7 +65,7 @@ def format_error(exc: BaseException, script: str, start: Location | None, *, fil
     """
     message, place = describe(exc, script, start)
     if file is not None:
-        head = f"{file}:{place.line}:{place.col}: {message}" if place else f"{file}: {message}"
+        head = f"{file}:{place.line}:{place.col}: {message}" if place else message  # it names its place
     elif isinstance(exc, duckdb.Error):
         head = message
     else:

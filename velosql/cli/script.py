@@ -84,25 +84,28 @@ class Runner:
     # ---- scripts --------------------------------------------------------------------------------
 
     def run(self, text: str, file: str | None = None, *, bail: bool = True) -> str:
-        """Run ``text``; ``OK``, ``INVALID`` (it did not parse or a streaming statement did not
-        validate: nothing ran) or ``FAILED`` (a statement failed; with ``bail`` the rest did not run)."""
+        """Run ``text``; ``OK``, ``INVALID`` (it did not parse, or a streaming statement did not
+        validate or bind, before anything ran) or ``FAILED`` (a statement failed; with ``bail``
+        the rest did not run)."""
         try:
             statements = parse_script(text, file)
             plans = {id(s): self.engine.plan_of(s) for s in statements if isinstance(s, CreateStream)}
         except VelosqlError as exc:
             self.error(exc, text, None, file)
             return INVALID
-        outcome = OK
+        outcome, ran = OK, False
         pending: list[tuple[CreateStream, StreamPlan]] = []
         for stmt in [*statements, None]:
             if isinstance(stmt, CreateStream):
                 pending.append((stmt, plans[id(stmt)]))
                 continue
             if pending and not self._deploy(pending, text, file):
-                return FAILED
+                return FAILED if ran else INVALID  # a source that cannot be bound: none started
+            ran = ran or bool(pending)
             pending = []
             if stmt is None or self.stopping():
                 break
+            ran = True
             if not self.execute(stmt, text, file):
                 outcome = FAILED
                 if bail:
