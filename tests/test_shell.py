@@ -56,6 +56,17 @@ def test_banner_multi_line_statement_and_ctrl_d(shell):
     assert t.wait() == 0
 
 
+def test_sql_is_highlighted_as_typed(shell):
+    t = shell()
+    t.send("SELECT 'str' AS x;" + ENTER)
+    t.expect(r"│ str\s+│")
+    raw = "".join(t.raw)
+    # Keywords and strings in colours of their own (pygments' SQL lexer), not the input's default.
+    keyword = re.search(r"\x1b\[([0-9;]+)mSELECT\x1b\[0m", raw)
+    string = re.search(r"\x1b\[([0-9;]+)m'str'\x1b\[0m", raw)
+    assert keyword and string and keyword.group(1) != string.group(1), repr(raw)
+
+
 def test_a_semicolon_inside_a_string_or_comment_does_not_end_the_statement(shell):
     t = shell()
     t.send("SELECT 'a;b' AS v -- not the end;" + ENTER)
