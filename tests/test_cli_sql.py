@@ -184,3 +184,11 @@ def test_c_runs_dot_commands_too(tmp_path):
     result = velosql(tmp_path, "-c", ".nope", "-c", "SELECT 1")
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr == "velosql: error: unknown command '.nope': .help lists the commands\n"
+
+
+def test_values_are_spelled_as_duckdb_prints_them(tmp_path):
+    result = velosql(
+        tmp_path, "-csv", "-c",
+        "SELECT TIMESTAMP '2024-01-01 09:30:00.375' AS ts, true AS b, [1, 2] AS l, NULL AS n, 2.50::DECIMAL(4,2) AS d",
+    )  # fmt: skip
+    assert result.stdout == 'ts,b,l,n,d\n2024-01-01 09:30:00.375,true,"[1, 2]",NULL,2.50\n'

@@ -173,6 +173,11 @@ def test_streams_show_describe_terminate_drop_and_dot_commands(shell, tmp_path):
     t.expect(r"per_sym,STREAM,trades,duckdb_table,CHANGES,,Running")
     t.send("DESCRIBE per_sym;" + ENTER)
     t.expect(r"column_name,column_type\nsym,VARCHAR\nn,BIGINT")
+    t.send(
+        "EXPLAIN CREATE STREAM other AS SELECT sym, count(*) AS n FROM trades GROUP BY sym "
+        "WITH ('trades.type' = 'file_source', 'trades.path' = 'trades.csv');" + ENTER
+    )
+    t.expect(r"source:\s+trades \[file_source\]")
     t.send(".tables" + ENTER)
     t.expect(r"per_sym\s+per_sym__dlq")
     t.send(".schema per_sym" + ENTER)

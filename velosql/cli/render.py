@@ -91,8 +91,10 @@ def text(value) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return repr(value)
-    if isinstance(value, dt.datetime):
-        return value.isoformat(sep=" ")
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        whole, _, fraction = value.isoformat(sep=" ").partition(".")
+        fraction = fraction.rstrip("0")  # DuckDB prints .375, not .375000
+        return f"{whole}.{fraction}" if fraction else whole
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_nested(v) for v in value) + "]"
     if isinstance(value, dict):
