@@ -19,6 +19,35 @@ PROMPT = r"velosql>"
 TRADES = "ts,sym,price\n2024-01-01 10:00:00,A,1.5\n2024-01-01 10:00:30,B,2\n2024-01-01 10:01:10,A,3\n"
 
 
+@pytest.mark.parametrize(
+    ("typed", "ready"),
+    [
+        ("", True),
+        ("   ", True),
+        (".tables", True),
+        ("SELECT 1;", True),
+        ("SELECT 1", False),
+        ("SELECT 1;  -- done", True),
+        ("SELECT 1 -- not yet;", False),
+        ("SELECT 'a;b'", False),
+        ("SELECT 'a;b';", True),
+        ("SELECT 'it''s;'", False),
+        ("SELECT 'open;", False),
+        ('SELECT "a;b" FROM t', False),
+        ("SELECT 1 /* ; */", False),
+        ("SELECT 1 /* open ;", False),
+        ("SELECT $$a;b$$", False),
+        ("SELECT $tag$a;$$;b$tag$;", True),
+        ("SELECT 1;\nSELECT 2", False),
+        ("SELECT 1;\nSELECT 2;", True),
+    ],
+)
+def test_input_ends_at_a_semicolon_outside_strings_and_comments(typed, ready):
+    from velosql.cli.shell import complete
+
+    assert complete(typed) is ready
+
+
 @pytest.fixture
 def shell(tmp_path: Path):
     """Start a shell in ``tmp_path`` (arguments as given); every one started is killed at the end."""

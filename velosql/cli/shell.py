@@ -13,6 +13,7 @@ they flush — and ends the shell. An error prints one message and the prompt co
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ from .completion import SqlCompleter
 from .script import Runner
 
 PROMPT = "velosql> "
+_DOLLAR = re.compile(r"\$(?:[A-Za-z_]\w*)?\$")
 CONTINUATION = "    ...> "
 
 
@@ -41,7 +43,7 @@ def history_path() -> Path:
 
 def complete(text: str) -> bool:
     """Whether the input is ready to run: empty, a dot-command, or ending with ``;`` outside
-    strings, quoted identifiers and comments."""
+    strings (``'…'``, ``$$…$$``), quoted identifiers and comments."""
     stripped = text.strip()
     if not stripped or stripped.startswith("."):
         return True
@@ -55,6 +57,11 @@ def complete(text: str) -> bool:
             if end == -1:
                 return False
             last, i = ch, end + 1
+        elif ch == "$" and (tag := _DOLLAR.match(text, i)):  # $$…$$ and $name$…$name$
+            end = text.find(tag.group(0), tag.end())
+            if end == -1:
+                return False
+            last, i = "$", end + len(tag.group(0))
         elif text.startswith("--", i):
             end = text.find("\n", i)
             i = n if end == -1 else end + 1
