@@ -76,6 +76,14 @@ def test_output_flags(tmp_path, flags, expected):
     assert result.stdout == expected
 
 
+@pytest.mark.parametrize(
+    "flag, expected",
+    [("-csv", "a\n"), ("-json", "[]\n"), ("-table", "+---+\n| a |\n+---+\n+---+\n")],
+)
+def test_an_empty_result(tmp_path, flag, expected):
+    assert velosql(tmp_path, flag, "-c", "SELECT 1 AS a WHERE false").stdout == expected
+
+
 def test_statements_that_only_change_rows_print_nothing(tmp_path):
     result = velosql(
         tmp_path, "-csv", "-c", "CREATE TABLE t (a INT); INSERT INTO t VALUES (1), (2); UPDATE t SET a = a + 1; "

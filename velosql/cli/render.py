@@ -72,7 +72,7 @@ def render_rows(result: Rows, settings: Settings) -> str:
         rows = [
             json.dumps(_record(result, r), ensure_ascii=False, separators=(",", ":")) for r in result.rows
         ]
-        return "[" + ",\n".join(rows) + "]\n" if rows else ""
+        return "[" + ",\n".join(rows) + "]\n"
     if mode == "jsonlines":
         return "".join(
             json.dumps(_record(result, r), ensure_ascii=False, separators=(",", ":")) + "\n"
