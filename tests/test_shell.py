@@ -349,3 +349,22 @@ def test_the_guides_transcript_is_what_the_shell_prints(monkeypatch):
     block = text.split(START, 1)[1].split(END, 1)[0]
     session = block[block.index("velosql> ") :]
     assert TIMING.sub("N rows, T s", replay(transcript_inputs(session))) == TIMING.sub("N rows, T s", session)
+
+
+def test_an_error_in_a_push_query_points_into_the_statement_as_typed():
+    import io
+
+    import velosql
+    from velosql.cli import render
+    from velosql.cli.script import Runner
+
+    out, err = io.StringIO(), io.StringIO()
+    with velosql.connect() as engine:
+        runner = Runner(engine, render.Settings(), out, err, wait_for_jobs=False)
+        runner.run("SELECT 1 AS one;\nSELECT sym FROM trades\n  EMIT CHANGES LIMIT 2;")
+    assert err.getvalue().splitlines() == [
+        "Error: expected WITH (…) or the end of the statement, found 'LIMIT'",
+        "",
+        "LINE 3:   EMIT CHANGES LIMIT 2;",
+        "                       ^",
+    ]

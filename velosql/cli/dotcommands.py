@@ -20,6 +20,9 @@ EXIT = "exit"
 
 @dataclass(frozen=True)
 class DotCommand:
+    """A dot-command: its name, its arguments and help as ``.help`` shows them, and its function
+    (called with the shell and the argument words; may raise :class:`VelosqlError`)."""
+
     name: str
     args: str
     help: str
