@@ -62,3 +62,87 @@ def start_on_pty(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[subpr
     )
     os.close(slave)
     return proc, master
+
+
+class Terminal:
+    """A program with its stdin, stdout and stderr on a new terminal of ``rows`` x ``cols``, which is
+    its controlling terminal (so Ctrl-C typed there is SIGINT, as in a real one).
+
+    :meth:`expect` waits for a pattern in what the program showed (ANSI codes removed) after the
+    previous match; :meth:`send` types.
+    """
+
+    CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z~]|\x1b\][^\x07]*\x07|\x1b[()][A-Za-z0-9]|\x1b[=>]|\r")
+
+    def __init__(
+        self, args: list[str], cwd: Path, env: dict[str, str], rows: int = 40, cols: int = 150
+    ) -> None:
+        import fcntl
+        import struct
+        import termios
+
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "velosql", *args],
+            cwd=cwd,
+            env=env,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+        )
+        os.close(slave)
+        self.master = master
+        self.raw: list[str] = []
+        self.pos = 0  # where the next expect starts looking
+
+    @property
+    def text(self) -> str:
+        return self.CODES.sub("", "".join(self.raw))
+
+    def send(self, keys: str) -> None:
+        os.write(self.master, keys.encode())
+
+    def expect(self, pattern: str, timeout: float = 60) -> re.Match:
+        found = self.poll(pattern, timeout)
+        if found is None:
+            pytest.fail(f"timed out waiting for {pattern!r} in the terminal:\n{self.text[self.pos :]}")
+        return found
+
+    def poll(self, pattern: str, timeout: float) -> re.Match | None:
+        """Like :meth:`expect`, but None when ``pattern`` has not shown within ``timeout``."""
+        wanted = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            found = wanted.search(self.text, self.pos)
+            if found:
+                self.pos = found.end()
+                return found
+            if time.monotonic() > deadline:
+                return None
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            chunk = read_chunk(self.master) if ready else b""
+            if chunk:
+                self.raw.append(chunk.decode("utf-8", "replace"))
+            elif self.proc.poll() is not None and not ready:
+                pytest.fail(
+                    f"velosql exited ({self.proc.returncode}) before showing {pattern!r}:\n{self.text}"
+                )
+
+    def wait(self, timeout: float = 60) -> int:
+        """Wait for the program to exit, reading its terminal meanwhile; its exit code."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            chunk = read_chunk(self.master) if ready else b""
+            if chunk:
+                self.raw.append(chunk.decode("utf-8", "replace"))
+        return self.proc.wait(max(0.0, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)

@@ -166,6 +166,61 @@ def test_until_idle_ends_a_watched_job(tmp_path):
     assert SUMMARY.match(result.stderr.strip()).group(1, 2, 3) == ("per_min", "Stopped", "3")
 
 
+def test_run_prints_other_statements_results_in_order_after_the_jobs_they_follow(tmp_path, app):
+    app.write_text(
+        "SELECT 'before' AS step;\n"
+        + doubled().replace(
+            "'hello_world.type' = 'file_sink', 'hello_world.path' = 'out.csv'",
+            "'hello_world.type' = 'duckdb_table'",
+        )
+        + "SELECT count(*) AS n, sum(v2) AS total FROM hello_world;\n"
+        "COPY (SELECT * FROM hello_world ORDER BY id) TO 'copy.csv';\n"
+    )
+    result = velosql(tmp_path, "run", "app.sql")
+    assert result.returncode == 0, result.stderr
+    cells = [
+        [c.strip() for c in line.strip("│").split("│")] for line in result.stdout.splitlines() if "│" in line
+    ]
+    assert cells == [["step"], ["varchar"], ["before"], ["n", "total"], ["int64", "int128"], ["3", "140"]]
+    assert (tmp_path / "copy.csv").read_text() == "id,v2\n1,20\n2,40\n3,80\n"
+
+
+def test_run_database_keeps_results_late_rows_and_dead_letters(tmp_path):
+    (tmp_path / "trades.csv").write_text(
+        "ts,sym,price\n2024-01-01 10:00:00,A,1.5\n2024-01-01 10:01:10,A,3\n"
+        "2024-01-01 10:00:30,B,2\n2024-01-01 10:01:20,B,oops\n"
+    )
+    (tmp_path / "app.sql").write_text(
+        PER_MINUTE.replace("'trades.watch' = 'true',", "'trades.schema' = 'ts TIMESTAMP, sym VARCHAR, price DOUBLE',")
+        .replace("'per_min.type' = 'file_sink', 'per_min.path' = 'per_min.csv'", "failure_strategy = 'SendToDLQ'")
+    )  # fmt: skip
+    result = velosql(tmp_path, "run", "app.sql", "--database", "kept.duckdb")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "velosql: job per_min: 1 late rows in table per_min__late, 1 dead letters in table per_min__dlq in kept.duckdb"
+        in result.stderr
+    )
+    import duckdb
+
+    with duckdb.connect(str(tmp_path / "kept.duckdb"), read_only=True) as con:
+        counts = [
+            con.sql(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+            for t in ("per_min", "per_min__late", "per_min__dlq")
+        ]
+    assert counts == [2, 1, 1]
+
+
+def test_run_says_when_a_statement_runs_beside_a_job_of_unbounded_input(tmp_path):
+    (tmp_path / "trades.csv").write_text(TRADES)
+    (tmp_path / "app.sql").write_text(PER_MINUTE + "SELECT 42 AS answer;\n")
+    result = velosql(tmp_path, "run", "app.sql", "--until-idle", "1")
+    assert result.returncode == 0, result.stderr
+    assert "42" in result.stdout
+    assert (
+        "velosql: note: the statement at app.sql:9 runs while job per_min is still running" in result.stderr
+    )
+
+
 # ---- errors before anything runs: exit 2, no traceback ------------------------------------------
 
 
@@ -181,6 +236,16 @@ def test_unknown_with_key_is_named(tmp_path, app):
     result = velosql(tmp_path, "run", "app.sql")
     assert_clean_error(result, 2, "app.sql:3:", "'src.shema'")
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_source_that_cannot_be_bound_is_reported_with_its_place(tmp_path, app):
+    message = "velosql: error: app.sql:{}:1: file source 'src': no file matches path 'missing.csv'"
+    app.write_text(doubled(src="missing.csv"))
+    assert_clean_error(velosql(tmp_path, "run", "app.sql"), 2, message.format(1))  # nothing ran
+    app.write_text("SELECT 'first' AS s;\n" + doubled(src="missing.csv"))
+    result = velosql(tmp_path, "run", "app.sql")
+    assert_clean_error(result, 1, message.format(2))  # the SELECT before it ran
+    assert "first" in result.stdout
 
 
 def test_unknown_processor_string(tmp_path, app):
@@ -262,8 +327,8 @@ def test_version(tmp_path):
     assert re.fullmatch(r"velosql \d+\.\d+\.\d+\S*\n", result.stdout)
 
 
-def test_no_subcommand_prints_help(tmp_path):
-    result = velosql(tmp_path)
+def test_help(tmp_path):
+    result = velosql(tmp_path, "--help")
     assert result.returncode == 0
     assert "Usage: velosql" in result.stdout
-    assert "run" in result.stdout and "explain" in result.stdout
+    assert "run" in result.stdout and "explain" in result.stdout and "shell" in result.stdout

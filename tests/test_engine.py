@@ -150,7 +150,7 @@ def test_show_describe_explain_drop(engine):
     streams = engine.execute("SHOW STREAMS").to_pylist()
     assert streams[0]["name"] == "agg" and streams[0]["emit"] == "CHANGES"
     desc = engine.execute("DESCRIBE agg").to_pydict()
-    assert desc["column_name"] == ["k", "hi"]
+    assert desc == {"column_name": ["k", "hi"], "column_type": ["VARCHAR", "BIGINT"]}  # DuckDB's names
     jobs = engine.execute("SHOW JOBS").to_pylist()
     assert jobs[0]["name"] == "agg" and "records_in" in jobs[0]
     plan = engine.execute(
@@ -172,6 +172,16 @@ def test_show_describe_explain_drop(engine):
     with pytest.raises(SqlError, match="no stream named 'agg'"):
         engine.execute("DROP STREAM agg")
     engine.execute("DROP STREAM IF EXISTS agg")
+
+
+def test_terminate_stops_the_job_and_keeps_it_listed(engine):
+    engine.push("t", {"k": ["a"], "v": [1]})
+    job = engine.execute("CREATE STREAM agg AS SELECT k, max(v) AS hi FROM t GROUP BY k EMIT CHANGES")
+    engine.execute("TERMINATE agg")
+    assert job.done and job.status == "Stopped"
+    assert engine.execute("SHOW STREAMS").to_pylist()[0]["status"] == "Stopped"
+    with pytest.raises(SqlError, match="no stream named 'nope'"):
+        engine.execute("TERMINATE nope")
 
 
 def test_duckdb_statements_pass_through_and_tables_are_sources(engine):

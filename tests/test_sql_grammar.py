@@ -20,6 +20,7 @@ from velosql.sql import (
     Explain,
     ShowJobs,
     ShowStreams,
+    Terminate,
     Velosql,
     WindowSpec,
     parse_one,
@@ -466,6 +467,29 @@ def test_empty_scripts(script):
 )  # fmt: skip
 def test_management_statements(sql, expected):
     assert parse_one(sql) == expected
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("TERMINATE s", Terminate("TERMINATE s", Location(None, 1, 1), name="s")),
+        ('terminate "My Stream"', Terminate('terminate "My Stream"', Location(None, 1, 1), name="My Stream")),
+    ],
+)  # fmt: skip
+def test_terminate(sql, expected):
+    assert parse_one(sql) == expected
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("TERMINATE", "1:1: expected TERMINATE <name>, found the end of the statement"),
+        ("TERMINATE a b", "1:13: expected TERMINATE <name>, found 'b'"),
+    ],
+)
+def test_terminate_errors(sql, message):
+    with pytest.raises(SqlError, match=message):
+        parse_one(sql)
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ from .sql.statements import (
     ShowJobs,
     ShowStreams,
     Statement,
+    Terminate,
 )
 
 
@@ -93,13 +94,39 @@ class Engine:
                 else:
                     result = self._run_other(stmt)
         except BaseException:
-            for job in prepared:
-                job.executor.close()  # its source, sinks and scan were opened by prepare
-                self._jobs.pop(job.name, None)
+            self._discard(prepared)
             raise
         for job in prepared:
             job.start()
         return result
+
+    def plan_of(self, stmt: CreateStream) -> StreamPlan:
+        """Validate a streaming statement: its plan, with the config file's defaults (nothing runs)."""
+        return self._plan(stmt)
+
+    def deploy(self, plans: list[StreamPlan]) -> list[Job]:
+        """Bind and start planned statements (see :meth:`plan_of`): all of them start, or none
+        when one fails to bind to its source. The statement-at-a-time path of the command line."""
+        self._connect_pipelines(plans)
+        prepared: list[Job] = []
+        try:
+            for p in plans:
+                prepared.append(self._prepare(p))
+        except BaseException:
+            self._discard(prepared)
+            raise
+        for job in prepared:
+            job.start()
+        return prepared
+
+    def run_statement(self, stmt: Statement):
+        """Run one statement that is not streaming; its result as :meth:`execute` returns it."""
+        return self._run_other(stmt)
+
+    def _discard(self, prepared: list[Job]) -> None:
+        for job in prepared:
+            job.executor.close()  # its source, sinks and scan were opened by prepare
+            self._jobs.pop(job.name, None)
 
     def _connect_pipelines(self, plans: list[StreamPlan]) -> None:
         """A statement that reads an earlier statement of the script as its source (not declared
@@ -191,15 +218,18 @@ class Engine:
             if job is not None:
                 job.stop()
             return None
+        if isinstance(stmt, Terminate):
+            job = self._jobs.get(stmt.name.lower())
+            if job is None:
+                raise SqlError(f"no stream named {stmt.name!r}", stmt.location)
+            job.stop()
+            return None
         if isinstance(stmt, Describe) and stmt.name.lower() in self._jobs:
             job = self._jobs[stmt.name.lower()]
             schema = job.executor.out_schema
-            return pa.table(
-                {
-                    "column_name": schema.names,
-                    "column_type": [str(t) for t in schema.types],
-                }
-            )
+            # DuckDB's names of the types (BIGINT, VARCHAR), as its own DESCRIBE shows them.
+            types = self.con.cursor().from_arrow(schema.empty_table()).types
+            return pa.table({"column_name": schema.names, "column_type": [str(t) for t in types]})
         text = stmt.text
         try:
             return self.con.sql(text)

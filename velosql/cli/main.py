@@ -1,8 +1,14 @@
-"""The ``velosql`` command: run a streaming SQL application, or show its plan.
+"""The ``velosql`` command: the shell, DuckDB's ``-c``/``-f``/stdin habits, ``run`` and ``explain``.
 
-Exit codes of ``velosql run``: 0 every job finished (or was stopped by ``--until-idle``); 1 a job
-failed while running; 2 the script, an option, the configuration or the command line is wrong
-(nothing ran); 130 / 143 stopped by SIGINT / SIGTERM (the jobs were stopped cleanly and flushed).
+``velosql`` on a terminal opens the shell (``shell.py``); with ``-c SQL`` (repeatable), ``-f FILE``
+or SQL piped on stdin it runs the statements and prints their results as DuckDB's CLI does
+(``script.py``, ``render.py``).
+
+Exit codes: 0 every statement ran and every job finished (or was stopped by ``--until-idle``);
+1 a statement or a job failed (``-c``, ``-f`` and ``run`` stop at the first failed statement,
+stdin goes on unless ``-bail``, as DuckDB's CLI does); 2 the script, an option, the configuration
+or the command line is wrong (nothing ran); 130 / 143 stopped by SIGINT / SIGTERM (the jobs were
+stopped cleanly and flushed).
 """
 
 from __future__ import annotations
@@ -14,18 +20,20 @@ import sys
 import time
 
 import click
+import duckdb
 
 from .. import __version__
 from ..config import JobProcessorConfig, load_settings
 from ..engine import Engine, connect
 from ..errors import ConfigError, SqlError, VelosqlError
 from ..runtime.job import FAILED, Job
-from ..server import StreamJobServer
+from . import render
 from .progress import open_progress, summary_line
+from .script import FAILED as FAILED_OUTCOME
+from .script import INVALID, OK, Runner
 
 # How long the wait loop blocks on one job before it looks at signals, idleness and the display.
 POLL_SECONDS = 0.2
-MAX_JOBS = 1000  # statements of one application
 USAGE_ERROR = 2
 JOB_FAILED = 1
 
@@ -59,13 +67,70 @@ def main() -> None:
     os._exit(code)
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+class _Command(click.Group):
+    """The group, remembering the order of ``-c`` and ``-f`` on the command line (DuckDB runs them
+    in that order; click gathers each repeated option's values apart)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        order, i = [], 0
+        while i < len(args) and args[i] not in self.commands:
+            if args[i] in ("-c", "-f"):
+                order.append(args[i])
+                i += 1
+            i += 1
+        ctx.meta["velosql.order"] = order
+        return super().parse_args(ctx, args)
+
+
+def _mode_flags(fn):
+    for mode in reversed(render.MODES):
+        fn = click.option(f"-{mode}", "mode", flag_value=mode, help=f"Print results in {mode} mode.")(fn)
+    return fn
+
+
+@click.group(
+    cls=_Command,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="velosql", message="%(prog)s %(version)s")
+@click.option("-c", "commands", metavar="SQL", multiple=True, help="Run SQL (repeatable, in order with -f).")
+@click.option("-f", "files", metavar="FILE", multiple=True, type=click.Path(dir_okay=False),
+              help="Run the statements of FILE (repeatable).")  # fmt: skip
+@_mode_flags
+@click.option("-noheader", "header", flag_value=False, default=True, help="Print no column names.")
+@click.option("-header", "header", flag_value=True, help="Print column names (the default).")
+@click.option("-bail", is_flag=True, help="Stop SQL piped on stdin at its first error (-c and -f always do).")
+@click.option("--database", "-d", metavar="FILE", type=click.Path(dir_okay=False),
+              help="A DuckDB database file (created if missing) that keeps every table; default in memory.")  # fmt: skip
+@click.option("--processor", metavar="STR", callback=lambda c, p, v: _check_processor(c, p, v),
+              help="Processor of statements that choose none (v1, v2, v2:N, …).")  # fmt: skip
+@click.option("--config", metavar="YAML", type=click.Path(dir_okay=False), help="YAML config file.")
 @click.pass_context
-def cli(ctx: click.Context) -> None:
-    """velosql: streaming SQL embedded in DuckDB."""
-    if ctx.invoked_subcommand is None:
-        click.echo(ctx.get_help())
+def cli(ctx: click.Context, commands, files, mode, header, bail, database, processor, config) -> None:
+    """velosql: streaming SQL embedded in DuckDB.
+
+    On a terminal, opens the shell. With -c, -f or SQL piped on stdin, runs the statements and
+    prints their results as DuckDB's CLI does.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = render.Settings(mode=mode or "duckbox", header=header, width=_width())
+    scripts = _scripts(ctx, commands, files)
+    if not scripts and sys.stdin.isatty():
+        from .shell import Shell
+
+        engine = _open_engine(processor, config, database)
+        sys.exit(Shell(engine, database, settings).loop())
+    engine = _open_engine(processor, config, database)
+    try:
+        if scripts:
+            code = _run_scripts(engine, scripts, settings, bail=True, database=database)
+        else:
+            code = _run_scripts(engine, [(sys.stdin.read(), None)], settings, bail=bail, database=database)
+    finally:
+        engine.close()
+    sys.exit(code)
 
 
 # ---- shared options ------------------------------------------------------------------------------
@@ -94,6 +159,13 @@ _config_option = click.option(
     type=click.Path(dir_okay=False),
     help="YAML config file (processor.architecture, …); default $VELOSQL_CONFIG or ./velosql.yaml.",
 )
+_database_option = click.option(
+    "--database",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="A DuckDB database file (created if missing) that keeps every table, late rows and dead "
+    "letters included; default in memory.",
+)
 
 
 def _read_script(path: str) -> str:
@@ -104,15 +176,23 @@ def _read_script(path: str) -> str:
         raise CliError(f"{path}: cannot read the script: {exc}") from None
 
 
-def _open_engine(processor: str | None, config: str | None) -> Engine:
+def _open_engine(processor: str | None, config: str | None, database: str | None = None) -> Engine:
     if config is not None:
         try:
             load_settings(config)  # report a bad file now, even if no statement falls back to it
         except ConfigError as exc:
             raise CliError(str(exc)) from None
-    engine = connect(processor=processor)
+    try:
+        engine = connect(database or ":memory:", processor=processor)
+    except duckdb.Error as exc:
+        raise CliError(f"{database}: cannot open the database: {exc}") from None
     engine.config_path = config
     return engine
+
+
+def _width() -> int | None:
+    """The terminal's width for wide results; None (DuckDB's choice) when stdout is not one."""
+    return os.get_terminal_size(sys.stdout.fileno()).columns if sys.stdout.isatty() else None
 
 
 def _message(exc: VelosqlError, path: str) -> str:
@@ -121,6 +201,112 @@ def _message(exc: VelosqlError, path: str) -> str:
     if isinstance(exc, SqlError) and loc is not None and loc.file is None:
         return f"{path}:{loc.line}:{loc.col}: {exc.message}"
     return str(exc)
+
+
+# ---- scripts: -c, -f, stdin, run -----------------------------------------------------------------
+
+
+def _scripts(
+    ctx: click.Context, commands: tuple[str, ...], files: tuple[str, ...]
+) -> list[tuple[str, str | None]]:
+    """The ``-c`` strings and ``-f`` files as (text, file name) in command-line order."""
+    commands_left, files_left = list(commands), list(files)
+    scripts: list[tuple[str, str | None]] = []
+    for flag in ctx.meta.get("velosql.order", []):
+        if flag == "-c" and commands_left:
+            scripts.append((commands_left.pop(0), None))
+        elif flag == "-f" and files_left:
+            path = files_left.pop(0)
+            scripts.append((_read_script(path), path))
+    return scripts
+
+
+def _run_scripts(
+    engine: Engine,
+    scripts: list[tuple[str, str | None]],
+    settings: render.Settings,
+    *,
+    bail: bool,
+    database: str | None,
+    until_idle: float | None = None,
+    invalid_code: int = JOB_FAILED,
+) -> int:
+    """Run scripts in order (stopping at the first failure when ``bail``), wait for the jobs to
+    finish, report them; the exit code. ``invalid_code`` is the code of a script that did not
+    validate (nothing of it ran)."""
+    with _StopSignals() as signals:
+        runner = Runner(
+            engine,
+            settings,
+            sys.stdout,
+            sys.stderr,
+            wait_for_jobs=True,
+            prefix="velosql: error: ",
+            stopping=lambda: signals.received is not None,
+            progress=lambda: open_progress(sys.stderr),
+        )
+        outcomes = []
+        for text, file in scripts:
+            if file is None and text.lstrip().startswith("."):
+                outcomes.append(_dot_command(engine, settings, text))
+            else:
+                outcomes.append(runner.run(text, file, bail=bail))
+            if outcomes[-1] != OK and bail:
+                break
+        if outcomes and outcomes[-1] != OK and bail:
+            engine.stop()
+        code = _supervise(engine, until_idle, signals)
+        _report_kept_tables(engine, database)
+    if signals.exit_code is not None:
+        return signals.exit_code
+    if any(o != OK for o in outcomes):
+        only_invalid = all(o in (OK, INVALID) for o in outcomes) and not engine.jobs()
+        return invalid_code if only_invalid else JOB_FAILED
+    return code
+
+
+def _dot_command(engine: Engine, settings: render.Settings, line: str) -> str:
+    """``-c .tables``, ``-c ".mode csv"``: a dot-command, as the shell runs it."""
+    from . import dotcommands
+    from .shell import Shell
+
+    try:
+        dotcommands.run(Shell(engine, None, settings), line.strip())
+    except VelosqlError as exc:
+        click.echo(f"velosql: error: {exc}", err=True)
+        return FAILED_OUTCOME
+    return OK
+
+
+def _report_kept_tables(engine: Engine, database: str | None) -> None:
+    """Name the late-row and dead-letter tables that hold rows (they vanish with an in-memory database)."""
+    where = f"in {database}" if database else "(in memory: --database FILE keeps them)"
+    for job in engine.jobs():
+        kept = []
+        for table, what in ((job.plan.late_table, "late rows"), (job.plan.dlq_table, "dead letters")):
+            try:
+                count = engine.sql(f'SELECT count(*) FROM "{table}"').fetchall()[0][0]
+            except duckdb.Error:
+                continue  # no such table: nothing was kept
+            if count:
+                kept.append(f"{count} {what} in table {table}")
+        if kept:
+            click.echo(f"velosql: job {job.name}: {', '.join(kept)} {where}", err=True)
+
+
+# ---- velosql shell -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("database", required=False, type=click.Path(dir_okay=False))
+@_processor_option
+@_config_option
+def shell(database: str | None, processor: str | None, config: str | None) -> None:
+    """Open the interactive shell on DATABASE (a DuckDB file, created if missing; default in memory)."""
+    from .shell import Shell
+
+    engine = _open_engine(processor, config, database)
+    sys.exit(Shell(engine, database, render.Settings(width=_width())).loop())
 
 
 # ---- velosql run ---------------------------------------------------------------------------------
@@ -137,19 +323,29 @@ def _message(exc: VelosqlError, path: str) -> str:
     "ends jobs of watched sources.",
 )
 @_config_option
-def run(app: str, processor: str | None, until_idle: float | None, config: str | None) -> None:
-    """Run the streaming statements of APP.sql until their input ends."""
+@_database_option
+def run(
+    app: str, processor: str | None, until_idle: float | None, config: str | None, database: str | None
+) -> None:
+    """Run APP.sql: deploy its streaming statements and print the results of the others, in order.
+
+    A statement that follows streaming statements runs once every earlier job with bounded input
+    has finished (a note says when one runs beside a job of unbounded input).
+    """
     text = _read_script(app)
-    with _StopSignals() as signals:
-        engine = _open_engine(processor, config)
-        try:
-            try:
-                StreamJobServer(max_jobs=MAX_JOBS, engine=engine).deploy_app(text, file=app)
-            except VelosqlError as exc:
-                raise CliError(_message(exc, app)) from None
-            code = _supervise(engine, until_idle, signals)
-        finally:
-            engine.close()
+    engine = _open_engine(processor, config, database)
+    try:
+        code = _run_scripts(
+            engine,
+            [(text, app)],
+            render.Settings(width=_width()),
+            bail=True,
+            database=database,
+            until_idle=until_idle,
+            invalid_code=USAGE_ERROR,
+        )
+    finally:
+        engine.close()
     sys.exit(code)
 
 

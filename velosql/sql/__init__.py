@@ -11,6 +11,7 @@ from .statements import (
     ShowJobs,
     ShowStreams,
     Statement,
+    Terminate,
     WindowSpec,
 )
 
@@ -23,6 +24,7 @@ __all__ = [
     "ShowJobs",
     "ShowStreams",
     "Statement",
+    "Terminate",
     "Velosql",
     "WindowSpec",
     "parse_one",

@@ -7,7 +7,8 @@ in the whole file. Each statement is then classified from its tokens:
 * ``CREATE STREAM …`` and ``CREATE TABLE … AS SELECT`` with a streaming clause (WINDOW kind(…),
   EMIT, PRIMARY KEY, ROWS WINDOW BUFFER or a trailing ``WITH (…)``) are parsed strictly by the
   dialect into :class:`CreateStream`; ``EXPLAIN [ANALYZE]`` of one into :class:`Explain`;
-* ``SHOW STREAMS``, ``SHOW JOBS``, ``DESCRIBE name``, ``DROP STREAM [IF EXISTS] name``;
+* ``SHOW STREAMS``, ``SHOW JOBS``, ``DESCRIBE name``, ``DROP STREAM [IF EXISTS] name``,
+  ``TERMINATE name``;
 * anything else is DuckDB's: a :class:`DuckDBStatement` holding the original text, never parsed,
   so statements sqlglot does not understand (``INSTALL``, ``PRAGMA``, ``CREATE MACRO``…) still run.
 
@@ -36,6 +37,7 @@ from .statements import (
     ShowJobs,
     ShowStreams,
     Statement,
+    Terminate,
     WindowSpec,
 )
 
@@ -136,6 +138,8 @@ class _Script:
                 return Describe(text, where, name=rest[0].text)
         if words[:2] == ["DROP", "STREAM"]:
             return self._drop_stream(tokens, text, where)
+        if words[0] == "TERMINATE":
+            return self._terminate(tokens, text, where)
         return DuckDBStatement(text, where)
 
     def _drop_stream(self, tokens: list[Token], text: str, where: Location) -> DropStream:
@@ -146,6 +150,14 @@ class _Script:
             found = f"found {bad.text!r}" if rest else "found the end of the statement"
             raise SqlError(f"expected DROP STREAM [IF EXISTS] <name>, {found}", self.location(bad.start))
         return DropStream(text, where, name=rest[0].text, if_exists=if_exists)
+
+    def _terminate(self, tokens: list[Token], text: str, where: Location) -> Terminate:
+        rest = tokens[1:]
+        if len(rest) != 1 or not (rest[0].token_type in _NAME_TOKENS or rest[0].text.isidentifier()):
+            bad = rest[1] if len(rest) > 1 else tokens[-1]
+            found = f"found {bad.text!r}" if rest else "found the end of the statement"
+            raise SqlError(f"expected TERMINATE <name>, {found}", self.location(bad.start))
+        return Terminate(text, where, name=rest[0].text)
 
     # ---- CREATE STREAM ----------------------------------------------------------------------------
     def _create_stream(self, tokens: list[Token], annotations: dict[str, str]) -> CreateStream:

@@ -88,6 +88,13 @@ class DropStream(Statement):
 
 
 @dataclass(frozen=True)
+class Terminate(Statement):
+    """``TERMINATE name`` (ksqlDB's word): stop the job (it flushes) and keep it listed, unlike DROP STREAM."""
+
+    name: str = ""
+
+
+@dataclass(frozen=True)
 class Explain(Statement):
     """``EXPLAIN [ANALYZE] <streaming statement>``."""
 
