@@ -15,7 +15,15 @@ import velosql
 from velosql.errors import SqlError
 from velosql.testing import push_split
 
-pytestmark = pytest.mark.usefixtures("processor_matrix")
+# A part of the processor matrix: V2 runs these operators in the job's process, and the
+# query-generating test (test_queries.py) covers every entry.
+SOME = [("v1", None), ("v2:2", "hash"), ("v2:3", "round_robin")]
+pytestmark = [
+    pytest.mark.usefixtures("processor_matrix"),
+    pytest.mark.parametrize(
+        "processor_matrix", SOME, ids=["v1", "v2:2-hash", "v2:3-round_robin"], indirect=True
+    ),
+]
 
 BASE = dt.datetime(2024, 1, 1)
 ROWS = pa.table(
