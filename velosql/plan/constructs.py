@@ -113,9 +113,7 @@ def inspect(select: exp.Expression, stream: str) -> Constructs:
         elif is_any_aggregate(node) and any(isinstance(a, exp.Order) for a in node.args.values()):
             note("an aggregate with its own ORDER BY")
     if isinstance(select, exp.Select):
-        grouped = select.args.get("group") is not None or any(
-            is_any_aggregate(n) for item in select.expressions for n in item.walk()
-        )
+        grouped = aggregating(select)
         if grouped and any(_is_subquery_expression(n) for n in select.walk()):
             note("a subquery in an aggregating SELECT")
         if any(_is_subquery_expression(n) and _touches(n, stream, touching) for n in select.walk()):
@@ -145,6 +143,15 @@ def _is_subquery_expression(node: exp.Expression) -> bool:
     return isinstance(node, exp.Subquery) and not isinstance(node.parent, (exp.From, exp.Join))
 
 
+def aggregating(select: exp.Expression) -> bool:
+    """Whether ``select`` is one SELECT that groups or aggregates its rows."""
+    if not isinstance(select, exp.Select):
+        return False
+    return select.args.get("group") is not None or any(
+        is_any_aggregate(n) for item in select.expressions for n in item.walk()
+    )
+
+
 def inline_aliases(select: exp.Expression) -> exp.Expression:
     """``select`` with each select item's use of an earlier item's alias (DuckDB's lateral
     aliases, ``sum(x) AS s, s * 2 AS s2``) replaced by that item's expression, in a SELECT that
@@ -152,12 +159,7 @@ def inline_aliases(select: exp.Expression) -> exp.Expression:
 
     DuckDB reads such a name as the source's column when the source has one; in an aggregating
     SELECT that column would be an error there (it is neither grouped nor aggregated)."""
-    if not isinstance(select, exp.Select):
-        return select
-    grouped = select.args.get("group") is not None or any(
-        is_any_aggregate(n) for item in select.expressions for n in item.walk()
-    )
-    if not grouped:
+    if not aggregating(select):
         return select
     earlier: dict[str, exp.Expression] = {}
 

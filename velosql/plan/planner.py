@@ -25,7 +25,7 @@ from ..errors import ConfigError, Location, OptionError, SqlError
 from ..sql.deep import deep_call
 from ..sql.statements import CreateStream, WindowSpec
 from . import constructs, general, sqlgen
-from .aggregates import AggSpec, is_any_aggregate
+from .aggregates import AggSpec
 from .operators import DistinctSpec, GeneralSpec
 
 
@@ -126,7 +126,12 @@ def _plan(stmt: CreateStream) -> StreamPlan:
     window = stmt.window
     time = _time_spec(window, source, job)
     found = constructs.inspect(select, src_name)
-    if window is not None and not found.general and not _aggregates(select) and not select.find(exp.Window):
+    if (
+        window is not None
+        and not found.general
+        and not constructs.aggregating(select)
+        and not select.find(exp.Window)
+    ):
         # A window over rows no aggregate reads: each window's rows when it closes.
         found = dataclasses.replace(found, general=("a WINDOW over a SELECT without aggregates",))
     if found.general:
@@ -146,9 +151,6 @@ def _plan(stmt: CreateStream) -> StreamPlan:
     primary_key = tuple(k.lower() for k in stmt.primary_key)
     sinks = _sink_specs(name, stmt.kind, grouped["sink"], stmt, primary_key, query)
     shape_sql = sqlgen.generate(query, window, emit)
-    notes = []
-    if window is not None and time.column is None:
-        notes.append("no event-time column: windows use processing time (arrival time)")
     return StreamPlan(
         name=name,
         kind=stmt.kind,
@@ -168,16 +170,14 @@ def _plan(stmt: CreateStream) -> StreamPlan:
         sql=shape_sql,
         primary_key=primary_key,
         limit=query.limit,
-        notes=tuple(notes),
+        notes=_notes(window, time),
     )
 
 
-def _aggregates(select: exp.Expression) -> bool:
-    if not isinstance(select, exp.Select):
-        return False
-    return select.args.get("group") is not None or any(
-        is_any_aggregate(n) for item in select.expressions for n in item.walk()
-    )
+def _notes(window: WindowSpec | None, time: TimeSpec) -> tuple[str, ...]:
+    if window is not None and time.column is None:
+        return ("no event-time column: windows use processing time (arrival time)",)
+    return ()
 
 
 def _general(stmt, select, found, source, job, processor, emit, time, grouped) -> StreamPlan:
@@ -186,14 +186,11 @@ def _general(stmt, select, found, source, job, processor, emit, time, grouped) -
     chosen = general.choose(select, source.name, found, stmt.window, emit, stmt.location)
     primary_key = tuple(k.lower() for k in stmt.primary_key)
     sinks = _sink_specs(name, stmt.kind, grouped["sink"], stmt, primary_key, None)
-    notes = []
-    if stmt.window is not None and time.column is None:
-        notes.append("no event-time column: windows use processing time (arrival time)")
     return StreamPlan(
         name=name, kind=stmt.kind, text=stmt.text, location=stmt.location, shape=chosen.shape,
         emit=emit, source=source, sinks=sinks, time=time, window=stmt.window, group_keys=(),
         aggregates=(), processor=processor, job_options=job, annotations=dict(stmt.annotations),
-        sql=chosen.sql, primary_key=primary_key, limit=chosen.limit, notes=tuple(notes),
+        sql=chosen.sql, primary_key=primary_key, limit=chosen.limit, notes=_notes(stmt.window, time),
         operator=chosen.operator,
     )  # fmt: skip
 
