@@ -133,11 +133,10 @@ def is_any_aggregate(node: exp.Expression) -> bool:
     ~0.1 s, which a statement of known functions does not pay)."""
     if is_aggregate(node):
         return True
-    if isinstance(node, exp.AggFunc):
-        pass
-    elif not isinstance(node, exp.Anonymous) or node.name.lower() not in duckdb_aggregates():
-        return False
-    return not isinstance(node.parent, exp.Window) or node.parent.this is not node
+    named = isinstance(node, exp.AggFunc) or (
+        isinstance(node, exp.Anonymous) and node.name.lower() in duckdb_aggregates()
+    )
+    return named and (not isinstance(node.parent, exp.Window) or node.parent.this is not node)
 
 
 # Aggregates whose result depends on the order of their rows, when they have no ORDER BY.

@@ -15,7 +15,6 @@ refused here, naming the construct and the alternatives.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from sqlglot import exp
@@ -82,21 +81,27 @@ def choose(
             "the window closes; write EMIT FINAL",
             loc,
         )
-    if window is not None and window.kind == "session":
-        spec = _sessions(select, stream, found, window, loc)
-        late = f"SELECT * FROM __in WHERE {W.late_condition(window)}"
-        return GeneralPlan("general", sqlgen.ShapeSQL(reference=reference, late=late), spec, None)
-    rows = relation("__gbuf", window is not None, found.references, bounds=True)
-    spec = GeneralSpec(select=over(select, stream, rows), window=window, why=found.general)
-    if window is not None:
-        spec = dataclasses.replace(
-            spec,
-            on_time=f"NOT {W.late_condition(window)}",
-            starts=W.starts_sql(window, "__gbuf"),
-            evict=f"DELETE FROM __gbuf WHERE {W.last_end(window)} <= $WM",
-        )
-    late = f"SELECT * FROM __in WHERE {W.late_condition(window)}" if window is not None else ""
+    if window is None:
+        rows = relation("__gbuf", False, found.references, bounds=False)
+        spec = GeneralSpec(select=over(select, stream, rows), window=None, why=found.general)
+        return GeneralPlan("general", sqlgen.ShapeSQL(reference=reference), spec, None)
+    spec = (_sessions if window.kind == "session" else _windows)(select, stream, found, window, loc)
+    late = f"SELECT * FROM __in WHERE {W.late_condition(window)}"
     return GeneralPlan("general", sqlgen.ShapeSQL(reference=reference, late=late), spec, None)
+
+
+def _windows(select, stream: str, found: Constructs, window: WindowSpec, loc: Location) -> GeneralSpec:
+    """The general operator over TUMBLING or SLIDING windows: the SELECT over each closed
+    window's rows, a row forgotten when its last window closed."""
+    rows = relation("__gbuf", True, found.references, bounds=True)
+    return GeneralSpec(
+        select=over(select, stream, rows),
+        window=window,
+        why=found.general,
+        on_time=f"NOT {W.late_condition(window)}",
+        starts=W.starts_sql(window, "__gbuf"),
+        evict=f"DELETE FROM __gbuf WHERE {W.last_end(window)} <= $WM",
+    )
 
 
 def _sessions(select, stream: str, found: Constructs, window: WindowSpec, loc: Location) -> GeneralSpec:
