@@ -57,7 +57,24 @@ WINDOW_FUNCTIONS = [
 ]
 
 
-FORMS = ["project", "aggregate", "distinct", "window_function", "subquery", "union"]
+FORMS = [
+    "project",
+    "aggregate",
+    "distinct",
+    "window_function",
+    "subquery",
+    "union",
+    "stream_join",
+    "window_join",
+]
+# Time bounds of an interval join between streams t and u (none: a join kept to the end of input).
+BOUNDS = [
+    "",
+    " AND u.ts BETWEEN t.ts - INTERVAL 30 SECOND AND t.ts + INTERVAL 10 SECOND",
+    " AND u.ts >= t.ts AND u.ts < t.ts + INTERVAL '1' MINUTE",
+    " AND t.ts = u.ts",
+]
+JOIN_ITEMS = ["t.k", "t.x", "u.x", "u.y", "t.s", "u.s", "t.y + coalesce(u.x, 0)", "t.ts"]
 
 
 @st.composite
@@ -83,6 +100,8 @@ def queries(draw, form: str):
     keyed = False
     keys: list[str] = []  # the outermost GROUP BY: what sessions are formed by
     place = None  # where the subquery form's subquery stands
+    if form in ("stream_join", "window_join"):
+        return _join_query(draw, form)
     if form == "project":
         items = draw(
             st.lists(st.sampled_from(VALUES + (["label", "w"] if join else [])), min_size=1, max_size=4)
@@ -141,6 +160,36 @@ def queries(draw, form: str):
     return select, window, emit, keyed and emit == "CHANGES", form, (keys, kept)
 
 
+def _join_query(draw, form: str):
+    """A join of streams t and u: an interval join (INNER, LEFT, RIGHT or FULL, with or without
+    a time bound), an aggregate over one (EMIT FINAL, or refused under EMIT CHANGES), or a
+    window join (both sides' rows in the same TUMBLING or SLIDING window)."""
+    kind = draw(st.sampled_from(["JOIN", "LEFT JOIN", "RIGHT JOIN", "FULL JOIN"]))
+    window = None if form == "stream_join" else draw(st.sampled_from([("tumbling", 60), ("sliding", 60, 30)]))
+    bound = draw(st.sampled_from(BOUNDS)) if window is None else ""
+    relation = f"t {kind} u ON t.k = u.k{bound}"
+    where = draw(
+        st.one_of(st.none(), st.sampled_from(["t.x > 0", "u.y < 100", "t.s IS NOT NULL OR u.s = 'p'"]))
+    )
+    lead = ["_window_start"] if window else []
+    aggregate = draw(st.booleans())
+    if aggregate:
+        aggs = draw(
+            st.lists(
+                st.sampled_from(["count(*)", "sum(u.x)", "max(t.y)", "count(u.s)"]), min_size=1, max_size=3
+            )
+        )
+        select = f"SELECT {_items(lead + ['t.k'] + aggs)} FROM {relation}"
+    else:
+        select = f"SELECT {_items(lead + draw(st.lists(st.sampled_from(JOIN_ITEMS), min_size=1, max_size=4)))} FROM {relation}"
+    if where is not None:
+        select += f" WHERE {where}"
+    if aggregate:
+        select += f" GROUP BY {', '.join(str(i + 1) for i in range(len(lead) + 1))}"
+    emit = "FINAL" if window else draw(st.sampled_from(["FINAL", "CHANGES"]))
+    return select, window, emit, False, form, ([], None)
+
+
 def _items(items: list[str]) -> str:
     """Select items named c0, c1, … (the window's start keeps its name)."""
     return ", ".join(item if item == "_window_start" else f"{item} AS c{i}" for i, item in enumerate(items))
@@ -154,21 +203,28 @@ def _clause(window) -> str:
     return f" WINDOW {window[0].upper()}(ts, {window[1]}s)"
 
 
-def batch(select: str, table: pa.Table, window, sessions: tuple) -> list[tuple] | None:
-    """The SELECT as DuckDB batch SQL over ``table`` (per window: each window's rows, with
-    ``_window_start``; sessions per ``sessions`` = (keys, the condition of the rows they form
-    from)); None when DuckDB refuses it."""
+def batch(
+    select: str, table: pa.Table, window, sessions: tuple, other: pa.Table | None = None
+) -> list[tuple] | None:
+    """The SELECT as DuckDB batch SQL over ``table`` as t (and ``other`` as u) (per window: each
+    window's rows of each, with ``_window_start`` on t's; sessions per ``sessions`` = (keys, the
+    condition of the rows they form from)); None when DuckDB refuses it."""
     con = duckdb.connect(config={"threads": 1})
     con.execute(f"CREATE TABLE dim AS {DIM}")
     con.register("input", table.append_column("seq", pa.array(range(table.num_rows), pa.int64())))
+    if other is not None:
+        con.register("other", other)
     try:
         if window is None:
             con.execute("CREATE VIEW t AS SELECT * EXCLUDE (seq) FROM input")
+            if other is not None:
+                con.execute("CREATE VIEW u AS SELECT * FROM other")
             return con.sql(select).fetchall()
         if window[0] == "session":
             return _per_session(con, select, window[1], *sessions)
         size, step = window[1], window[-1]
-        seconds = sorted({int((ts - EPOCH).total_seconds()) for ts in table.column("ts").to_pylist()})
+        times = table.column("ts").to_pylist() + (other.column("ts").to_pylist() if other is not None else [])
+        seconds = sorted({int((ts - EPOCH).total_seconds()) for ts in times})
         starts = sorted({t - t % step - j * step for t in seconds for j in range(size // step)})
         rows = []
         for start in starts:
@@ -179,6 +235,11 @@ def batch(select: str, table: pa.Table, window, sessions: tuple) -> list[tuple] 
                 f"CREATE OR REPLACE VIEW t AS SELECT * EXCLUDE (seq), TIMESTAMP '{ws}' AS _window_start FROM input "
                 f"WHERE ts >= TIMESTAMP '{ws}' AND ts < TIMESTAMP '{ws}' + INTERVAL {size} SECOND"
             )
+            if other is not None:
+                con.execute(
+                    f"CREATE OR REPLACE VIEW u AS SELECT * FROM other "
+                    f"WHERE ts >= TIMESTAMP '{ws}' AND ts < TIMESTAMP '{ws}' + INTERVAL {size} SECOND"
+                )
             rows += con.sql(select).fetchall()
         return rows
     except duckdb.Error:
@@ -222,10 +283,15 @@ def refused_reasons() -> list[str]:
 def test_random_selects_stream_to_the_batch_result(processor, form, data, draw):
     table, splits, size = data
     select, window, emit, keyed, form, sessions = draw.draw(queries(form), label="query")
-    expected = batch(select, table, window, sessions)
+    other, other_splits = None, ()
+    if form in ("stream_join", "window_join"):
+        other, other_splits, _ = draw.draw(streams(max_rows=30), label="stream u")
+    expected = batch(select, table, window, sessions, other)
     assume(expected is not None)  # the grammar drew SQL DuckDB itself refuses
     kind = "TABLE" if keyed else "STREAM"
     sink = "" if keyed else "'o.type' = 'python', "
+    if other is not None:
+        sink += "'t.type' = 'python', 'u.type' = 'python', "
     sql = (
         f"CREATE {kind} o AS {select}{_clause(window)} EMIT {emit} WITH ({sink}max_batch_size = {size}, "
         f"'watermark.max_out_of_orderness' = '{LATENESS_S}s'{strategy_option(processor)})"
@@ -234,6 +300,8 @@ def test_random_selects_stream_to_the_batch_result(processor, form, data, draw):
     try:
         engine.sql(f"CREATE TABLE dim AS {DIM}")
         push_split(engine, "t", table, splits)
+        if other is not None:
+            push_split(engine, "u", other, other_splits)
         try:
             job = engine.execute(sql)
         except SqlError as exc:

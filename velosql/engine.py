@@ -318,8 +318,9 @@ class Engine:
     def _job_connection(self) -> duckdb.DuckDBPyConnection:
         return self.con.cursor()
 
-    def _make_source(self, p: StreamPlan):
-        spec = p.source
+    def _make_source(self, p: StreamPlan, spec=None):
+        """The source of ``p`` (or of its input ``spec``, for a statement over several streams)."""
+        spec = spec or p.source
         stype = spec.type or self._infer_source_type(spec.name, p)
         if stype == "file_source":
             from .connectors.files import FileSource

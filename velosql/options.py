@@ -255,6 +255,37 @@ OPTIONS: tuple[Option, ...] = (
         "A source partition without records for this long stops holding the watermark back.",
     ),
     _job(
+        "join.type",
+        "enum",
+        None,
+        "Velostream's join hint: `interval` or `window`. The kind of join is read from the SELECT "
+        "itself; the hint is checked against it.",
+        ("interval", "window"),
+    ),
+    _job(
+        "join.lower_bound",
+        "duration",
+        None,
+        "Velostream's interval-join bound: the joined stream's event time is at least this much "
+        "after the FROM stream's. Accepted when the ON condition states the same bound "
+        "(`AND b.ts BETWEEN a.ts + <lower> AND a.ts + <upper>`), so the result stays the batch "
+        "result of the SELECT as written.",
+    ),
+    _job(
+        "join.upper_bound",
+        "duration",
+        None,
+        "The interval join's other bound: the joined stream's event time at most this much after "
+        "the FROM stream's (checked against the ON condition like `join.lower_bound`).",
+    ),
+    _job(
+        "join.retention",
+        "duration",
+        None,
+        "How long a join keeps a row: accepted when at least as long as the ON condition's bound "
+        "needs (the rows are dropped by the watermark then, never earlier).",
+    ),
+    _job(
         "late.data.strategy",
         "enum",
         "dead_letter",

@@ -131,6 +131,18 @@ def inspect(select: exp.Expression, stream: str) -> Constructs:
     return Constructs(general=tuple(found), stateless=stateless, distinct=distinct, references=names)
 
 
+def meeting(select: exp.Expression, streams: list[str]) -> bool:
+    """Whether rows of two of ``streams`` meet in one SELECT (a join, directly or through CTEs
+    and subqueries in FROM)."""
+    touching = {s: _touching_ctes(select, s) for s in streams}
+    for node in select.walk():
+        if isinstance(node, exp.Select):
+            read = {s for src in _sources(node) for s in streams if _touches(src, s, touching[s])}
+            if len(read) > 1:
+                return True
+    return False
+
+
 def _set_operation_name(node: exp.SetOperation) -> str:
     word = {exp.Union: "UNION", exp.Intersect: "INTERSECT", exp.Except: "EXCEPT"}.get(type(node), "UNION")
     return f"{word}{'' if node.args.get('distinct') else ' ALL'}"

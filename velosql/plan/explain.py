@@ -43,6 +43,20 @@ def _operator_text(plan: StreamPlan) -> str:
             f"general: the whole SELECT runs over {where}, the rows kept in DuckDB until then; "
             f"no incremental operator reads {why}"
         )
+    if plan.shape == "join":
+        op = plan.operator
+        outer = {
+            "inner": "",
+            "left": "; a left row with no match is emitted (NULL-extended) when it can match no more",
+            "right": "; a right row with no match is emitted (NULL-extended) when it can match no more",
+            "full": "; a row of either side with no match is emitted (NULL-extended) when it can match no more",
+        }
+        return (
+            f"join: {op.why[0]}, incremental: each micro-batch of one stream is joined with the rows of the "
+            f"other kept so far, so a pair is emitted when its later row arrives{outer[op.kind]}; state: {op.bound}"
+        )
+    if plan.shape == "union":
+        return "union: the streams' rows never meet; each stream's micro-batches run through the SELECT on their own"
     if plan.shape == "distinct":
         return "distinct: each row passes the first time it is seen; the rows passed are kept in DuckDB"
     if plan.shape == "project" and not plan.sql.project_orderable:
@@ -59,9 +73,21 @@ def explain_text(plan: StreamPlan, processor, job=None) -> str:
     """The plan of one streaming statement; with a running ``job``, its metrics too (ANALYZE)."""
     lines = [f"{plan.kind.upper()} {plan.name}  ({plan.location})"]
     src = plan.source
-    lines.append(
-        f"  source:      {src.name} [{src.type or 'python/table (resolved at deploy)'}] {_options(src.options, 'source')}"
-    )
+    for i, inp in enumerate(plan.inputs or [None]):
+        src = inp.source if inp is not None else plan.source
+        lines.append(
+            f"  source:      {src.name} [{src.type or 'python/table (resolved at deploy)'}] {_options(src.options, 'source')}"
+        )
+        if inp is not None and plan.window is None and plan.shape == "join":
+            et = inp.time.column or "none"
+            lines.append(f"  event time:  {et} (input {i})")
+    src = plan.source
+    if plan.inputs and plan.shape == "join" and plan.time.column is not None:
+        t = plan.time
+        lines.append(
+            f"  watermark:   max event time per partition of every stream - {_duration(t.lateness_us)} "
+            f"(allowed lateness), minimum over them; late rows kept in {plan.late_table}"
+        )
     t = plan.time
     if plan.window is not None:
         et = t.column or "processing time (no event-time column named)"
@@ -105,6 +131,10 @@ def explain_text(plan: StreamPlan, processor, job=None) -> str:
         emit = "CHANGES: one output row per input row that passes WHERE"
     elif plan.shape == "distinct":
         emit = "CHANGES: the first occurrence of each distinct row, when it arrives"
+    elif plan.shape == "union":
+        emit = "CHANGES: each stream's output rows as its rows arrive"
+    elif plan.shape == "join":
+        emit = "CHANGES: each joined row once, when its later row arrives (the rows are final: nothing is retracted)"
     elif plan.shape == "general":
         emit = (
             "FINAL: the SELECT's rows for each window when the watermark closes it"

@@ -51,15 +51,15 @@ def choose(
     batch_rows = relation("__in", window is not None, found.references, bounds=False)
     reference = over(select, stream, batch_rows)
     if window is None and found.stateless:
-        limit = _top_limit(select)
-        project = over(_without_limit(select), stream, batch_rows)
+        limit = top_limit(select)
+        project = over(without_limit(select), stream, batch_rows)
         sql = sqlgen.ShapeSQL(project=project, reference=reference, project_orderable=False)
         return GeneralPlan("project", sql, None, limit)
     if window is None and found.distinct:
         body = select.copy()
         body.set("distinct", None)
-        limit = _top_limit(body)
-        rows = over(_without_limit(body), stream, batch_rows)
+        limit = top_limit(body)
+        rows = over(without_limit(body), stream, batch_rows)
         return GeneralPlan("distinct", sqlgen.ShapeSQL(reference=reference), DistinctSpec(rows), limit)
     if emit == "changes" and window is None:
         bounded = (
@@ -100,7 +100,7 @@ def _windows(select, stream: str, found: Constructs, window: WindowSpec, loc: Lo
         why=found.general,
         on_time=f"NOT {W.late_condition(window)}",
         starts=W.starts_sql(window, "__gbuf"),
-        evict=f"DELETE FROM __gbuf WHERE {W.last_end(window)} <= $WM",
+        evict=f"DELETE FROM $BUF WHERE {W.last_end(window)} <= $WM",
     )
 
 
@@ -177,21 +177,32 @@ def relation(table: str, windowed: bool, references: frozenset[str], bounds: boo
 
 def over(select: exp.Expression, stream: str, rows: str) -> str:
     """``select`` as SQL with every read of the stream reading ``rows`` instead (aliases kept)."""
+    return over_streams(select, {stream: rows})
+
+
+def over_streams(select: exp.Expression, rows: dict[str, str]) -> str:
+    """``select`` as SQL with every read of each stream reading its ``rows`` (aliases kept)."""
     copy = select.copy()
-    for table in stream_tables(copy, stream):
-        alias = table.alias or table.name
-        table.replace(exp.to_table(_PLACEHOLDER).as_(alias, quoted=True))
-    return copy.sql("duckdb").replace(_PLACEHOLDER, rows)
+    marks = {}
+    for i, (stream, sql) in enumerate(rows.items()):
+        mark = f"{_PLACEHOLDER}{i}_"
+        marks[mark] = sql
+        for table in stream_tables(copy, stream):
+            table.replace(exp.to_table(mark).as_(table.alias or table.name, quoted=True))
+    text = copy.sql("duckdb")
+    for mark, sql in marks.items():
+        text = text.replace(mark, sql)
+    return text
 
 
-def _top_limit(select: exp.Expression) -> int | None:
+def top_limit(select: exp.Expression) -> int | None:
     limit = select.args.get("limit")
     if limit is None or not isinstance(limit.expression, exp.Literal):
         return None
     return int(limit.expression.name)
 
 
-def _without_limit(select: exp.Expression) -> exp.Expression:
+def without_limit(select: exp.Expression) -> exp.Expression:
     """The statement without its outermost LIMIT: the job stops after that many rows itself."""
     if select.args.get("limit") is None:
         return select

@@ -18,11 +18,12 @@ class GeneralSpec:
     once over every row at the end of a bounded input (no window).
 
     ``select`` reads the buffered rows of one window through ``__gbuf`` (with ``$WS``/``$WE``) or
-    one session through ``__gsess``;
+    one session through ``__gsess``; a statement over several streams keeps each stream's rows in
+    its own buffer (``buffers``, in input order) and reads each through its own;
     ``why`` names the constructs that brought the statement here, for EXPLAIN. Windowed:
     ``on_time`` is the condition a micro-batch's rows (``__in``) are kept on, ``starts`` gives
     the start ``__ws`` of every window holding a buffered row, and ``evict`` forgets the rows no
-    window open after watermark ``$WM`` holds.
+    window open after watermark ``$WM`` holds from buffer ``$BUF``.
     """
 
     select: str
@@ -31,6 +32,7 @@ class GeneralSpec:
     on_time: str = "TRUE"
     starts: str = ""
     evict: str = ""
+    buffers: tuple[str, ...] = ("__gbuf",)
     # SESSION windows: ``close`` numbers the sessions watermark ``$WM`` closes (``__sn`` from 1,
     # in ``__gsess``, each session's rows in arrival order) and ``keep`` leaves the others in
     # ``__gbuf``; ``select`` then reads session ``$SN``.
@@ -47,3 +49,43 @@ class DistinctSpec:
     """
 
     rows: str
+
+
+@dataclass(frozen=True)
+class UnionSpec:
+    """Streams whose rows never meet (``UNION ALL`` of per-row SELECTs over different streams):
+    each input's micro-batch goes through ``selects[i]``, the statement with that input read from
+    ``__in`` and every other stream read as empty (``__empty<j>``)."""
+
+    selects: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class JoinSpec:
+    """A join of two streams (inputs 0 and 1: the FROM stream and the joined one), incremental:
+    each side's on-time rows wait in ``__jb0``/``__jb1``; a micro-batch of one side is joined
+    with the other side's rows so far, so each matching pair is produced once, when its later
+    row arrives.
+
+    ``delta[i]`` is the statement, its stream join made INNER, with side ``i`` read from the
+    micro-batch (``__in``) and the other side from its buffer. ``kind`` is the join as written
+    (``inner``, ``left``, ``right``, ``full``); for an outer side ``pairs[i]`` gives the
+    ``(__s, __o)`` sequence numbers of this side's and the other side's rows the micro-batch
+    matched on the ON condition alone (as SQL decides outer rows), and ``outer[i]`` is the
+    statement as written over side ``i``'s rows that can match no more (``$EXPIRED``, a
+    condition) and were never matched, the other side empty: the NULL-extended rows.
+    ``expired[i]`` says which buffered rows of side ``i`` no future row of the other side can
+    match once watermark ``$WM`` holds ('' while the ON condition bounds no time difference:
+    the rows are then kept to the end of the input). ``bound`` describes that bound for EXPLAIN.
+    """
+
+    kind: str
+    delta: tuple[str, str]
+    pairs: tuple[str, str]
+    outer: tuple[str, str]
+    expired: tuple[str, str]
+    on_time: str
+    bound: str
+    why: tuple[str, ...] = ()
+    # ``lo <= b.t - a.t <= hi`` in microseconds (None: unbounded), from the ON condition.
+    interval: tuple[int | None, int | None] = (None, None)

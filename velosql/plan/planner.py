@@ -24,9 +24,9 @@ from ..config import JobProcessorConfig, processor_from_statement
 from ..errors import ConfigError, Location, OptionError, SqlError
 from ..sql.deep import deep_call
 from ..sql.statements import CreateStream, WindowSpec
-from . import constructs, general, sqlgen
+from . import constructs, general, multi, sqlgen
 from .aggregates import AggSpec
-from .operators import DistinctSpec, GeneralSpec
+from .operators import DistinctSpec, GeneralSpec, JoinSpec, UnionSpec
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,14 @@ class TimeSpec:
 
 
 @dataclass(frozen=True)
+class InputSpec:
+    """One stream of a statement that reads several (in input order): its source and event time."""
+
+    source: SourceSpec
+    time: TimeSpec
+
+
+@dataclass(frozen=True)
 class StreamPlan:
     """Everything a processor needs to run one streaming statement (frozen: a spec, not runtime)."""
 
@@ -83,7 +91,10 @@ class StreamPlan:
     limit: int | None = None
     notes: tuple[str, ...] = field(default=())
     # The spec of the operator that runs a statement of no specialised shape (general.py).
-    operator: GeneralSpec | DistinctSpec | None = None
+    operator: GeneralSpec | DistinctSpec | UnionSpec | JoinSpec | None = None
+    # The streams of a statement that reads several (multi.py), ``source`` and ``time`` being the
+    # first's; empty for a statement over one stream.
+    inputs: tuple[InputSpec, ...] = ()
 
     @property
     def windowed(self) -> bool:
@@ -112,6 +123,9 @@ def _plan(stmt: CreateStream) -> StreamPlan:
     if stmt.select is None or not isinstance(stmt.select, (exp.Select, exp.SetOperation)):
         raise SqlError("expected SELECT after AS", loc)
     select = constructs.inline_aliases(stmt.select)
+    streams = _declared_streams(select, stmt)
+    if len(streams) > 1:
+        return _multi(stmt, select, streams)
     source_table = _stream_source(select, stmt)
     src_name = source_table.name.lower()
     alias = source_table.alias_or_name
@@ -195,6 +209,60 @@ def _general(stmt, select, found, source, job, processor, emit, time, grouped) -
     )  # fmt: skip
 
 
+def _multi(stmt: CreateStream, select: exp.Expression, streams: list[str]) -> StreamPlan:
+    """The plan of a statement that reads several streams (multi.py)."""
+    name = stmt.name.lower()
+    streams = multi.order_streams(select, streams)
+    grouped = _split_options(stmt, streams, name)
+    job = _job_options(grouped["job"], stmt)
+    aliases = {t.name.lower(): t.alias_or_name for t in select.find_all(exp.Table)}
+    sources = [_source_spec(s, aliases[s], grouped["sources"][s], stmt) for s in streams]
+    window = stmt.window
+    emit = stmt.emit or ("final" if window else "changes")
+    declared = [s.options.get("event.time.field") or job.get("event.time.field") for s in sources]
+    hints = {k: v for k, v in job.items() if k.startswith("join.") and v is not None}
+    chosen = multi.choose(select, streams, declared, window, emit, stmt.location, hints)
+    by_name = {s.name: s for s in sources}
+    inputs = []
+    for stream, column in zip(chosen.streams, chosen.times):
+        source = by_name[stream]
+        time = _time_spec(window, source, job)
+        inputs.append(InputSpec(source, dataclasses.replace(time, column=column)))
+    primary_key = tuple(k.lower() for k in stmt.primary_key)
+    sinks = _sink_specs(name, stmt.kind, grouped["sink"], stmt, primary_key, None)
+    shape_sql = sqlgen.ShapeSQL(late=f"SELECT * FROM __in WHERE {chosen.late}")
+    return StreamPlan(
+        name=name, kind=stmt.kind, text=stmt.text, location=stmt.location, shape=chosen.shape,
+        emit=emit, source=inputs[0].source, sinks=sinks, time=inputs[0].time, window=window,
+        group_keys=(), aggregates=(), processor=_processor(stmt), job_options=job,
+        annotations=dict(stmt.annotations), sql=shape_sql, primary_key=primary_key,
+        limit=chosen.limit, notes=_notes(window, inputs[0].time), operator=chosen.operator,
+        inputs=tuple(inputs),
+    )  # fmt: skip
+
+
+def _declared_streams(select: exp.Expression, stmt: CreateStream) -> list[str]:
+    """The tables ``select`` reads that the WITH keys declare as sources, in the order read."""
+    declared = _declared_names(stmt)
+    defined = constructs.ctes(select)
+    out: list[str] = []
+    for t in select.find_all(exp.Table):
+        name = t.name.lower()
+        if isinstance(t.this, exp.Identifier) and not t.args.get("db") and name not in defined:
+            if name in declared and name not in out:
+                out.append(name)
+    return out
+
+
+def _declared_names(stmt: CreateStream) -> set[str]:
+    """The names the WITH keys give options to, the sink's aside."""
+    return {
+        key.lower().partition(".")[0]
+        for key in stmt.properties
+        if "." in key and opts.find("job", key.lower()) is None
+    } - {stmt.name.lower()}
+
+
 def _stream_source(select: exp.Expression, stmt: CreateStream) -> exp.Table:
     """The table the statement streams from: the one its WITH keys declare as a source, else the
     first table its outermost FROM reads (through CTEs and subqueries); the others are DuckDB
@@ -205,12 +273,7 @@ def _stream_source(select: exp.Expression, stmt: CreateStream) -> exp.Table:
         for t in select.find_all(exp.Table)
         if isinstance(t.this, exp.Identifier) and t.name.lower() not in defined and not t.args.get("db")
     ]
-    sink = stmt.name.lower()
-    declared = {
-        key.lower().partition(".")[0]
-        for key in stmt.properties
-        if "." in key and opts.find("job", key.lower()) is None
-    } - {sink}
+    declared = _declared_names(stmt)
     for table in named:
         if table.name.lower() in declared:
             return table
@@ -220,9 +283,13 @@ def _stream_source(select: exp.Expression, stmt: CreateStream) -> exp.Table:
     return table
 
 
-def _split_options(stmt: CreateStream, src: str, sink: str) -> dict[str, dict[str, tuple]]:
-    """Sort WITH keys into job / source / sink scopes: ``{scope: {key: (value, written_key)}}``."""
-    out: dict[str, dict] = {"job": {}, "source": {}, "sink": {}}
+def _split_options(stmt: CreateStream, srcs: str | list[str], sink: str) -> dict[str, dict]:
+    """Sort WITH keys into job / source / sink scopes: ``{scope: {key: (value, written_key, loc)}}``;
+    ``sources`` holds each source's scope by name and ``source`` the first's."""
+    srcs = [srcs] if isinstance(srcs, str) else srcs
+    out: dict[str, dict] = {"job": {}, "sink": {}, "sources": {s: {} for s in srcs}}
+    out["source"] = out["sources"][srcs[0]]
+    named = " or ".join(repr(s) for s in srcs)
     for key, value in stmt.properties.items():
         loc = stmt.property_locations.get(key, stmt.location)
         k = key.lower()
@@ -230,20 +297,20 @@ def _split_options(stmt: CreateStream, src: str, sink: str) -> dict[str, dict[st
             out["job"][k] = (value, key, loc)
             continue
         prefix, _, rest = k.partition(".")
-        if rest and prefix == src:
-            out["source"][rest] = (value, key, loc)
+        if rest and prefix in out["sources"]:
+            out["sources"][prefix][rest] = (value, key, loc)
         elif rest and prefix == sink:
             out["sink"][rest] = (value, key, loc)
-        elif rest and prefix not in (src, sink) and opts.find("source", rest) is not None:
+        elif rest and opts.find("source", rest) is not None:
             raise OptionError(
-                f"WITH key {key!r} names {prefix!r}, which is neither the source {src!r} nor the "
+                f"WITH key {key!r} names {prefix!r}, which is neither the source {named} nor the "
                 f"sink {sink!r} of this statement",
                 loc,
             )
         else:
             raise OptionError(
                 f"unknown WITH key {key!r}: job keys are {', '.join(opts.names('job'))}; "
-                f"connector keys are written '{src}.<key>' or '{sink}.<key>'",
+                f"connector keys are written '{srcs[0]}.<key>' or '{sink}.<key>'",
                 loc,
             )
     return out

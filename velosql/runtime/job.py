@@ -89,7 +89,9 @@ class Job:
         self.limit_reached = False
 
     def prepare(self) -> None:
-        if self.processor.processor_version() == "V2":
+        if self.plan.inputs:
+            from .multi import MultiInputExecutor as executor
+        elif self.processor.processor_version() == "V2":
             from .v2 import V2Executor as executor
         else:
             from .v1 import V1Executor as executor

@@ -23,7 +23,6 @@ import pyarrow.compute as pc
 
 from ..connectors.base import (
     PARTITION_COL,
-    PartitionEnd,
     SourceContext,
     _arange,
     declared_partition_key,
@@ -277,18 +276,24 @@ class V1Executor:
             finally:
                 self.close()
             return
+        sources = getattr(self, "sources", None) or [self.source]
         max_rows = int(self.opts.get("max_batch_size") or 262144)
-        # The reader may run one micro-batch ahead: the next one is read while DuckDB works.
-        q = RowQueue(max_rows)
+        # The readers may run one micro-batch ahead: the next one is read while DuckDB works.
+        q = RowQueue(max_rows * len(sources))
         abort = threading.Event()
-        reader = threading.Thread(target=self._read, args=(q, abort), daemon=True, name="velosql-reader")
-        reader.start()
+        readers = [
+            threading.Thread(
+                target=self._read, args=(q, abort, source, side), daemon=True, name="velosql-reader"
+            )
+            for side, source in enumerate(sources)
+        ]
+        for reader in readers:
+            reader.start()
         timeout = (self.opts.get("batch_timeout") or 200_000) / 1e6
-        pending: list[pa.RecordBatch] = []
-        rows = 0
-        first_at = 0.0
+        pending: list[_Tagged] = []
+        rows, first_at, ended = 0, 0.0, 0
         try:
-            while True:
+            while ended < len(sources):
                 wait = max(0.001, timeout - (time.monotonic() - first_at)) if pending else timeout
                 t0 = time.monotonic()
                 try:
@@ -296,35 +301,37 @@ class V1Executor:
                 except queue.Empty:
                     item = None
                 self.metrics.waiting_seconds += time.monotonic() - t0
-                if item is _END:
-                    break
                 if isinstance(item, BaseException):
                     raise item
-                if isinstance(item, pa.RecordBatch):
+                if item is None:  # idle tick
+                    self._idle()
+                    if pending and time.monotonic() - first_at >= timeout:
+                        self._process_pending(pending)
+                        pending, rows = [], 0
+                    else:
+                        self._idle_watermark()
+                elif isinstance(item.item, pa.RecordBatch):
                     if not pending:
                         first_at = time.monotonic()
                     pending.append(item)
                     rows += item.num_rows
                     if rows >= max_rows:
-                        self._process(pending)
+                        self._process_pending(pending)
                         pending, rows = [], 0
-                elif isinstance(item, PartitionEnd):
+                else:  # a partition's or an input's end
                     if pending:
-                        self._process(pending)
+                        self._process_pending(pending)
                         pending, rows = [], 0
-                    self.tracker.end_partition(item.partition)
-                else:  # idle tick
-                    self._idle()
-                    if pending and time.monotonic() - first_at >= timeout:
-                        self._process(pending)
-                        pending, rows = [], 0
-                    elif self.plan.windowed and self.tracker.idle_timeout:
-                        self._after_watermark(self.tracker.advance())
+                    if item.item is _END:
+                        ended += 1
+                        self._input_ended(item.side)
+                    else:
+                        self._partition_ended(item.side, item.item.partition)
                 self._flush_rejects()
                 if self.stopped_by_limit:
                     break
             if pending:
-                self._process(pending)
+                self._process_pending(pending)
             self._flush_rejects()
             self._finish()
         finally:
@@ -332,8 +339,24 @@ class V1Executor:
             if self.stopped_by_limit:
                 self.job.limit_reached = True
                 self.job.stop_event.set()
-            reader.join(timeout=5)
+            for reader in readers:
+                reader.join(timeout=5)
             self.close()
+
+    def _process_pending(self, pending: list[_Tagged]) -> None:
+        """The batches taken since the last micro-batch, as one."""
+        self._process([t.item for t in pending])
+
+    def _idle_watermark(self) -> None:
+        """Nothing arrived for a while: idle partitions stop holding the watermark back."""
+        if self.plan.windowed and self.tracker.idle_timeout:
+            self._after_watermark(self.tracker.advance())
+
+    def _partition_ended(self, side: int, partition: int) -> None:
+        self.tracker.end_partition(partition)
+
+    def _input_ended(self, side: int) -> None:
+        """Every partition of input ``side`` has ended."""
 
     def _idle(self) -> None:
         """Called when the source had nothing within the batch timeout (V2 checks its workers)."""
@@ -373,7 +396,10 @@ class V1Executor:
         self.metrics.busy_seconds += time.monotonic() - t0
         self._finish()
 
-    def _read(self, q: RowQueue, abort: threading.Event) -> None:
+    def _read(self, q: RowQueue, abort: threading.Event, source, side: int) -> None:
+        """Put ``source``'s batches and partition ends on ``q``, tagged with its input ``side``,
+        then its end (or the exception that ended it)."""
+
         def put(item) -> bool:
             while not abort.is_set():
                 try:
@@ -384,10 +410,14 @@ class V1Executor:
             return False
 
         try:
-            for item in self.source.read():
-                if not put(item) or abort.is_set():
+            for item in source.read():
+                if item is None:  # an idle tick: the job thread times out on its own
+                    if abort.is_set():
+                        return
+                    continue
+                if not put(_Tagged(item, side)) or abort.is_set():
                     return
-            put(_END)
+            put(_Tagged(_END, side))
         except BaseException as exc:  # noqa: BLE001 - handed to the job thread
             put(exc if isinstance(exc, Exception) else JobError(str(exc)))
 
@@ -634,6 +664,17 @@ class V1Executor:
                 delay *= 2
 
 
+class _Tagged:
+    """A batch, a partition's end or an input's end (``_END``), and the input it came from."""
+
+    __slots__ = ("item", "side", "num_rows")
+
+    def __init__(self, item, side: int) -> None:
+        self.item = item
+        self.side = side
+        self.num_rows = item.num_rows if isinstance(item, pa.RecordBatch) else 0
+
+
 class RowQueue:
     """A FIFO between the reader and the job thread, bounded by the rows it holds.
 
@@ -651,7 +692,7 @@ class RowQueue:
 
     def put(self, item, timeout: float) -> None:
         """Raises ``queue.Full`` when there was no room within ``timeout`` seconds."""
-        rows = item.num_rows if isinstance(item, pa.RecordBatch) else 0
+        rows = getattr(item, "num_rows", 0)
         with self.cond:
             if not self.cond.wait_for(
                 lambda: not self.items or (self.rows < self.limit and len(self.items) < 4096), timeout

@@ -130,6 +130,13 @@ def choose(plan, n: int, direct_partitions: int | None = 0) -> Routing:
     cannot be read from another process; None: not known before the source is opened, as for
     EXPLAIN without a job)."""
     sql = plan.sql
+    if plan.inputs:
+        return Routing(
+            "v1",
+            "",
+            "one partition (the V1 engine) in the job's process: a statement over several "
+            "streams is not split by key across workers yet",
+        )
     if plan.shape in _IN_ONE_PLACE:
         return Routing(
             "v1", "", f"one partition (the V1 engine) in the job's process: {_IN_ONE_PLACE[plan.shape]}"

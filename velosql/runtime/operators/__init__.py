@@ -12,8 +12,11 @@ The lifecycle, every call from the job's thread:
 2. ``bind(con, batch)`` once, with an empty stamped micro-batch registered as ``__in``: create
    the state tables, check the SQL against the source's schema, return the output schema.
    DuckDB's errors propagate from here (the driver names the statement).
-3. ``process(batch)`` per micro-batch, registered as ``__in`` for the call; returns the output
-   rows it makes at once (or None).
+3. ``process(batch, side)`` per micro-batch, registered as ``__in`` for the call; returns the
+   output rows it makes at once (or None). ``side`` is the input the batch came from (0 for a
+   statement over one stream); a statement over several streams gets each input's batches on
+   their own, in arrival order, and binds with every input's empty batch, registered as
+   ``__in0``, ``__in1``, … .
 4. ``on_watermark(wm)`` after each micro-batch of a windowed statement: the rows of what ``wm``
    closed (or None). Watermarks never go back.
 5. ``finish(wm)`` once at the end of the input (``wm`` then passes every window): the rest.
@@ -26,7 +29,7 @@ from abc import ABC, abstractmethod
 import duckdb
 import pyarrow as pa
 
-from ...plan.operators import DistinctSpec, GeneralSpec
+from ...plan.operators import DistinctSpec, GeneralSpec, JoinSpec, UnionSpec
 
 
 class Operator(ABC):
@@ -38,12 +41,14 @@ class Operator(ABC):
     con: duckdb.DuckDBPyConnection
 
     @abstractmethod
-    def bind(self, con: duckdb.DuckDBPyConnection, batch: pa.Table) -> pa.Schema:
-        """Create the state tables on ``con`` and return the output schema."""
+    def bind(self, con: duckdb.DuckDBPyConnection, batch: pa.Table | list[pa.Table]) -> pa.Schema:
+        """Create the state tables on ``con`` and return the output schema (``batch``: one empty
+        stamped batch per input for a statement over several streams)."""
 
     @abstractmethod
-    def process(self, batch: pa.Table) -> pa.Table | None:
-        """Take one stamped micro-batch (registered as ``__in``); the output it makes at once."""
+    def process(self, batch: pa.Table, side: int = 0) -> pa.Table | None:
+        """Take one stamped micro-batch of input ``side`` (registered as ``__in``); the output
+        it makes at once."""
 
     def on_watermark(self, wm: int) -> pa.Table | None:
         """The output of what watermark ``wm`` closed."""
@@ -54,12 +59,18 @@ class Operator(ABC):
         return self.on_watermark(wm)
 
 
-def build(spec: GeneralSpec | DistinctSpec) -> Operator:
+def build(spec: GeneralSpec | DistinctSpec | UnionSpec | JoinSpec) -> Operator:
     """The operator a spec describes."""
     from .distinct import DistinctOperator
     from .general import GeneralOperator
+    from .join import JoinOperator, UnionOperator
 
-    kinds = {GeneralSpec: GeneralOperator, DistinctSpec: DistinctOperator}
+    kinds = {
+        GeneralSpec: GeneralOperator,
+        DistinctSpec: DistinctOperator,
+        UnionSpec: UnionOperator,
+        JoinSpec: JoinOperator,
+    }
     return kinds[type(spec)](spec)
 
 

@@ -20,27 +20,29 @@ from . import Operator, concat
 
 
 class GeneralOperator(Operator):
-    state_tables = ("__gbuf",)
-
     def __init__(self, spec: GeneralSpec) -> None:
         self.spec = spec
+        self.state_tables = spec.buffers
         self.window = spec.window
         self.rows = 0  # rows in __gbuf
         self.closed_through = NEG_INF  # every window ending at or before this was emitted
         self.min_open_end: int | None = None  # the earliest end of a window holding a row
 
-    def bind(self, con, batch: pa.Table) -> pa.Schema:
+    def bind(self, con, batch) -> pa.Schema:
         self.con = con
-        con.execute("CREATE OR REPLACE TEMP TABLE __gbuf AS SELECT * FROM __in LIMIT 0").fetchall()
+        buffers = self.spec.buffers
+        for i, buf in enumerate(buffers):
+            source = "__in" if len(buffers) == 1 else f"__in{i}"
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {buf} AS SELECT * FROM {source} LIMIT 0").fetchall()
         if self.spec.close:  # sessions: bind the statements on the empty buffer
             con.execute(self.spec.close.replace("$WM", "0")).fetchall()
             con.execute(self.spec.keep.replace("$WM", "0")).fetchall()
             return con.sql(self.spec.select.replace("$SN", "1")).to_arrow_table().schema
         return con.sql(self._select(0, 0)).to_arrow_table().schema
 
-    def process(self, batch: pa.Table) -> None:
+    def process(self, batch: pa.Table, side: int = 0) -> None:
         (n,) = self.con.execute(
-            f"INSERT INTO __gbuf SELECT * FROM __in WHERE {self.spec.on_time}"
+            f"INSERT INTO {self.spec.buffers[side]} SELECT * FROM __in WHERE {self.spec.on_time}"
         ).fetchall()[0]
         if n and self.window is not None and self.window.kind != "session":
             end = W.min_window_end(self.window, pc.min(batch["__et"]).as_py())
@@ -59,8 +61,10 @@ class GeneralOperator(Operator):
             f"AND __ws + {size} > {self.closed_through} ORDER BY __ws"
         ).fetchall()
         out = [self.con.sql(self._select(ws, ws + size)).to_arrow_table() for (ws,) in starts]
-        (deleted,) = self.con.execute(self.spec.evict.replace("$WM", str(wm))).fetchall()[0]
-        self.rows -= deleted
+        for buf in self.spec.buffers:
+            evict = self.spec.evict.replace("$WM", str(wm)).replace("$BUF", buf)
+            (deleted,) = self.con.execute(evict).fetchall()[0]
+            self.rows -= deleted
         self.closed_through = wm
         self.min_open_end = W.next_window_end(self.window, wm) if self.rows else None
         return concat(out)

@@ -1,0 +1,283 @@
+"""Joins: a stream with DuckDB tables as they are at each micro-batch, and two streams joined
+(interval joins and window joins, INNER/LEFT/RIGHT/FULL) or unioned, each with the batch answer
+over the on-time rows. The query-generating test (test_queries.py, forms ``stream_join`` and
+``window_join``) draws random ones; these pin each behaviour by name."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+import pyarrow as pa
+import pytest
+from test_oracle import assert_rows_equal
+
+import velosql
+from velosql.errors import SqlError
+from velosql.plan.planner import plan
+from velosql.runtime import operators
+from velosql.sql.parser import parse_one
+from velosql.testing import push_split
+
+BASE = dt.datetime(2024, 1, 1)
+# A part of the processor matrix: statements over several streams run in the job's process.
+SOME = [("v1", None), ("v2:2", "hash")]
+
+
+def at(*seconds: int) -> list[dt.datetime]:
+    return [BASE + dt.timedelta(seconds=s) for s in seconds]
+
+
+ORDERS = pa.table(
+    {"id": [1, 2, 3, 4, 5, 6], "k": ["a", "b", "a", "c", "b", "d"], "ts": at(0, 30, 60, 200, 260, 400)}
+)
+SHIPS = pa.table(
+    {"sid": [10, 11, 12, 13, 14], "k": ["a", "b", "c", "a", "e"], "ts": at(20, 100, 210, 70, 300)}
+)
+INPUTS = "'orders.type' = 'python', 'ships.type' = 'python', 'o.type' = 'python'"
+BOUND = "s.ts BETWEEN o.ts - INTERVAL '60' SECOND AND o.ts + INTERVAL '30' SECOND"
+
+
+def stream(
+    select: str,
+    options: str = ", 'watermark.max_out_of_orderness' = '3m'",
+    orders=ORDERS,
+    ships=SHIPS,
+    setup: str = "",
+):
+    """The statement's output rows and its engine's late table, with each stream pushed in
+    batches of two rows (shipment 13 comes 140 s behind shipment 12: within 3 minutes)."""
+    with velosql.connect() as engine:
+        if setup:
+            engine.sql(setup)
+        push_split(engine, "orders", orders, range(2, orders.num_rows, 2))
+        push_split(engine, "ships", ships, range(2, ships.num_rows, 2))
+        job = engine.execute(f"CREATE STREAM o AS {select} WITH ({INPUTS}, max_batch_size = 2{options})")
+        job.wait(60)
+        assert job.done and job.error is None, job.error
+        late = engine.sql("SELECT _source, * EXCLUDE (_source) FROM o__late").fetchall()
+        if late:
+            late = engine.sql("SELECT _source, coalesce(id, sid) FROM o__late").fetchall()
+        return [tuple(r.values()) for r in engine.pull("o").to_pylist()], late
+
+
+def batch(select: str, orders=ORDERS, ships=SHIPS, setup: str = "") -> list[tuple]:
+    con = duckdb.connect()
+    if setup:
+        con.execute(setup)
+    con.register("orders", orders)
+    con.register("ships", ships)
+    return con.sql(select).fetchall()
+
+
+@pytest.mark.usefixtures("processor_matrix")
+@pytest.mark.parametrize("processor_matrix", SOME, ids=["v1", "v2:2-hash"], indirect=True)
+@pytest.mark.parametrize("kind", ["JOIN", "LEFT JOIN", "RIGHT JOIN", "FULL OUTER JOIN"])
+def test_an_interval_join_of_two_streams_is_the_batch_join(kind):
+    select = f"SELECT o.id, s.sid, o.k, s.ts AS shipped FROM orders o {kind} ships s ON o.k = s.k AND {BOUND}"
+    got, late = stream(select)
+    assert_rows_equal(got, batch(select))
+    assert late == []
+
+
+@pytest.mark.parametrize("kind", ["JOIN", "LEFT JOIN", "FULL JOIN"])
+def test_a_join_without_a_time_bound_keeps_its_rows_to_the_end_of_the_input(kind):
+    select = f"SELECT o.id, s.sid FROM orders o {kind} ships s ON o.k = s.k"
+    got, _ = stream(select)
+    assert_rows_equal(got, batch(select))
+
+
+def test_a_join_with_its_time_bound_in_where_as_velostream_writes_it():
+    select = (
+        "SELECT o.id, s.sid FROM orders o JOIN ships s ON o.k = s.k "
+        "WHERE s.ts BETWEEN o.ts AND o.ts + INTERVAL '24' HOUR"
+    )
+    got, _ = stream(select)
+    assert_rows_equal(got, batch(select))
+    text = velosql.connect().explain(f"CREATE STREAM o AS {select} WITH ({INPUTS})")
+    assert "s.ts - o.ts between 0s and 86400s" in text
+
+
+def _operator(select: str):
+    """The operator of ``select`` and a connection it is bound to (each input's empty batch)."""
+    p = plan(parse_one(f"CREATE STREAM o AS {select} WITH ({INPUTS})"))
+    op = operators.build(p.operator)
+    con = duckdb.connect()
+    empties = [_stamped(ORDERS.slice(0, 0), 0), _stamped(SHIPS.slice(0, 0), 0)]
+    for i, e in enumerate(empties):
+        con.register(f"__in{i}", e)
+    op.bind(con, empties)
+    return op, con
+
+
+def _stamped(table: pa.Table, seq: int, partition: int = 0) -> pa.Table:
+    n = table.num_rows
+    et = [int((t - dt.datetime(1970, 1, 1)).total_seconds() * 1e6) for t in table["ts"].to_pylist()]
+    return (
+        table.append_column("_partition", pa.array([partition] * n, pa.int32()))
+        .append_column("_offset", pa.array(range(n), pa.int64()))
+        .append_column("__seq", pa.array(range(seq, seq + n), pa.int64()))
+        .append_column("__et", pa.array(et, pa.int64()))
+        .append_column("__wm", pa.array([-(2**63)] * n, pa.int64()))
+    )
+
+
+def _process(op, con, table: pa.Table, side: int):
+    con.register("__in", table)
+    try:
+        return op.process(table, side)
+    finally:
+        con.unregister("__in")
+
+
+def _us(seconds: int) -> int:
+    return int((BASE + dt.timedelta(seconds=seconds) - dt.datetime(1970, 1, 1)).total_seconds() * 1e6)
+
+
+def test_join_state_is_dropped_once_no_row_of_the_other_stream_can_match():
+    # s.ts - o.ts in [-60s, 30s]: an order can match ships up to 30 s after it, a shipment
+    # orders up to 60 s after it.
+    op, con = _operator(f"SELECT o.id, s.sid FROM orders o JOIN ships s ON o.k = s.k AND {BOUND}")
+    _process(op, con, _stamped(ORDERS.slice(0, 1), 0), 0)  # order 1 at 0 s
+    out = _process(op, con, _stamped(SHIPS.slice(0, 1), 1), 1)  # shipment 10 at 20 s: a match
+    assert out.to_pylist() == [{"id": 1, "sid": 10}]
+    assert op.held == [1, 1]
+    op.on_watermark(_us(30))  # no shipment before 30 s is to come: order 1 (to 30 s) is kept
+    assert op.held == [1, 1]
+    op.on_watermark(_us(31))
+    assert op.held == [0, 1]
+    op.on_watermark(_us(81))  # shipment 10 can meet orders up to 80 s
+    assert op.held == [0, 0]
+
+
+def test_an_outer_row_comes_when_its_row_can_match_no_more():
+    op, con = _operator(f"SELECT o.id, s.sid FROM orders o LEFT JOIN ships s ON o.k = s.k AND {BOUND}")
+    assert _process(op, con, _stamped(ORDERS.slice(3, 1), 0), 0).num_rows == 0  # order 4 at 200 s, c
+    assert op.on_watermark(_us(230)) is None  # a shipment up to 230 s may still match it
+    rows = op.on_watermark(_us(231))
+    assert rows.to_pylist() == [{"id": 4, "sid": None}]
+    assert op.held == [0, 0]
+
+
+def test_a_matched_row_gives_no_outer_row_when_it_expires():
+    op, con = _operator(f"SELECT o.id, s.sid FROM orders o FULL JOIN ships s ON o.k = s.k AND {BOUND}")
+    _process(op, con, _stamped(SHIPS.slice(2, 1), 0), 1)  # shipment 12 at 210 s, c
+    assert _process(op, con, _stamped(ORDERS.slice(3, 1), 1), 0).to_pylist() == [{"id": 4, "sid": 12}]
+    assert op.on_watermark(_us(400)) is None
+    assert op.held == [0, 0]
+
+
+def test_late_rows_of_either_stream_go_to_the_late_table_with_their_stream():
+    orders = pa.table({"id": [1, 2, 3], "k": ["a", "a", "a"], "ts": at(100, 200, 50)})  # 3 is late
+    ships = pa.table({"sid": [10, 11, 12], "k": ["a", "a", "a"], "ts": at(90, 190, 20)})  # 12 is late
+    select = f"SELECT o.id, s.sid FROM orders o JOIN ships s ON o.k = s.k AND {BOUND}"
+    got, late = stream(select, ", 'watermark.max_out_of_orderness' = '5s'", orders, ships)
+    on_time = batch(select, orders.slice(0, 2), ships.slice(0, 2))
+    assert_rows_equal(got, on_time)
+    assert sorted((r[0], r[1]) for r in late) == [("orders", 3), ("ships", 12)]
+
+
+def test_a_window_join_runs_each_window_over_both_streams_rows():
+    select = (
+        "SELECT _window_start AS ws, o.k, count(*) AS n, max(s.sid) AS last FROM orders o "
+        "JOIN ships s ON o.k = s.k GROUP BY ALL WINDOW TUMBLING(ts, INTERVAL '2' MINUTE)"
+    )
+    got, _ = stream(select)
+    expected = batch(
+        "SELECT time_bucket(INTERVAL 2 MINUTE, o.ts) AS ws, o.k, count(*), max(s.sid) FROM orders o "
+        "JOIN ships s ON o.k = s.k AND time_bucket(INTERVAL 2 MINUTE, o.ts) = time_bucket(INTERVAL 2 MINUTE, s.ts) "
+        "GROUP BY ALL"
+    )
+    assert expected and got
+    assert_rows_equal(got, expected)
+
+
+def test_a_window_join_without_aggregates_emits_changes_when_its_window_closes():
+    # Velostream's window join: WINDOW TUMBLING(INTERVAL …) EMIT CHANGES, event time from WITH.
+    select = (
+        "SELECT o.id, s.sid FROM orders o JOIN ships s ON o.k = s.k "
+        "WINDOW TUMBLING(INTERVAL '2' MINUTE) EMIT CHANGES"
+    )
+    got, _ = stream(select, ", 'event.time.field' = 'ts', 'watermark.max_out_of_orderness' = '3m'")
+    expected = batch(
+        "SELECT o.id, s.sid FROM orders o JOIN ships s ON o.k = s.k "
+        "AND time_bucket(INTERVAL 2 MINUTE, o.ts) = time_bucket(INTERVAL 2 MINUTE, s.ts)"
+    )
+    assert_rows_equal(got, expected)
+
+
+def test_union_all_of_two_streams_passes_each_streams_rows():
+    select = "SELECT id AS n, k FROM orders WHERE k <> 'b' UNION ALL SELECT sid, upper(k) FROM ships"
+    got, _ = stream(select)
+    assert_rows_equal(got, batch(select))
+
+
+def test_a_stream_table_join_sees_the_table_as_it_is_at_each_micro_batch():
+    with velosql.connect() as engine:
+        engine.sql("CREATE TABLE rates AS SELECT 'a' AS k, 1.0 AS rate")
+        channel = engine.channel("orders")
+        channel.push(pa.table({"id": [1], "k": ["a"]}))
+        job = engine.execute(
+            "CREATE STREAM o AS SELECT id, rate FROM orders JOIN rates USING (k) "
+            "WITH ('orders.type' = 'python', 'o.type' = 'python')"
+        )
+        _wait_for_rows(engine, job, 1)
+        engine.sql("UPDATE rates SET rate = 2.0")
+        channel.push(pa.table({"id": [2], "k": ["a"]}))
+        channel.close()
+        job.wait(60)
+        assert sorted(tuple(r.values()) for r in engine.pull("o").to_pylist()) == [(1, 1.0), (2, 2.0)]
+
+
+def _wait_for_rows(engine, job, n: int) -> None:
+    """Until the job has written ``n`` rows (its metrics say so), or fail after 60 s."""
+    import threading
+
+    done = threading.Event()
+    for _ in range(6000):
+        if job.metrics_data.records_out >= n or job.done:
+            break
+        done.wait(0.01)
+    assert job.metrics_data.records_out >= n
+
+
+def test_an_aggregate_over_a_join_of_streams_is_refused_under_emit_changes():
+    with pytest.raises(SqlError, match="EMIT CHANGES cannot run an aggregate over a join of streams"):
+        stream("SELECT o.k, count(*) FROM orders o JOIN ships s ON o.k = s.k GROUP BY o.k")
+
+
+def test_an_aggregate_over_a_join_of_streams_runs_at_the_end_under_emit_final():
+    select = "SELECT o.k, count(*), max(s.sid) FROM orders o LEFT JOIN ships s ON o.k = s.k GROUP BY o.k"
+    got, _ = stream(select + " EMIT FINAL")
+    assert_rows_equal(got, batch(select))
+
+
+def test_a_session_window_over_two_streams_is_refused_for_now():
+    with pytest.raises(SqlError, match="a SESSION window over several streams is not supported yet"):
+        stream(
+            "SELECT o.k, count(*) FROM orders o JOIN ships s ON o.k = s.k GROUP BY o.k WINDOW SESSION(ts, 1m)"
+        )
+
+
+def test_velostreams_join_bounds_in_with_must_match_the_on_condition():
+    select = f"SELECT o.id, s.sid FROM orders o JOIN ships s ON o.k = s.k AND {BOUND}"
+    # The bound as written: s.ts - o.ts in [-60 s, 30 s]; 'join.lower_bound' is non-negative.
+    got, _ = stream(
+        select,
+        ", 'join.type' = 'interval', 'join.upper_bound' = '30s', 'join.retention' = '2m', 'watermark.max_out_of_orderness' = '3m'",
+    )
+    assert_rows_equal(got, batch(select))
+    with pytest.raises(SqlError, match="'join.upper_bound' = 3600s is not the bound"):
+        stream(select, ", 'join.upper_bound' = '1h'")
+    with pytest.raises(SqlError, match="'join.retention' = 10s would drop rows"):
+        stream(select, ", 'join.retention' = '10s'")
+
+
+def test_explain_names_the_join_operator_its_state_bound_and_where_v2_runs_it():
+    text = velosql.connect().explain(
+        f"CREATE STREAM o AS SELECT o.id FROM orders o LEFT JOIN ships s ON o.k = s.k AND {BOUND} "
+        f"WITH ({INPUTS}, processor = 'v2:2')"
+    )
+    assert "join: a LEFT JOIN of two streams, incremental" in text
+    assert "s.ts - o.ts between -60s and 30s" in text
+    assert "not split by key across workers yet" in text

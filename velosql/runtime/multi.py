@@ -1,0 +1,231 @@
+"""The local driver of a statement over several streams (a join, a UNION ALL of streams).
+
+One reader thread per source feeds one bounded queue, each batch tagged with its input. The job
+thread takes the queue in arrival order, coalesces runs of batches of one input into micro-batches
+and stamps them as the single-stream driver does. Each input has its own watermark, and a row
+is late when it is behind its own stream's: which rows are on time then depends on each stream's
+order alone, not on how the streams' rows interleave. The statement's watermark, which closes
+windows and drops join state, is the minimum over the inputs (an input that ended no longer
+counts), so a stream whose rows come later holds it back. Late rows of every input go to
+``<name>__late``, whose columns are those of all inputs, by name, with the input's name in
+``_source``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..connectors.base import PARTITION_COL, SourceContext, _arange, empty_table, int_scalar
+from ..errors import DataError, JobError, SqlError
+from ..sql.duckdb_errors import duckdb_error, duckdb_message
+from .v1 import V1Executor, _log
+from .watermark import NEG_INF, POS_INF, WatermarkTracker, any_late, event_time_us, without_null_time
+
+
+class MultiInputExecutor(V1Executor):
+    """Runs a plan with several inputs (``plan.inputs``) on one DuckDB connection."""
+
+    def prepare(self) -> None:
+        plan = self.plan
+        self.con = self.job.engine._job_connection()
+        self.sources = []
+        try:
+            for spec in plan.inputs:
+                source = self.job.engine._make_source(plan, spec.source)
+                self.sources.append(source)
+                name = spec.source.name
+                ctx = SourceContext(
+                    stop=self.job.stop_event,
+                    reject_fn=lambda loc, err, raw, s=name: self._reject(loc, err, raw, s),
+                )
+                try:
+                    source.open(ctx)
+                except DataError as exc:
+                    raise DataError(f"{plan.location}: {exc}") from None
+            self.source = self.sources[0]
+            time = plan.time
+            self.trackers = [WatermarkTracker(time.lateness_us, time.idle_timeout_us) for _ in self.sources]
+            self.ended = [False] * len(self.sources)
+            for tracker, source in zip(self.trackers, self.sources):
+                splits = getattr(source, "splits", None)
+                pieces = splits(1, False) if splits is not None else []
+                tracker.expect(p[1] for p in (pieces or [(None, 0)]))
+            self._bind()
+            self.sinks = self.job.engine._make_sinks(plan, self.con)
+            for sink in self.sinks:
+                sink.open(self.out_schema)
+        except BaseException:
+            for source in self.sources:
+                source.close()
+            raise
+
+    def _watermark(self) -> int:
+        """The statement's watermark: the minimum over the inputs that have not ended."""
+        marks = [t.watermark for t, ended in zip(self.trackers, self.ended) if not ended]
+        return min(marks) if marks else POS_INF
+
+    def _bind(self) -> None:
+        plan = self.plan
+        empties = [self._stamp(empty_table(s.schema), i, observe=False) for i, s in enumerate(self.sources)]
+        for i, empty in enumerate(empties):
+            self.con.register(f"__in{i}", empty)
+        try:
+            self.out_schema = self.operator.bind(self.con, empties)
+            late = []
+            for i, empty in enumerate(empties):
+                with self._registered("__in", empty):
+                    late.append(self._exec(self._late_select(i)).to_arrow_table().schema)
+        except duckdb.Error as exc:
+            raise duckdb_error(exc, plan.text, plan.location) from None
+        finally:
+            for i in range(len(empties)):
+                self.con.unregister(f"__in{i}")
+        self.out_names = self.out_schema.names
+        fields: dict[str, pa.Field] = {"_source": pa.field("_source", pa.string())}
+        for schema in late:
+            for f in schema:
+                fields.setdefault(f.name, f)
+        self._create_table(plan.late_table, pa.schema(list(fields.values())))
+        self._create_table(
+            plan.dlq_table,
+            pa.schema(
+                [
+                    ("source", pa.string()),
+                    ("location", pa.string()),
+                    ("error", pa.string()),
+                    ("raw", pa.string()),
+                    ("recorded_at", pa.timestamp("us")),
+                ]
+            ),
+        )
+
+    def _late_select(self, side: int = 0) -> str:
+        name = self.plan.inputs[side].source.name.replace("'", "''")
+        return (
+            f"SELECT '{name}' AS _source, * EXCLUDE (__seq, __et, __wm), make_timestamp(__et) AS _event_time, "
+            f"make_timestamp(__wm) AS _watermark FROM ({self.sql.late})"
+        )
+
+    # ---- stamping --------------------------------------------------------------------------------
+
+    def _stamp(self, table: pa.Table, side: int, observe: bool = True) -> pa.Table:
+        """``__seq``, ``__et`` (the input's event time; 0 without one, arrival time for windows
+        over processing time) and ``__wm`` (the watermark each row saw)."""
+        n = table.num_rows
+        table = table.append_column("__seq", pc.add(_arange(n), int_scalar(self.seq)))
+        self.seq += n
+        spec = self.plan.inputs[side]
+        col = spec.time.column
+        if col is None:
+            now = time.time_ns() // 1000 if self.plan.windowed else 0
+            et = pa.repeat(int_scalar(now), n)
+        else:
+            match = [c for c in table.column_names if c.lower() == col.lower()]
+            if not match:
+                raise SqlError(
+                    f"event-time column {col!r} is not a column of source {spec.source.name!r} "
+                    f"(columns: {', '.join(c for c in table.column_names if not c.startswith('_'))})",
+                    self.plan.location,
+                )
+            et = event_time_us(table[match[0]], spec.time.format, match[0])
+            if observe and et.null_count:
+                table, et, rejects = without_null_time(table, et, spec.source.name, match[0])
+                for location, error, raw in rejects:
+                    self._reject(location, error, raw, spec.source.name)
+        wm = None
+        if observe and (col is not None or self.plan.windowed):
+            window = self.plan.window
+            late = (lambda e, w: any_late(window, e, w)) if window is not None else _behind
+            wm = self.trackers[side].observe_unless_on_time(et, table[PARTITION_COL].combine_chunks(), late)
+        self.on_time = wm is None
+        if wm is None:
+            wm = pa.repeat(int_scalar(NEG_INF), table.num_rows)
+        return table.append_column("__et", et).append_column("__wm", wm)
+
+    def _reject(self, location: str, error: str, raw: str | None, source: str | None = None) -> None:
+        strategy = self.opts.get("failure_strategy", "SendToDLQ")
+        if strategy == "FailBatch":
+            raise DataError(f"{location}: {error}")
+        with self.rejects_lock:
+            self.rejects.append((source or self.plan.source.name, location, error, raw))
+        if strategy == "LogAndContinue":
+            _log.warning("%s: %s", location, error)
+
+    # ---- the loop (V1Executor.run reads every input) -----------------------------------------------
+
+    def _idle_watermark(self) -> None:
+        if self.trackers[0].idle_timeout:
+            for tracker in self.trackers:
+                tracker.advance()
+            self._after_watermark(self._watermark())
+
+    def _partition_ended(self, side: int, partition: int) -> None:
+        self.trackers[side].end_partition(partition)
+
+    def _input_ended(self, side: int) -> None:
+        self.ended[side] = True
+
+    def _process_pending(self, pending: list) -> None:
+        """Each run of one input's batches as one micro-batch, in arrival order."""
+        t0 = time.monotonic()
+        start = 0
+        for i in range(1, len(pending) + 1):
+            if i == len(pending) or pending[i].side != pending[start].side:
+                side = pending[start].side
+                table = pa.Table.from_batches([t.item for t in pending[start:i]])
+                self.metrics.records_in += table.num_rows
+                self.metrics.batches += 1
+                self._step_input(self._stamp(table, side), side)
+                start = i
+        wm = self._watermark()
+        if wm != NEG_INF:
+            self.metrics.watermark = wm
+            self._after_watermark(wm)
+        self.metrics.busy_seconds += time.monotonic() - t0
+
+    def _step_input(self, table: pa.Table, side: int) -> None:
+        try:
+            with self._registered("__in", table):
+                if not self.on_time:
+                    self._store_late(side)
+                self._write_some(self._operate(lambda b: self.operator.process(b, side), table))
+        except duckdb.Error as exc:
+            raise JobError(f"job {self.plan.name!r}: {duckdb_message(exc)}") from None
+
+    def _store_late(self, side: int) -> None:
+        late = self.con.sql(self._late_select(side)).to_arrow_table()
+        if late.num_rows:
+            self.metrics.late_rows += late.num_rows
+            if self.opts.get("late.data.strategy") != "drop":
+                with self._registered("__late", late):
+                    self.con.execute(
+                        f'INSERT INTO "{self.plan.late_table}" BY NAME SELECT * FROM __late'
+                    ).fetchall()
+
+    def _after_watermark(self, wm: int) -> None:
+        self._write_some(self._operate(self.operator.on_watermark, wm))
+
+    def _finish(self) -> None:
+        wm = POS_INF
+        self.metrics.watermark = wm
+        self._write_some(self._operate(self.operator.finish, wm))
+        for sink in self.sinks:
+            sink.flush()
+
+    def close(self) -> None:
+        for sink in getattr(self, "sinks", []):
+            try:
+                sink.close()
+            except Exception:  # noqa: BLE001 - first error wins; closing the rest matters more
+                pass
+        for source in getattr(self, "sources", []):
+            source.close()
+
+
+def _behind(et, wm) -> bool:
+    """A join's row is late when it is behind the watermark it saw."""
+    return bool(pc.any(pc.less(et, wm)).as_py())
