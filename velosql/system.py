@@ -24,6 +24,7 @@ row may mix values read a moment apart, never a torn value.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from .runtime.watermark import NOT_YET
 _EPOCH = dt.datetime(1970, 1, 1)
 _END = 2**62  # watermarks from here on are the end of input (+inf)
 FUNCTION_PREFIX = "__velosql_system_"
+_ENGINES = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -393,18 +395,21 @@ def install(engine) -> bool:
     if "numpy" in sys.modules and sys.modules["numpy"] is None:
         return False
     con = engine.con
+    # Functions are seen by every connection of a database, views only by their own: engines
+    # sharing a database (one over another's cursor, as velosql verify's runs) each name theirs.
+    suffix = next(_ENGINES)
     for table in TABLES:
-        fn = f"{FUNCTION_PREFIX}{table.name.removeprefix('velosql_')}"
+        fn = _function_name(table, suffix)
         con.create_function(
-            fn,
-            _reader(table, engine),
-            [],
-            table.struct_type,
-            type="native",
-            side_effects=True,
+            fn, _reader(table, engine), [], table.struct_type, type="native", side_effects=True
         )
         con.execute(f'CREATE OR REPLACE TEMP VIEW "{table.name}" AS SELECT unnest({fn}(), recursive := true)')
+    engine._system_suffix = suffix
     return True
+
+
+def _function_name(table: SystemTable, suffix: int) -> str:
+    return f"{FUNCTION_PREFIX}{table.name.removeprefix('velosql_')}_{suffix}"
 
 
 def install_for(engine, sql: str) -> bool:
@@ -429,7 +434,7 @@ def uninstall(engine) -> None:
     con = engine.con
     for table in TABLES:
         con.execute(f'DROP VIEW IF EXISTS temp.main."{table.name}"')
-        con.remove_function(f"{FUNCTION_PREFIX}{table.name.removeprefix('velosql_')}")
+        con.remove_function(_function_name(table, engine._system_suffix))
 
 
 def show(engine, name: str) -> pa.Table:
