@@ -51,7 +51,7 @@ def _runs(runs: list[Run]) -> str:
     kinds = [f"file order ({_count(len(file_sizes), 'batch size')})"]
     if orders:
         kinds.append(f"{orders[0].split(' (')[0]} ({_count(len(orders), 'order')})")
-    return f"{len(runs)} runs: {processors}; {', '.join(kinds)}"
+    return f"{_count(len(runs), 'run')}: {processors}; {', '.join(kinds)}"
 
 
 def _count(n: int, what: str) -> str:
