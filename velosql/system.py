@@ -98,7 +98,7 @@ def _streams(engine) -> list[dict]:
                 "emit": p.emit.upper(),
                 "window": _window_text(p) or "",
                 "status": job.status,
-                "source_type": p.source.type,
+                "source_type": p.source.type or _inferred_type(job),
                 "processor": job.processor.description(),
                 "late_table": p.late_table if p.windowed else None,
                 "dlq_table": p.dlq_table,
@@ -106,6 +106,12 @@ def _streams(engine) -> list[dict]:
             }
         )
     return rows
+
+
+def _inferred_type(job) -> str | None:
+    """The type of a source the statement does not declare, from what the engine opened."""
+    kind = type(getattr(job.executor, "source", None)).__name__
+    return {"DuckDBTableSource": "table", "PythonSource": "python", "FileSource": "file_source"}.get(kind)
 
 
 # ---- velosql_jobs --------------------------------------------------------------------------------
@@ -443,3 +449,15 @@ def show(engine, name: str) -> pa.Table:
     table = next(t for t in TABLES if t.name == name)
     rows = table.read(engine)
     return pa.table({c.name: pa.array([r[c.name] for r in rows], pa.string()) for c in table.columns})
+
+
+def markdown() -> str:
+    """The columns of every system table as the docs show them (``docs/shell.md``; a test
+    keeps the two equal)."""
+    parts = []
+    for table in TABLES:
+        lines = [f"#### `{table.name}`", "", f"{table.help[0].upper()}{table.help[1:]}.", ""]
+        lines += ["| column | type | meaning |", "|---|---|---|"]
+        lines += [f"| `{c.name}` | {c.type} | {c.help} |" for c in table.columns]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
