@@ -22,9 +22,9 @@ WITH ('orders.type' = 'file_source', 'orders.path' = '{ORDERS}');
 @pytest.mark.parametrize("app", APPS, ids=lambda p: p.name)
 def test_the_examples_stream_to_their_batch_answer(app, monkeypatch):
     monkeypatch.chdir(ROOT)  # the examples name their data from the repository's root
-    # One more batch size for the windowed example; the others at their own (the suite's time).
-    splits = 1 if app.name == "trades_1m.sql" else 0
-    outcomes = verify(app.read_text(encoding="utf-8"), str(app), splits=splits, orders=1)
+    # Their own batch size and one shuffled order (the suite's time): other batch sizes are
+    # tried by the next test and by the page's command (tests/test_shell_docs.py).
+    outcomes = verify(app.read_text(encoding="utf-8"), str(app), splits=0, orders=1)
     assert [o.status for o in outcomes] == ["identical"] * len(outcomes), outcomes
     for o in outcomes:
         assert {r.processor for r in o.runs} == {"v1", "v2:2"} and o.rows > 0
