@@ -216,7 +216,7 @@ def test_streams_show_describe_terminate_drop_and_dot_commands(shell, tmp_path):
     t.send("SELECT sym, max(n) AS n FROM per_sym GROUP BY sym ORDER BY sym;" + ENTER)
     t.expect(r"sym,n\nA,2\nB,1")
     t.send("DROP STREAM per_sym;" + ENTER + "SHOW STREAMS;" + ENTER)
-    t.expect(r"\nname\n")  # no stream left: an empty result with its header
+    t.expect(r"\nname,kind,source,sinks,emit,window,status\n")  # no stream left: the header alone
     t.send(".help" + ENTER)
     t.expect(r"\.mode MODE\s+Set the output mode")
     t.send(".exit" + ENTER)
@@ -279,7 +279,7 @@ def test_push_query_appends_its_changelog_live_until_ctrl_c(shell, tmp_path):
     t.expect(r"4 rows, \d+\.\d\d s")
     t.expect(PROMPT)
     t.send("SHOW STREAMS;" + ENTER)  # the transient job is gone
-    t.expect(r"\| op \| name \|\n\+----\+------\+\n\+----\+------\+")
+    t.expect(r"\| op \| name \| kind \| source \|.*\n\+----\+------\+.*\n\+----\+------\+")
 
 
 def test_limit_ends_a_push_query(shell, tmp_path):

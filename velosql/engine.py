@@ -14,6 +14,7 @@ import threading
 import duckdb
 import pyarrow as pa
 
+from . import system
 from .config import JobProcessorConfig, configured_settings, resolve_processor
 from .connectors.duckdb_table import DuckDBTableSink, DuckDBTableSource
 from .connectors.python import Channel, ChannelSink, PythonSink, PythonSource
@@ -70,6 +71,8 @@ class Engine:
         self._pipes: set[str] = set()  # statements whose results later statements read as a stream
         self._lock = threading.RLock()
         self._closed = False
+        # velosql_jobs, velosql_streams, …: views over the jobs' live state (system.py)
+        self._system_tables = system.install(self)
 
     # ---- statements -----------------------------------------------------------------------------
 
@@ -161,7 +164,12 @@ class Engine:
 
     def sql(self, query: str):
         """Run DuckDB SQL on the engine's database (results of jobs are tables here)."""
+        self._install_system_tables(query)
         return self.con.sql(query)
+
+    def _install_system_tables(self, sql: str) -> None:
+        if not self._system_tables:
+            self._system_tables = system.install_for(self, sql)
 
     def _plan(self, stmt: CreateStream) -> StreamPlan:
         # The config file's processor settings apply, as if written in WITH, where the statement
@@ -231,6 +239,7 @@ class Engine:
             types = self.con.cursor().from_arrow(schema.empty_table()).types
             return pa.table({"column_name": schema.names, "column_type": [str(t) for t in types]})
         text = stmt.text
+        self._install_system_tables(text)
         try:
             return self.con.sql(text)
         except duckdb.Error as exc:
@@ -264,19 +273,9 @@ class Engine:
             job.wait(timeout)
 
     def _show_streams(self) -> pa.Table:
-        rows = [
-            {
-                "name": j.name,
-                "kind": j.plan.kind.upper(),
-                "source": j.plan.source.name,
-                "sinks": ", ".join(f"{s.type}" for s in j.plan.sinks),
-                "emit": j.plan.emit.upper(),
-                "window": _window_text(j.plan),
-                "status": j.status,
-            }
-            for j in self.jobs()
-        ]
-        return pa.Table.from_pylist(rows) if rows else pa.table({"name": pa.array([], pa.string())})
+        # The first columns of the system table velosql_streams: one source of truth.
+        table = system.show(self, "velosql_streams")
+        return table.select(table.column_names[:7])
 
     def _show_jobs(self) -> pa.Table:
         rows = [j.metrics() for j in self.jobs()]
@@ -397,21 +396,14 @@ class Engine:
         self.stop()
         if self._owns:
             self.con.close()
+        elif self._system_tables:
+            system.uninstall(self)
 
     def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _window_text(p: StreamPlan) -> str:
-    w = p.window
-    if w is None:
-        return ""
-    if w.kind == "sliding":
-        return f"SLIDING {w.size_us / 1e6:g}s/{w.advance_us / 1e6:g}s"
-    return f"{w.kind.upper()} {w.size_us / 1e6:g}s"
 
 
 __all__ = ["Engine", "connect", "FINISHED", "STOPPED", "FAILED"]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.document import Document
 
-from .. import options
+from .. import options, system
 
 _WORD = re.compile(r"'?[\w.]*$")
 _VALUE = re.compile(r"'([\w.]+)'\s*=\s*('?\w*)$")
@@ -90,7 +90,11 @@ class SqlCompleter(Completer):
             streams.append(job.name)
             schema = getattr(job.executor, "out_schema", None)
             stream_columns += list(schema.names) if schema is not None else []
-        return [*tables, *streams, *columns, *stream_columns, *self._static]
+        # The system tables are temporary views of the engine's connection, which this cursor
+        # does not see: their names and columns come from their declaration.
+        system_names = [t.name for t in system.TABLES]
+        system_columns = [c.name for t in system.TABLES for c in t.columns]
+        return [*tables, *streams, *system_names, *columns, *stream_columns, *system_columns, *self._static]
 
 
 def _cased(name: str, typed: str) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from .. import system
 from ..errors import Location, VelosqlError
 from ..sql import ShowJobs, ShowStreams
 from . import render
@@ -36,11 +37,13 @@ def _help(shell, args: list[str]) -> None:
 
 
 def _tables(shell, args: list[str]) -> None:
+    # The system tables (temporary views) are left out, as DuckDB's .tables leaves out its own.
     names = [
         n
-        for (n,) in shell.engine.sql(
+        for (n,) in shell.engine.con.execute(
             "SELECT table_name FROM duckdb_tables() UNION SELECT view_name FROM duckdb_views() "
-            "WHERE NOT internal ORDER BY 1"
+            "WHERE NOT internal AND NOT (temporary AND list_contains($system, view_name)) ORDER BY 1",
+            {"system": list(system.NAMES)},
         ).fetchall()
     ]
     if names:  # in columns, as DuckDB's .tables prints them
