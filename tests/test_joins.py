@@ -280,4 +280,40 @@ def test_explain_names_the_join_operator_its_state_bound_and_where_v2_runs_it():
     )
     assert "join: a LEFT JOIN of two streams, incremental" in text
     assert "s.ts - o.ts between -60s and 30s" in text
-    assert "not split by key across workers yet" in text
+    assert (
+        'each stream\'s rows go to the worker of their join key\'s hash ("k" = "k"), over 2 workers' in text
+    )
+
+
+def test_a_join_under_v2_sends_both_streams_rows_to_the_worker_of_their_key():
+    select = f"SELECT o.id, s.sid FROM orders o FULL JOIN ships s ON o.k = s.k AND {BOUND}"
+    with velosql.connect() as engine:
+        push_split(engine, "orders", ORDERS, [2, 4])
+        push_split(engine, "ships", SHIPS, [2, 4])
+        job = engine.execute(
+            f"CREATE STREAM o AS {select} WITH ({INPUTS}, processor = 'v2:2', "
+            "'watermark.max_out_of_orderness' = '3m')"
+        )
+        job.wait(60)
+        got = [tuple(r.values()) for r in engine.pull("o").to_pylist()]
+        parts = job.metrics()["partitions"]
+    assert_rows_equal(got, batch(select))
+    assert len(parts) == 2 and len({p["pid"] for p in parts}) == 2
+    assert sum(p["records_in"] for p in parts) == ORDERS.num_rows + SHIPS.num_rows
+
+
+def test_a_keyed_create_table_read_in_a_join_gives_the_latest_row_per_key():
+    ticks = pa.table({"k": ["a", "b", "a", "b", "a"], "price": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    with velosql.connect() as engine:
+        push_split(engine, "ticks", ticks, [2])
+        engine.execute(
+            "CREATE TABLE prices AS SELECT k, last(price) AS price, count(*) AS n FROM ticks GROUP BY k "
+            "EMIT CHANGES WITH ('ticks.type' = 'python')"
+        ).wait(60)
+        push_split(engine, "orders", ORDERS, [3])
+        engine.execute(
+            "CREATE STREAM o AS SELECT o.id, p.price, p.n FROM orders o JOIN prices p USING (k) "
+            "WITH ('orders.type' = 'python', 'o.type' = 'python')"
+        ).wait(60)
+        got = sorted(tuple(r.values()) for r in engine.pull("o").to_pylist())
+    assert got == [(1, 5.0, 3), (2, 4.0, 2), (3, 5.0, 3), (5, 4.0, 2)]

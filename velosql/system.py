@@ -200,12 +200,16 @@ def _watermarks(engine) -> list[dict]:
     now = time.monotonic()
     for job in engine.jobs():
         executor = job.executor
+        trackers = getattr(executor, "trackers", None)  # a statement over several streams: one each
         tracker = getattr(executor, "tracker", None)
-        if tracker is None or not job.plan.windowed:
+        if trackers is None and (tracker is None or not job.plan.windowed):
             continue  # only windowed statements track event time
-        maxima = tracker.max_by_partition.copy()
-        seen = tracker.last_seen.copy()
-        newest = max((m for m in maxima.values() if m > NOT_YET), default=None)
+        if trackers is not None and not job.plan.windowed and job.plan.time.column is None:
+            continue  # a join without event time
+        names = [i.source.name for i in job.plan.inputs] if trackers is not None else [None]
+        trackers = trackers or [tracker]
+        maxima_each = [t.max_by_partition.copy() for t in trackers]
+        newest = max((m for maxima in maxima_each for m in maxima.values() if m > NOT_YET), default=None)
 
         def row(
             scope: str, partition: int | None, wm: int | None, newest_here, idle=None, job=job, newest=newest
@@ -222,11 +226,15 @@ def _watermarks(engine) -> list[dict]:
                 "lag_seconds": (newest - wm) / 1e6 if known and newest is not None else None,
             }
 
-        rows.append(row("job", None, tracker.watermark, newest))
-        for p in sorted(maxima):
-            mx = maxima[p] if maxima[p] > NOT_YET else None  # NOT_YET: expected, nothing read yet
-            idle = tracker.idle_timeout is not None and now - seen.get(p, now) > tracker.idle_timeout
-            rows.append(row("source partition", p, None if mx is None else mx - tracker.lateness, mx, idle))
+        job_wm = executor._watermark() if len(trackers) > 1 else tracker.watermark
+        rows.append(row("job", None, job_wm, newest))
+        for name, tracker, maxima in zip(names, trackers, maxima_each):
+            seen = tracker.last_seen.copy()
+            scope = "source partition" if name is None else f"source {name} partition"
+            for p in sorted(maxima):
+                mx = maxima[p] if maxima[p] > NOT_YET else None  # NOT_YET: expected, nothing read yet
+                idle = tracker.idle_timeout is not None and now - seen.get(p, now) > tracker.idle_timeout
+                rows.append(row(scope, p, None if mx is None else mx - tracker.lateness, mx, idle))
         if getattr(executor, "pool", None) is not None:  # V2 with workers
             for i, wm in enumerate(executor.part_wm):
                 rows.append(row("worker", i, wm, None))

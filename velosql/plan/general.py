@@ -110,7 +110,7 @@ def _sessions(select, stream: str, found: Constructs, window: WindowSpec, loc: L
     rows."""
     keys = []
     if isinstance(select, exp.Select) and select.args.get("group") is not None:
-        keys = [_unqualified(k) for k in sqlgen.group_keys(select, loc)]
+        keys = [unqualified(k) for k in sqlgen.group_keys(select, loc)]
     sessions = W.sessionize("__gbuf", keys, window.size_us)
     on_time = f"NOT {W.late_condition(window)}"
     kept = _session_filter(select, stream)
@@ -149,10 +149,10 @@ def _session_filter(select: exp.Expression, stream: str) -> str | None:
     where = select.args["where"].this
     if any(isinstance(n, (exp.Subquery, exp.Exists)) for n in where.walk()):
         return None
-    return _unqualified(where)
+    return unqualified(where)
 
 
-def _unqualified(key: exp.Expression) -> str:
+def unqualified(key: exp.Expression) -> str:
     """A GROUP BY key as SQL over the buffered rows (no table or alias qualifies a column there)."""
     return (
         key.copy()

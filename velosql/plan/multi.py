@@ -32,7 +32,7 @@ from ..errors import Location, SqlError
 from ..sql.statements import WindowSpec
 from . import windows as W
 from .constructs import SYSTEM_COLUMNS, WINDOW_COLUMNS, Constructs, aggregating, inspect, meeting
-from .general import over_streams, relation, top_limit, without_limit
+from .general import over_streams, relation, top_limit, unqualified, without_limit
 from .operators import GeneralSpec, JoinSpec, UnionSpec
 
 _HIDDEN = ("__seq", "__et", "__wm")
@@ -261,9 +261,35 @@ def _join(select, streams, declared, found, refs, loc):
         on_time=_ON_TIME,
         bound=_describe(lo, hi, aliases, times),
         interval=(lo, hi),
+        keys=_keys(join, aliases),
         why=(f"{'an' if kind == 'inner' else 'a'} {kind.upper()} JOIN of two streams",),
     )
     return times, spec
+
+
+def _keys(join: exp.Join, aliases: tuple[str, str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The expressions ON (or USING) sets equal between the two sides, each side's as SQL over
+    its own rows."""
+    using = join.args.get("using")
+    if using:
+        names = tuple(exp.column(u.name, quoted=True).sql("duckdb") for u in using)
+        return names, names
+    left, right = [], []
+    for cond in _conjuncts(join.args["on"]):
+        if not isinstance(cond, exp.EQ):
+            continue
+        sides = [{c.table.lower() for c in e.find_all(exp.Column)} for e in (cond.this, cond.expression)]
+        if sides == [{aliases[0]}, {aliases[1]}]:
+            pair = (cond.this, cond.expression)
+        elif sides == [{aliases[1]}, {aliases[0]}]:
+            pair = (cond.expression, cond.this)
+        else:
+            continue
+        if any(e.find(exp.Subquery) for e in pair):
+            continue
+        left.append(unqualified(pair[0]))
+        right.append(unqualified(pair[1]))
+    return tuple(left), tuple(right)
 
 
 def _pairs(select: exp.Select, join: exp.Join, aliases: tuple[str, str], side: int) -> str:

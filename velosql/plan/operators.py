@@ -89,3 +89,6 @@ class JoinSpec:
     why: tuple[str, ...] = ()
     # ``lo <= b.t - a.t <= hi`` in microseconds (None: unbounded), from the ON condition.
     interval: tuple[int | None, int | None] = (None, None)
+    # The equi-join keys of each side as SQL over its rows (``__in``), pairwise equal in ON:
+    # rows whose keys hash alike meet in one V2 worker. Empty when ON has no such equality.
+    keys: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())

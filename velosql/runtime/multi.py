@@ -22,6 +22,9 @@ import pyarrow.compute as pc
 from ..connectors.base import PARTITION_COL, SourceContext, _arange, empty_table, int_scalar
 from ..errors import DataError, JobError, SqlError
 from ..sql.duckdb_errors import duckdb_error, duckdb_message
+from . import operators
+from .pool import WorkerPool
+from .protocol import Batch, Call, Query
 from .v1 import V1Executor, _log
 from .watermark import NEG_INF, POS_INF, WatermarkTracker, any_late, event_time_us, without_null_time
 
@@ -54,14 +57,113 @@ class MultiInputExecutor(V1Executor):
                 splits = getattr(source, "splits", None)
                 pieces = splits(1, False) if splits is not None else []
                 tracker.expect(p[1] for p in (pieces or [(None, 0)]))
+            self.pool = None
             self._bind()
+            self._start_workers()
             self.sinks = self.job.engine._make_sinks(plan, self.con)
             for sink in self.sinks:
                 sink.open(self.out_schema)
         except BaseException:
-            for source in self.sources:
-                source.close()
+            self.close()
             raise
+
+    # ---- V2: the join's keys split across workers ----------------------------------------------
+
+    def _start_workers(self) -> None:
+        """Under V2, a join with an equality in ON runs in N workers, each stream's rows sent to
+        the worker of their key's hash; anything else runs here (EXPLAIN's routing line)."""
+        from .v2 import Routing, choose
+
+        self.pool = None
+        if self.job.processor.processor_version() != "V2":
+            return
+        n = self.job.processor.num_partitions()
+        self.route = choose(self.plan, n)
+        self.hashes = self._key_hashes(n) if self.route.workers else None
+        if self.hashes is None:
+            if self.route.workers:
+                self.route = Routing("v1", "", "one partition (the V1 engine): the join keys' types differ "
+                                     "between the streams, so their hashes would not meet")  # fmt: skip
+            return
+        self.part_in = [0] * n
+        self.part_out = [0] * n
+        self.pool = WorkerPool(n, affinity=bool(self.opts.get("enable_affinity")), max_in_flight=2)
+        empties = [self._stamp(empty_table(s.schema), i, observe=False) for i, s in enumerate(self.sources)]
+        self.seq = 0
+        self._broadcast(Query(Call("velosql.runtime.operators.hosted:bind", (self.plan.operator, empties))))
+        self.sent_wm = NEG_INF
+
+    def _key_hashes(self, n: int) -> list[str] | None:
+        """Per input, the SQL giving each row of ``__in`` its worker; None when the two sides'
+        key types would hash differently (a DOUBLE against a VARCHAR, say)."""
+        keys = self.plan.operator.keys
+        types = []
+        for i, side in enumerate(keys):
+            empty = self._stamp(empty_table(self.sources[i].schema), i, observe=False)
+            with self._registered("__in", empty):
+                cols = ", ".join(f"{k} AS __k{j}" for j, k in enumerate(side))
+                types.append([f.type for f in self._exec(f"SELECT {cols} FROM __in").to_arrow_table().schema])
+        self.seq = 0
+        exprs: list[list[str]] = [[], []]
+        for j, (a, b) in enumerate(zip(*types)):
+            if a == b or (pa.types.is_integer(a) and pa.types.is_integer(b)):
+                cast = None
+            elif all(
+                pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) for t in (a, b)
+            ):
+                cast = "DOUBLE"
+            elif all(pa.types.is_string(t) or pa.types.is_large_string(t) for t in (a, b)):
+                cast = None
+            else:
+                return None
+            for i in (0, 1):
+                exprs[i].append(keys[i][j] if cast is None else f"CAST({keys[i][j]} AS {cast})")
+        return [f"SELECT (hash({', '.join(e)}) % {n})::INTEGER AS __w FROM __in" for e in exprs]
+
+    def _broadcast(self, request) -> list[pa.Table]:
+        for w in range(len(self.pool)):
+            self.pool.send(w, request)
+        return [r.table for w in range(len(self.pool)) for r in self.pool.drain(w)]
+
+    def _scatter(self, table: pa.Table, side: int) -> pa.Table | None:
+        """Each worker's share of ``table`` (registered as ``__in``), joined there; their output."""
+        ids = self.con.sql(self.hashes[side]).to_arrow_table()["__w"]
+        call = Call("velosql.runtime.operators.hosted:process", side)
+        sent = []
+        for w in range(len(self.pool)):
+            part = table.filter(pc.equal(ids, int_scalar(w, pa.int32())))
+            if part.num_rows:
+                self.pool.send(w, Batch(part, call))
+                self.part_in[w] += part.num_rows
+                sent.append(w)
+        out = []
+        for w in sent:
+            for reply in self.pool.drain(w):
+                if reply.table is not None:
+                    self.part_out[w] += reply.table.num_rows
+                    out.append(reply.table)
+        return operators.concat(out)
+
+    def workers_start_seconds(self) -> float | None:
+        return None if self.pool is None else round(self.pool.start_seconds, 3)
+
+    def partition_metrics(self) -> list[dict]:
+        """Per worker of a join under V2: pid, cores, records in and out, busy/waiting seconds."""
+        if getattr(self, "pool", None) is None:
+            return []
+        return [
+            {
+                "partition": m.partition,
+                "pid": m.pid,
+                "cores": list(m.cores) if m.cores is not None else None,
+                "records_in": self.part_in[m.partition],
+                "records_out": self.part_out[m.partition],
+                "queue_depth": 0,
+                "busy_seconds": round(m.busy_seconds, 3),
+                "waiting_seconds": round(m.wait_seconds, 3),
+            }
+            for m in self.pool.metrics()
+        ]
 
     def _watermark(self) -> int:
         """The statement's watermark: the minimum over the inputs that have not ended."""
@@ -192,7 +294,10 @@ class MultiInputExecutor(V1Executor):
             with self._registered("__in", table):
                 if not self.on_time:
                     self._store_late(side)
-                self._write_some(self._operate(lambda b: self.operator.process(b, side), table))
+                if self.pool is not None:
+                    self._write_some(self._scatter(table, side))
+                else:
+                    self._write_some(self._operate(lambda b: self.operator.process(b, side), table))
         except duckdb.Error as exc:
             raise JobError(f"job {self.plan.name!r}: {duckdb_message(exc)}") from None
 
@@ -207,16 +312,27 @@ class MultiInputExecutor(V1Executor):
                     ).fetchall()
 
     def _after_watermark(self, wm: int) -> None:
-        self._write_some(self._operate(self.operator.on_watermark, wm))
+        if self.pool is None:
+            self._write_some(self._operate(self.operator.on_watermark, wm))
+        elif wm > self.sent_wm:
+            self.sent_wm = wm
+            call = Call("velosql.runtime.operators.hosted:on_watermark", wm)
+            self._write_some(operators.concat([t for t in self._broadcast(Query(call)) if t is not None]))
 
     def _finish(self) -> None:
         wm = POS_INF
         self.metrics.watermark = wm
-        self._write_some(self._operate(self.operator.finish, wm))
+        if self.pool is None:
+            self._write_some(self._operate(self.operator.finish, wm))
+        else:
+            call = Call("velosql.runtime.operators.hosted:finish", wm)
+            self._write_some(operators.concat([t for t in self._broadcast(Query(call)) if t is not None]))
         for sink in self.sinks:
             sink.flush()
 
     def close(self) -> None:
+        if getattr(self, "pool", None) is not None:
+            self.pool.close()
         for sink in getattr(self, "sinks", []):
             try:
                 sink.close()

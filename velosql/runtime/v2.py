@@ -131,11 +131,19 @@ def choose(plan, n: int, direct_partitions: int | None = 0) -> Routing:
     EXPLAIN without a job)."""
     sql = plan.sql
     if plan.inputs:
+        if plan.shape == "join" and all(plan.operator.keys):
+            keys = " = ".join(", ".join(k) for k in plan.operator.keys)
+            return Routing(
+                "keyed",
+                "hash",
+                f"each stream's rows go to the worker of their join key's hash ({keys}), over {n} "
+                "workers; each worker joins its keys and keeps their rows",
+            )
         return Routing(
             "v1",
             "",
-            "one partition (the V1 engine) in the job's process: a statement over several "
-            "streams is not split by key across workers yet",
+            "one partition (the V1 engine) in the job's process: a statement over several streams is "
+            "split across workers only when it is a join of two streams with an equality in ON",
         )
     if plan.shape in _IN_ONE_PLACE:
         return Routing(
