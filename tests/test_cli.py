@@ -13,8 +13,18 @@ import duckdb
 import pytest
 from terminal import read_pty, start_on_pty
 
-# Every job these tests run, on V1 and on each V2 entry of the processor matrix (conftest.py).
-pytestmark = pytest.mark.usefixtures("processor_matrix")
+# Every job these tests run, on V1 and on V2 with 2 and 3 workers: the command line's behaviour
+# does not depend on the partitioning strategy, which the query and oracle tests cover on every
+# entry of the processor matrix (conftest.py).
+pytestmark = [
+    pytest.mark.usefixtures("processor_matrix"),
+    pytest.mark.parametrize(
+        "processor_matrix",
+        [("v1", None), ("v2:2", "hash"), ("v2:3", "round_robin")],
+        ids=["v1", "v2:2-hash", "v2:3-round_robin"],
+        indirect=True,
+    ),
+]
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 60  # seconds a command may take before the test gives up on it
