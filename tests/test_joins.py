@@ -297,6 +297,9 @@ def test_a_join_under_v2_sends_both_streams_rows_to_the_worker_of_their_key():
         job.wait(60)
         got = [tuple(r.values()) for r in engine.pull("o").to_pylist()]
         parts = job.metrics()["partitions"]
+        workers = engine.sql("SELECT count(*) FROM velosql_partitions").fetchall()[0][0]
+        marks = engine.sql("SELECT scope FROM velosql_watermarks WHERE scope = 'worker'").fetchall()
+    assert workers == 2 and len(marks) == 2
     assert_rows_equal(got, batch(select))
     assert len(parts) == 2 and len({p["pid"] for p in parts}) == 2
     assert sum(p["records_in"] for p in parts) == ORDERS.num_rows + SHIPS.num_rows

@@ -23,6 +23,7 @@ from ..connectors.base import PARTITION_COL, SourceContext, _arange, empty_table
 from ..errors import DataError, JobError, SqlError
 from ..sql.duckdb_errors import duckdb_error, duckdb_message
 from . import operators
+from .job import format_watermark
 from .pool import WorkerPool
 from .protocol import Batch, Call, Query
 from .v1 import V1Executor, _log
@@ -87,6 +88,7 @@ class MultiInputExecutor(V1Executor):
             return
         self.part_in = [0] * n
         self.part_out = [0] * n
+        self.part_wm: list[int | None] = [None] * n  # the watermark each worker last had
         self.pool = WorkerPool(n, affinity=bool(self.opts.get("enable_affinity")), max_in_flight=2)
         empties = [self._stamp(empty_table(s.schema), i, observe=False) for i, s in enumerate(self.sources)]
         self.seq = 0
@@ -156,9 +158,16 @@ class MultiInputExecutor(V1Executor):
                 "partition": m.partition,
                 "pid": m.pid,
                 "cores": list(m.cores) if m.cores is not None else None,
+                "affinity_error": m.affinity_error,
+                "reader": None,
+                "batches": m.requests,
                 "records_in": self.part_in[m.partition],
                 "records_out": self.part_out[m.partition],
-                "queue_depth": 0,
+                "queue_depth": self.pool.outstanding(m.partition) if not self.pool.closed else 0,
+                "queue_records": 0,
+                "queue_peak": 0,
+                "late_rows": 0,
+                "watermark": format_watermark(self.part_wm[m.partition]),
                 "busy_seconds": round(m.busy_seconds, 3),
                 "waiting_seconds": round(m.wait_seconds, 3),
             }
@@ -316,6 +325,7 @@ class MultiInputExecutor(V1Executor):
             self._write_some(self._operate(self.operator.on_watermark, wm))
         elif wm > self.sent_wm:
             self.sent_wm = wm
+            self.part_wm = [wm] * len(self.pool)
             call = Call("velosql.runtime.operators.hosted:on_watermark", wm)
             self._write_some(operators.concat([t for t in self._broadcast(Query(call)) if t is not None]))
 
