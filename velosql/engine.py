@@ -69,6 +69,8 @@ class Engine:
         self._channels: dict[str, Channel] = {}
         self._outputs: dict[str, PythonSink] = {}
         self._pipes: set[str] = set()  # statements whose results later statements read as a stream
+        # A statement reading a pipe -> the offset of the watermark it takes along (None: none).
+        self._carried: dict[str, int | None] = {}
         self._lock = threading.RLock()
         self._closed = False
         # velosql_jobs, velosql_streams, …: views over the jobs' live state (system.py)
@@ -135,7 +137,7 @@ class Engine:
         """A statement that reads an earlier statement of the script as its source (not declared
         in WITH) reads every row that statement emits, as a stream, not its table once: the
         earlier statement's results also go to a channel of its name, which ends with its job."""
-        earlier: set[str] = set()
+        earlier: dict[str, StreamPlan] = {}
         for p in plans:
             name = p.source.name
             if p.source.type is None and name in earlier:
@@ -144,7 +146,10 @@ class Engine:
                     if channel is None or channel.closed:
                         self._channels[name] = Channel(name)
                     self._pipes.add(name)
-            earlier.add(p.name)
+                    # The earlier statement's watermark comes along when it bounds the column this
+                    # statement takes its event time from (a window's end or start).
+                    self._carried[p.name] = earlier[name].carried(p.time.column) if p.windowed else None
+            earlier[p.name] = p
 
     def run(self, path_or_sql: str, *, wait: bool = True, timeout: float | None = None) -> list[Job]:
         """Deploy a .sql file (or SQL text) and, by default, wait for its jobs to finish."""
@@ -332,7 +337,11 @@ class Engine:
 
                 declared = schema_from_sql(declared, f"{spec.name}.schema", self.con)
             return PythonSource(
-                spec.name, self.channel(spec.name), spec.options.get("poll_interval") or 200_000, declared
+                spec.name,
+                self.channel(spec.name),
+                spec.options.get("poll_interval") or 200_000,
+                declared,
+                carried=self._carried.get(p.name) if spec is p.source else None,
             )
         if stype == "table":
             table = spec.options.get("table") or spec.name

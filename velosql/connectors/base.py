@@ -46,6 +46,20 @@ class SourceContext:
         self.reject_fn(location, error, raw)
 
 
+class Watermark:
+    """Yielded by a source that reads another statement's output (a pipeline): no row still to
+    come has an event time (in the reading statement's event-time column) before ``value``
+    (microseconds since the epoch)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Watermark({self.value})"
+
+
 class PartitionEnd:
     """Yielded by :meth:`Source.read` when one source partition (a file, …) has no more data."""
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 
 from ..errors import DataError
-from .base import PartitionEnd, Sink, Source, SourceContext, with_system_columns
+from .base import PartitionEnd, Sink, Source, SourceContext, Watermark, with_system_columns
 
 
 def to_arrow(data: object, where: str) -> pa.Table:
@@ -75,6 +75,14 @@ class Channel:
             self._cond.notify_all()
             return table.num_rows
 
+    def push_watermark(self, value: int) -> None:
+        """The writing statement's watermark, in order with its rows (see :class:`Watermark`)."""
+        with self._cond:
+            if self._closed:
+                return
+            self._entries.append(Watermark(value))
+            self._cond.notify_all()
+
     @property
     def pending(self) -> int:
         """Pushed tables the slowest reader has not taken yet (at most ``max_pending`` while read)."""
@@ -110,8 +118,9 @@ class Channel:
         with self._cond:
             self._readers.pop(rid, None)
 
-    def next(self, rid: int, timeout: float) -> pa.Table | None | bool:
-        """The reader's next table, None when none arrived within ``timeout``, False at the end."""
+    def next(self, rid: int, timeout: float) -> pa.Table | Watermark | None | bool:
+        """The reader's next table (or watermark), None when none arrived within ``timeout``,
+        False at the end."""
         with self._cond:
             pos = self._readers[rid]
             if pos - self._base >= len(self._entries):
@@ -132,14 +141,25 @@ class Channel:
 
 
 class PythonSource(Source):
-    """Reads a :class:`Channel`; unbounded until the channel is closed. Partition 0."""
+    """Reads a :class:`Channel`; unbounded until the channel is closed. Partition 0.
+
+    ``carried``: the channel is another statement's output and carries its watermark, which
+    bounds the reading statement's event-time column from below once ``carried`` µs are taken
+    off (see ``Engine._connect_pipelines``); the source then yields it as :class:`Watermark`.
+    None: watermarks in the channel are skipped."""
 
     bounded = False
 
     def __init__(
-        self, name: str, channel: Channel, poll_interval_us: int = 200_000, schema: pa.Schema | None = None
+        self,
+        name: str,
+        channel: Channel,
+        poll_interval_us: int = 200_000,
+        schema: pa.Schema | None = None,
+        carried: int | None = None,
     ) -> None:
         self.name, self.channel = name, channel
+        self.carried = carried
         self.declared = schema
         self.poll = poll_interval_us / 1e6
         self._rid: int | None = None
@@ -169,6 +189,10 @@ class PythonSource(Source):
                 break
             if table is None:
                 yield None
+                continue
+            if isinstance(table, Watermark):
+                if self.carried is not None:
+                    yield Watermark(table.value - self.carried)
                 continue
             for batch in table.to_batches():
                 yield with_system_columns(batch, 0, self._offset)
@@ -223,6 +247,10 @@ class ChannelSink(Sink):
 
     def write(self, table: pa.Table) -> None:
         self.channel.push(table)
+
+    def watermark(self, value: int) -> None:
+        """The statement's watermark after the rows written so far."""
+        self.channel.push_watermark(value)
 
     def close(self) -> None:
         self.channel.close()

@@ -95,6 +95,16 @@ class StreamPlan:
     # The streams of a statement that reads several (multi.py), ``source`` and ``time`` being the
     # first's; empty for a statement over one stream.
     inputs: tuple[InputSpec, ...] = ()
+    # Output columns bounded by the watermark: (name, offset µs) when every row still to come has
+    # a value of at least the watermark minus the offset (a window's end or start). A statement
+    # reading this one's output with such a column as its event time takes the watermark along.
+    watermarked: tuple[tuple[str, int], ...] = ()
+
+    def carried(self, column: str | None) -> int | None:
+        """The offset of output column ``column`` if the watermark bounds it (see ``watermarked``)."""
+        if column is None:
+            return None
+        return dict(self.watermarked).get(column.lower())
 
     @property
     def windowed(self) -> bool:
@@ -185,7 +195,24 @@ def _plan(stmt: CreateStream) -> StreamPlan:
         primary_key=primary_key,
         limit=query.limit,
         notes=_notes(window, time),
+        watermarked=_watermarked(select, window),
     )
+
+
+def _watermarked(select: exp.Expression, window: WindowSpec | None) -> tuple[tuple[str, int], ...]:
+    """The output columns that are the window's end (offset 0: every window still to come ends
+    after the watermark) or, for TUMBLING and SLIDING windows, its start (ends minus the size)."""
+    if window is None or not isinstance(select, exp.Select):
+        return ()
+    out = []
+    for item in select.expressions:
+        inner = item.unalias()
+        if isinstance(inner, exp.Column) and not inner.table:
+            if inner.name.lower() == "_window_end":
+                out.append((item.alias_or_name.lower(), 0))
+            elif inner.name.lower() == "_window_start" and window.kind != "session":
+                out.append((item.alias_or_name.lower(), window.size_us))
+    return tuple(out)
 
 
 def _notes(window: WindowSpec | None, time: TimeSpec) -> tuple[str, ...]:
@@ -205,7 +232,7 @@ def _general(stmt, select, found, source, job, processor, emit, time, grouped) -
         emit=emit, source=source, sinks=sinks, time=time, window=stmt.window, group_keys=(),
         aggregates=(), processor=processor, job_options=job, annotations=dict(stmt.annotations),
         sql=chosen.sql, primary_key=primary_key, limit=chosen.limit, notes=_notes(stmt.window, time),
-        operator=chosen.operator,
+        operator=chosen.operator, watermarked=_watermarked(select, stmt.window),
     )  # fmt: skip
 
 
@@ -237,7 +264,7 @@ def _multi(stmt: CreateStream, select: exp.Expression, streams: list[str]) -> St
         group_keys=(), aggregates=(), processor=_processor(stmt), job_options=job,
         annotations=dict(stmt.annotations), sql=shape_sql, primary_key=primary_key,
         limit=chosen.limit, notes=_notes(window, inputs[0].time), operator=chosen.operator,
-        inputs=tuple(inputs),
+        inputs=tuple(inputs), watermarked=_watermarked(select, window),
     )  # fmt: skip
 
 

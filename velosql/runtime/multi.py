@@ -27,7 +27,7 @@ from .job import format_watermark
 from .pool import WorkerPool
 from .protocol import Batch, Call, Query
 from .v1 import V1Executor, _log
-from .watermark import NEG_INF, POS_INF, WatermarkTracker, any_late, event_time_us, without_null_time
+from .watermark import NEG_INF, NOT_YET, POS_INF, WatermarkTracker, any_late, event_time_us, without_null_time
 
 
 class MultiInputExecutor(V1Executor):
@@ -277,6 +277,21 @@ class MultiInputExecutor(V1Executor):
     def _partition_ended(self, side: int, partition: int) -> None:
         self.trackers[side].end_partition(partition)
 
+    def _upstream_watermark(self, side: int, value: int) -> None:
+        tracker = self.trackers[side]
+        if self.plan.inputs[side].time.column is not None and value > tracker.watermark:
+            tracker.watermark = value
+            self._after_watermark(self._watermark())
+            self._forward_watermark()
+
+    def _forward_watermark(self) -> None:
+        wm = self._watermark()
+        if NOT_YET < wm < POS_INF and wm > self.forwarded:
+            self.forwarded = wm
+            for sink in self.sinks:
+                if hasattr(sink, "watermark"):
+                    sink.watermark(wm)
+
     def _input_ended(self, side: int) -> None:
         self.ended[side] = True
 
@@ -296,6 +311,7 @@ class MultiInputExecutor(V1Executor):
         if wm != NEG_INF:
             self.metrics.watermark = wm
             self._after_watermark(wm)
+            self._forward_watermark()
         self.metrics.busy_seconds += time.monotonic() - t0
 
     def _step_input(self, table: pa.Table, side: int) -> None:

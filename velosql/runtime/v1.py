@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from ..connectors.base import (
     PARTITION_COL,
     SourceContext,
+    Watermark,
     _arange,
     declared_partition_key,
     empty_table,
@@ -35,7 +36,7 @@ from ..plan.sqlgen import referenced_columns
 from ..sql.duckdb_errors import duckdb_error, duckdb_message
 from . import operators, pushdown, running
 from .arrow_partials import ArrowPartials
-from .watermark import NEG_INF, WatermarkTracker, any_late, event_time_us, without_null_time
+from .watermark import NEG_INF, NOT_YET, WatermarkTracker, any_late, event_time_us, without_null_time
 
 _END = object()
 _log = logging.getLogger("velosql")
@@ -67,6 +68,7 @@ class V1Executor:
         self.state_rows = 0
         self.compacted_rows = 0
         self.emitted_rows = 0
+        self.forwarded = NEG_INF  # the watermark last handed to the sinks
         self.stopped_by_limit = False
         self.running = False  # EMIT CHANGES through the pyarrow running-aggregate fast path
         self.plain_rows = False  # … taking its input rows from the batch without DuckDB
@@ -318,6 +320,11 @@ class V1Executor:
                     if rows >= max_rows:
                         self._process_pending(pending)
                         pending, rows = [], 0
+                elif isinstance(item.item, Watermark):  # the upstream statement's, in order
+                    if pending:
+                        self._process_pending(pending)
+                        pending, rows = [], 0
+                    self._upstream_watermark(item.side, item.item.value)
                 else:  # a partition's or an input's end
                     if pending:
                         self._process_pending(pending)
@@ -351,9 +358,31 @@ class V1Executor:
         """Nothing arrived for a while: idle partitions stop holding the watermark back."""
         if self.plan.windowed and self.tracker.idle_timeout:
             self._after_watermark(self.tracker.advance())
+            self._forward_watermark()
 
     def _partition_ended(self, side: int, partition: int) -> None:
         self.tracker.end_partition(partition)
+
+    def _upstream_watermark(self, side: int, value: int) -> None:
+        """The statement this one reads has no row to come before ``value``: windows up to it
+        can close, even while that statement's rows keep this one's own watermark behind."""
+        if self.plan.windowed and value > self.tracker.watermark:
+            self.tracker.watermark = value
+            self.metrics.watermark = value
+            self._after_watermark(value)
+            self._forward_watermark()
+
+    def _forward_watermark(self) -> None:
+        """Hand the watermark to the sinks that pass it on (a pipeline to later statements),
+        after the rows it let out: no row the sinks get later is behind it."""
+        wm = self.tracker.watermark
+        if wm <= self.forwarded or wm <= NOT_YET:
+            return
+        self.forwarded = wm
+        for sink in self.sinks:
+            forward = getattr(sink, "watermark", None)
+            if forward is not None:
+                forward(wm)
 
     def _input_ended(self, side: int) -> None:
         """Every partition of input ``side`` has ended."""
@@ -434,6 +463,7 @@ class V1Executor:
         if self.plan.windowed:
             self.metrics.watermark = self.tracker.watermark
             self._after_watermark(self.tracker.watermark)
+            self._forward_watermark()
         self.metrics.busy_seconds += time.monotonic() - t0
 
     def _step(self, table: pa.Table) -> None:

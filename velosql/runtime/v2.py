@@ -792,6 +792,13 @@ class V2Executor(V1Executor):
 
     # ---- merged state, watermarks, end ----------------------------------------------------------
 
+    def _forward_watermark(self) -> None:
+        """With workers, rows a watermark lets out may still be on their way from a worker when
+        the next watermark is known: the statement does not pass its watermark on (a statement
+        reading its output judges event time from the rows alone)."""
+        if self.pool is None:
+            super()._forward_watermark()
+
     def _after_watermark(self, wm: int) -> None:
         if self.pool is None or self.route.mode == "rows":
             super()._after_watermark(wm)
