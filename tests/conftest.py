@@ -47,6 +47,11 @@ MATRIX = [
     ("v2:3", "fan_in"),
 ]
 IDS = [p if s is None else f"{p}-{s}" for p, s in MATRIX]
+# A part of the matrix, for behaviour that does not depend on the partitioning strategy (the API,
+# the command line): V1 and V2 with 2 and 3 workers. Used as
+# ``pytest.mark.parametrize("processor_matrix", SOME, ids=SOME_IDS, indirect=True)``.
+SOME = [("v1", None), ("v2:2", "hash"), ("v2:3", "round_robin")]
+SOME_IDS = ["v1", "v2:2-hash", "v2:3-round_robin"]
 V1_EXAMPLES = int(os.environ.get("VELOSQL_EXAMPLES", "20" if LONG else "10"))
 V2_EXAMPLES = int(os.environ.get("VELOSQL_V2_EXAMPLES", "3" if LONG else "2"))
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import SOME, SOME_IDS
 from terminal import read_pty, start_on_pty
 
 # Every job these tests run, on V1 and on V2 with 2 and 3 workers: the command line's behaviour
@@ -18,12 +19,7 @@ from terminal import read_pty, start_on_pty
 # entry of the processor matrix (conftest.py).
 pytestmark = [
     pytest.mark.usefixtures("processor_matrix"),
-    pytest.mark.parametrize(
-        "processor_matrix",
-        [("v1", None), ("v2:2", "hash"), ("v2:3", "round_robin")],
-        ids=["v1", "v2:2-hash", "v2:3-round_robin"],
-        indirect=True,
-    ),
+    pytest.mark.parametrize("processor_matrix", SOME, ids=SOME_IDS, indirect=True),
 ]
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,12 +7,17 @@ import datetime as dt
 import duckdb
 import pyarrow as pa
 import pytest
+from conftest import SOME, SOME_IDS
 
 import velosql
 from velosql import JobProcessorConfig, OptionError, SqlError
 
-# Every job these tests run, on V1 and on each V2 entry of the processor matrix (conftest.py).
-pytestmark = pytest.mark.usefixtures("processor_matrix")
+# The API's behaviour on V1 and V2 with 2 and 3 workers (conftest.SOME): the strategies are the
+# query and oracle tests' business.
+pytestmark = [
+    pytest.mark.usefixtures("processor_matrix"),
+    pytest.mark.parametrize("processor_matrix", SOME, ids=SOME_IDS, indirect=True),
+]
 
 BASE = dt.datetime(2024, 1, 1)
 

@@ -9,6 +9,7 @@ import datetime as dt
 import duckdb
 import pyarrow as pa
 import pytest
+from conftest import SOME, SOME_IDS
 from test_oracle import assert_rows_equal, oracle
 
 import velosql
@@ -17,12 +18,9 @@ from velosql.testing import push_split
 
 # A part of the processor matrix: V2 runs these operators in the job's process, and the
 # query-generating test (test_queries.py) covers every entry.
-SOME = [("v1", None), ("v2:2", "hash"), ("v2:3", "round_robin")]
 pytestmark = [
     pytest.mark.usefixtures("processor_matrix"),
-    pytest.mark.parametrize(
-        "processor_matrix", SOME, ids=["v1", "v2:2-hash", "v2:3-round_robin"], indirect=True
-    ),
+    pytest.mark.parametrize("processor_matrix", SOME, ids=SOME_IDS, indirect=True),
 ]
 
 BASE = dt.datetime(2024, 1, 1)

@@ -5,16 +5,17 @@
 types and meaning, and the function that reads the rows); the docs' table of columns comes from
 the same declaration (``tests/test_system_tables.py`` checks it).
 
-How they are views and not copies: DuckDB's Python API has no table functions, but it has scalar
-functions written in Python. Each system table is a scalar function of no arguments, declared with
-side effects so that DuckDB never caches or folds it, that returns the rows as a list of structs
-read from the jobs at that moment; the system table is a temporary view that unnests it. Every
-query that reads the view calls the function again, so it sees the state as of that query (each
-reference in one query reads it once). The views are temporary: they belong to the engine's
-connection (``engine.sql``, ``engine.execute``, the shell, ``-c``, ``run``), are never written into a
-database file, and other connections and cursors of the same database do not see them. Being
-temporary, they are found before a table of the same name in the database, which stays readable
-with its catalog's name (``mydb.main.velosql_jobs``).
+How they are views and not copies: DuckDB's Python API has no table functions, and its Python
+scalar functions need numpy, which the core does not depend on. But DuckDB scans any Python object
+that exports an Arrow stream (``__arrow_c_stream__``, the Arrow PyCapsule interface) and asks the
+object for its stream each time a query reads it. Each system table is such an object,
+registered on the engine's connection under the table's name (which makes it a temporary view of
+that connection), whose stream is the rows read from the jobs at that moment. Every query that reads the view
+sees the state as of that query. The views are temporary: they belong to the engine's connection
+(``engine.sql``, ``engine.execute``, the shell, ``-c``, ``run``), are never written into a database
+file, and other connections and cursors of the same database do not see them. Being temporary,
+they are found before a table of the same name in the database, which stays readable with its
+catalog's name (``mydb.main.velosql_jobs``).
 
 The functions read Python attributes the jobs update as they run (counters, the watermark
 tracker, the partition workers' metrics) without locks: each value read is one attribute, so a
@@ -24,8 +25,6 @@ row may mix values read a moment apart, never a torn value.
 from __future__ import annotations
 
 import datetime as dt
-import itertools
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,8 +35,15 @@ from .runtime.watermark import NOT_YET
 
 _EPOCH = dt.datetime(1970, 1, 1)
 _END = 2**62  # watermarks from here on are the end of input (+inf)
-FUNCTION_PREFIX = "__velosql_system_"
-_ENGINES = itertools.count(1)
+_ARROW = {
+    "VARCHAR": pa.string(),
+    "BIGINT": pa.int64(),
+    "INTEGER": pa.int32(),
+    "DOUBLE": pa.float64(),
+    "BOOLEAN": pa.bool_(),
+    "TIMESTAMP": pa.timestamp("us"),
+    "INTEGER[]": pa.list_(pa.int32()),
+}
 
 
 @dataclass(frozen=True)
@@ -57,9 +63,8 @@ class SystemTable:
     rows: Callable[[object], list[dict]]
 
     @property
-    def struct_type(self) -> str:
-        fields = ", ".join(f'"{c.name}" {c.type}' for c in self.columns)
-        return f"STRUCT({fields})[]"
+    def schema(self) -> pa.Schema:
+        return pa.schema([(c.name, _ARROW[c.type]) for c in self.columns])
 
     def read(self, engine) -> list[dict]:
         names = [c.name for c in self.columns]
@@ -401,54 +406,39 @@ NAMES = tuple(t.name for t in TABLES)
 
 
 def install(engine) -> bool:
-    """Create the system tables on the engine's connection (temporary views: see the module doc).
-
-    DuckDB's Python functions need numpy, which the command line keeps out of its process for a
-    faster start (``cli/entry.py``): there nothing is installed (False) until :func:`install_for`
-    sees a statement that names a system table."""
-    if "numpy" in sys.modules and sys.modules["numpy"] is None:
-        return False
-    con = engine.con
-    # Functions are seen by every connection of a database, views only by their own: engines
-    # sharing a database (one over another's cursor, as velosql verify's runs) each name theirs.
-    suffix = next(_ENGINES)
+    """Create the system tables on the engine's connection (see the module doc); whether they
+    were created. Each is registered under its own name: a registered object is a temporary view
+    of the connection that registered it."""
     for table in TABLES:
-        fn = _function_name(table, suffix)
-        con.create_function(
-            fn, _reader(table, engine), [], table.struct_type, type="native", side_effects=True
-        )
-        con.execute(f'CREATE OR REPLACE TEMP VIEW "{table.name}" AS SELECT unnest({fn}(), recursive := true)')
-    engine._system_suffix = suffix
+        engine.con.register(table.name, _Live(table, engine))
     return True
 
 
-def _function_name(table: SystemTable, suffix: int) -> str:
-    return f"{FUNCTION_PREFIX}{table.name.removeprefix('velosql_')}_{suffix}"
-
-
 def install_for(engine, sql: str) -> bool:
-    """:func:`install`, letting numpy in, when ``sql`` names a system table; whether installed."""
+    """:func:`install` when ``sql`` names a system table (the command line installs them only
+    then); whether installed."""
     if "velosql_" not in sql.lower():
         return False
-    if "numpy" in sys.modules and sys.modules["numpy"] is None:
-        del sys.modules["numpy"]  # its ~50 ms import is paid by the commands that need it
     return install(engine)
 
 
-def _reader(table: SystemTable, engine) -> Callable[[], list[dict]]:
-    # DuckDB counts a function's parameters, defaults included: the table is bound by a closure.
-    def read() -> list[dict]:
-        return table.read(engine)
+class _Live:
+    """A system table's rows as of each read: DuckDB asks for the Arrow stream at every scan."""
 
-    return read
+    def __init__(self, table: SystemTable, engine) -> None:
+        self.table, self.engine = table, engine
+
+    def __arrow_c_stream__(self, requested_schema=None):
+        rows = self.table.read(self.engine)
+        schema = self.table.schema
+        data = pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()
+        return data.__arrow_c_stream__(requested_schema)
 
 
 def uninstall(engine) -> None:
-    """Drop the views and functions from a connection the engine does not own."""
-    con = engine.con
+    """Drop the views and their registered objects from a connection the engine does not own."""
     for table in TABLES:
-        con.execute(f'DROP VIEW IF EXISTS temp.main."{table.name}"')
-        con.remove_function(_function_name(table, engine._system_suffix))
+        engine.con.unregister(table.name)
 
 
 def show(engine, name: str) -> pa.Table:
