@@ -24,9 +24,9 @@ from ..errors import DataError, JobError, SqlError
 from ..sql.duckdb_errors import duckdb_error, duckdb_message
 from . import operators
 from .job import format_watermark
-from .pool import WorkerPool
+from .pool import WorkerPool, worker_identity
 from .protocol import Batch, Call, Query
-from .v1 import V1Executor, _log
+from .v1 import DLQ_SCHEMA, V1Executor, _log
 from .watermark import NEG_INF, NOT_YET, POS_INF, WatermarkTracker, any_late, event_time_us, without_null_time
 
 
@@ -155,10 +155,7 @@ class MultiInputExecutor(V1Executor):
             return []
         return [
             {
-                "partition": m.partition,
-                "pid": m.pid,
-                "cores": list(m.cores) if m.cores is not None else None,
-                "affinity_error": m.affinity_error,
+                **worker_identity(m),
                 "reader": None,
                 "batches": m.requests,
                 "records_in": self.part_in[m.partition],
@@ -201,18 +198,7 @@ class MultiInputExecutor(V1Executor):
             for f in schema:
                 fields.setdefault(f.name, f)
         self._create_table(plan.late_table, pa.schema(list(fields.values())))
-        self._create_table(
-            plan.dlq_table,
-            pa.schema(
-                [
-                    ("source", pa.string()),
-                    ("location", pa.string()),
-                    ("error", pa.string()),
-                    ("raw", pa.string()),
-                    ("recorded_at", pa.timestamp("us")),
-                ]
-            ),
-        )
+        self._create_table(plan.dlq_table, DLQ_SCHEMA)
 
     def _late_select(self, side: int = 0) -> str:
         name = self.plan.inputs[side].source.name.replace("'", "''")

@@ -454,6 +454,16 @@ _REAP_SECONDS = 5.0
 _START_LOCK = threading.Lock()
 
 
+def worker_identity(m: WorkerMetrics) -> dict:
+    """Which worker ``m`` describes, as a row of a job's partition metrics begins."""
+    return {
+        "partition": m.partition,
+        "pid": m.pid,
+        "cores": list(m.cores) if m.cores is not None else None,
+        "affinity_error": m.affinity_error,
+    }
+
+
 @contextlib.contextmanager
 def _main_not_imported():
     """Start a worker without it importing the parent's ``__main__``.

@@ -40,6 +40,16 @@ from .watermark import NEG_INF, NOT_YET, WatermarkTracker, any_late, event_time_
 
 _END = object()
 _log = logging.getLogger("velosql")
+# The columns of every statement's ``<name>__dlq`` table.
+DLQ_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("location", pa.string()),
+        ("error", pa.string()),
+        ("raw", pa.string()),
+        ("recorded_at", pa.timestamp("us")),
+    ]
+)
 COMPACT_MIN_ROWS = 200_000  # EMIT FINAL partial rows in __state before its first compaction
 
 
@@ -166,18 +176,7 @@ class V1Executor:
             if plan.windowed:
                 late = self._exec(self._late_select()).to_arrow_table().schema
                 self._create_table(plan.late_table, late)
-            self._create_table(
-                plan.dlq_table,
-                pa.schema(
-                    [
-                        ("source", pa.string()),
-                        ("location", pa.string()),
-                        ("error", pa.string()),
-                        ("raw", pa.string()),
-                        ("recorded_at", pa.timestamp("us")),
-                    ]
-                ),
-            )
+            self._create_table(plan.dlq_table, DLQ_SCHEMA)
 
     def _late_select(self) -> str:
         return (

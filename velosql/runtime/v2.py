@@ -50,7 +50,7 @@ from ..plan.sqlgen import referenced_columns as _referenced
 from . import direct_parquet, routing, running
 from .direct import SEQ_PARTITION_SHIFT
 from .job import format_watermark
-from .pool import WorkerPool
+from .pool import WorkerPool, worker_identity
 from .protocol import FILE_MIN_ROWS, Batch, Call, Query
 from .v1 import V1Executor
 from .watermark import NEG_INF
@@ -972,10 +972,7 @@ class V2Executor(V1Executor):
             return []
         return [
             {
-                "partition": m.partition,
-                "pid": m.pid,
-                "cores": list(m.cores) if m.cores is not None else None,
-                "affinity_error": m.affinity_error,
+                **worker_identity(m),
                 "reader": self.readers.get(m.partition),
                 "batches": self.batches_to[m.partition],
                 "records_in": self.records_to[m.partition],
