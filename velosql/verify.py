@@ -121,7 +121,8 @@ def verify(
         outcomes: list[Outcome] = []
         for stmt in statements:
             if isinstance(stmt, CreateStream):
-                check = _Check(base, stmt, plans[id(stmt)], processors, splits, orders, seed)
+                kind = _StreamsCheck if plans[id(stmt)].inputs else _Check
+                check = kind(base, stmt, plans[id(stmt)], processors, splits, orders, seed)
                 outcomes.append(check.run(progress))
                 check.keep_answer()
             elif (
@@ -180,11 +181,6 @@ class _Check:
         return outcome
 
     def _unverifiable(self) -> str:
-        if self.plan.inputs:
-            return (
-                "it reads several streams (a join or a UNION ALL of streams): verify compares "
-                "statements over one stream so far; the test suite checks joins against batch SQL"
-            )
         if self.plan.window is not None and self.plan.time.column is None:
             return "its windows run on processing time (no event-time column): no batch answer to compare"
         if self.plan.limit is not None or self.stmt.select.args.get("limit") is not None:
@@ -200,10 +196,14 @@ class _Check:
         p = self.plan
         return p.source.type or self.base._infer_source_type(p.source.name, p)
 
-    def _read_input(self) -> list | None:
-        """The source's rows (tables) and partition ends in file order; None when unbounded."""
+    def _read_input(self, spec=None) -> list | None:
+        """The source's (or input ``spec``'s) rows (tables) and partition ends in file order; None
+        when unbounded."""
         p = self.plan
         stype = self._source_type()
+        if spec is not None:
+            p = dataclasses.replace(p, source=spec.source, time=spec.time)
+            stype = spec.source.type or self.base._infer_source_type(spec.source.name, p)
         if stype == "table":
             name = p.source.options.get("table") or p.source.name
             rows = self.base.con.cursor().sql(f'SELECT * FROM "{name}"').to_arrow_table()
@@ -365,6 +365,116 @@ class _Check:
             cur.execute(f'CREATE OR REPLACE TABLE "{self.plan.name}" AS SELECT * FROM __verified')
         finally:
             cur.close()
+
+
+class _StreamsCheck(_Check):
+    """Verifying a statement over several streams (a join, a UNION ALL of streams) without a
+    window: each run streams every input from its files at one batch size, and the batch answer
+    is the SELECT over each stream's on-time rows (late: behind its own stream's watermark)."""
+
+    def run(self, progress) -> Outcome:
+        plan = self.plan
+        outcome = Outcome(plan.name, plan.location, "skipped")
+        outcome.note = self._unverifiable()
+        if plan.window is not None:
+            outcome.note = "a window over several streams: verify compares those without one so far"
+        if outcome.note:
+            return outcome
+        inputs = []
+        for spec in plan.inputs:
+            events = self._read_input(spec)
+            if events is None:
+                outcome.note = f"its source {spec.source.name} is not bounded"
+                return outcome
+            inputs.append(self._judged(spec, events))
+        outcome.late_rows = sum(n for _, n in inputs)
+        self.answer = self._batch_of([t for t, _ in inputs])
+        outcome.columns, outcome.rows = self.answer.column_names, self.answer.num_rows
+        n = max(t.num_rows for t, _ in inputs)
+        for size in [None, *(self._batch_size(n) for _ in range(self.splits))]:
+            for proc in self.processors:
+                run = Run(proc, "file order", size)
+                if progress is not None:
+                    progress(f"{plan.name}: {run.describe()}")
+                outcome.runs.append(run)
+                missing, extra = differences(_rows(self._stream_all(run)), _rows(self.answer))
+                if rounding_only(missing, extra):
+                    outcome.rounded = max(outcome.rounded, rounding_only(missing, extra))
+                elif missing or extra:
+                    outcome.status, outcome.differing = "different", run
+                    outcome.missing, outcome.extra = missing[:SHOWN_ROWS], extra[:SHOWN_ROWS]
+                    outcome.missing_count, outcome.extra_count = len(missing), len(extra)
+                    return outcome
+        outcome.status = "identical"
+        return outcome
+
+    def _judged(self, spec, events: list) -> tuple[pa.Table, int]:
+        """An input's on-time rows (a join's: not behind its own stream's watermark, by the
+        runtime's rule) and how many were late."""
+        table = pa.concat_tables([e for e in events if isinstance(e, pa.Table)])
+        col = spec.time.column
+        if col is None or self.plan.shape != "join":
+            return table, 0
+        name = next((c for c in table.column_names if c.lower() == col.lower()), col)
+        et = event_time_us(table[name], spec.time.format, name)
+        tracker = WatermarkTracker(spec.time.lateness_us, None)
+        keep, at = [], 0
+        for e in events:
+            if isinstance(e, PartitionEnd):
+                tracker.end_partition(e.partition)
+            elif e.num_rows:
+                part_et = et.slice(at, e.num_rows)
+                wm = tracker.observe(part_et, table[PARTITION_COL].slice(at, e.num_rows).combine_chunks())
+                keep.append(pc.and_(pc.is_valid(part_et), pc.greater_equal(part_et, wm)))
+                at += e.num_rows
+        mask = pa.concat_arrays([k.combine_chunks() if hasattr(k, "combine_chunks") else k for k in keep])
+        on_time = table.filter(mask)
+        return on_time, table.num_rows - on_time.num_rows
+
+    def _batch_of(self, tables: list[pa.Table]) -> pa.Table:
+        """The SELECT as batch SQL with each stream read from its on-time rows."""
+        cur = self.base.con.cursor()
+        query = self.stmt.select.copy()
+        refs = {c.name.lower() for c in query.find_all(exp.Column)}
+        try:
+            for i, (spec, rows) in enumerate(zip(self.plan.inputs, tables)):
+                hidden = [c for c in (PARTITION_COL, OFFSET_COL) if c in rows.column_names and c not in refs]
+                cur.register(f"__verify_rows{i}", rows.drop_columns(hidden))
+                for table in list(query.find_all(exp.Table)):
+                    if table.name.lower() == spec.source.name and not table.args.get("db"):
+                        alias = table.alias or table.name
+                        table.set("this", exp.to_identifier(f"__verify_rows{i}"))
+                        table.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+            return cur.sql(query.sql(dialect="duckdb")).to_arrow_table()
+        except duckdb.Error as exc:
+            raise SqlError(f"the SELECT as batch SQL failed: {exc}", self.plan.location) from None
+        finally:
+            cur.close()
+
+    def _stream_all(self, run: Run) -> pa.Table:
+        """The statement streamed from its files as ``run`` says, into a Python sink."""
+        stmt, plan = self.stmt, self.plan
+        props = {k: v for k, v in stmt.properties.items() if not k.startswith(f"{plan.name}.")}
+        props[f"{plan.name}.type"] = "python"
+        props["processor"] = run.processor
+        if run.batch_size is not None:
+            props["max_batch_size"] = run.batch_size
+            for spec in plan.inputs:
+                if spec.source.type == "file_source":
+                    props[f"{spec.source.name}.batch_size"] = run.batch_size
+        annotations = {k: v for k, v in stmt.annotations.items() if k not in ("job_mode", "num_partitions")}
+        engine = Engine(self.base.con.cursor())
+        engine.config_path = self.base.config_path
+        try:
+            p = engine.plan_of(dataclasses.replace(stmt, properties=props, annotations=annotations))
+            (job,) = engine.deploy([p])
+            if not job.wait(_TIMEOUT):
+                raise JobError(f"the stream did not end within {_TIMEOUT:g}s")
+            return engine.pull(plan.name)
+        except JobError as exc:
+            raise JobError(f"{plan.location}: {plan.name} ({run.describe()}): {exc}") from None
+        finally:
+            engine.close()
 
 
 def batch_answer(

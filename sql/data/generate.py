@@ -30,6 +30,7 @@ STATIONS = {
 }  # fmt: skip
 COUNTRIES = ("DE", "FR", "GB", "NL", "US")
 PAGES = ("/", "/search", "/product", "/cart", "/checkout", "/help")
+CARRIERS = ("DHL", "UPS", "FedEx", "PostNL")
 
 
 def _iso(t: dt.datetime, timespec: str = "milliseconds") -> str:
@@ -76,6 +77,24 @@ def orders(rng: random.Random, n: int) -> list[str]:
     return ["order_id,customer,country,amount,ts", *rows]
 
 
+def shipments(rng: random.Random, orders: list[str]) -> list[str]:
+    """A shipment for most orders, 1 to 30 minutes after it (one in five after 20 minutes, one
+    order in eight never shipped), in shipping-time order."""
+    rows = []
+    for line in orders[1:]:
+        order_id, _, _, _, ts = line.split(",")
+        if rng.random() < 0.125:
+            continue
+        delay = rng.randint(60, 1200) if rng.random() < 0.8 else rng.randint(1201, 1800)
+        shipped = dt.datetime.fromisoformat(ts) + dt.timedelta(seconds=delay)
+        rows.append((shipped, order_id, rng.choice(CARRIERS)))
+    rows.sort()
+    return [
+        "shipment_id,order_id,carrier,ts",
+        *(f"{9000 + i},{o},{c},{_iso(t, 'seconds')}" for i, (t, o, c) in enumerate(rows)),
+    ]
+
+
 def clicks(rng: random.Random, n: int) -> list[str]:
     """Page views of a few users in bursts (sessions) separated by pauses of minutes."""
     users = [f"u{i:02d}" for i in range(1, 13)]
@@ -95,11 +114,13 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=1, help="multiply every row count by this")
     parser.add_argument("--out", default=HERE, help="directory to write (default: sql/data)")
     args = parser.parse_args()
+    order_rows = orders(random.Random(3), 500 * args.scale)
     files = {
         "trades.csv": trades(random.Random(1), 2000 * args.scale),
         "measurements.txt": measurements(random.Random(2), 20000 * args.scale),
-        "orders.csv": orders(random.Random(3), 500 * args.scale),
+        "orders.csv": order_rows,
         "clicks.jsonl": clicks(random.Random(4), 600 * args.scale),
+        "shipments.csv": shipments(random.Random(5), order_rows),
     }
     os.makedirs(args.out, exist_ok=True)
     for name, lines in files.items():
