@@ -316,7 +316,7 @@ def _split_options(stmt: CreateStream, srcs: str | list[str], sink: str) -> dict
     srcs = [srcs] if isinstance(srcs, str) else srcs
     out: dict[str, dict] = {"job": {}, "sink": {}, "sources": {s: {} for s in srcs}}
     out["source"] = out["sources"][srcs[0]]
-    named = " or ".join(repr(s) for s in srcs)
+    named = ", ".join(repr(s) for s in srcs)
     for key, value in stmt.properties.items():
         loc = stmt.property_locations.get(key, stmt.location)
         k = key.lower()
@@ -330,8 +330,8 @@ def _split_options(stmt: CreateStream, srcs: str | list[str], sink: str) -> dict
             out["sink"][rest] = (value, key, loc)
         elif rest and opts.find("source", rest) is not None:
             raise OptionError(
-                f"WITH key {key!r} names {prefix!r}, which is neither the source {named} nor the "
-                f"sink {sink!r} of this statement",
+                f"WITH key {key!r} names {prefix!r}, which is neither a source of this statement "
+                f"({named}) nor its sink {sink!r}",
                 loc,
             )
         else:
