@@ -6,6 +6,7 @@ over the on-time rows. The query-generating test (test_queries.py, forms ``strea
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 import duckdb
 import pyarrow as pa
@@ -231,8 +232,6 @@ def test_a_stream_table_join_sees_the_table_as_it_is_at_each_micro_batch():
 
 def _wait_for_rows(engine, job, n: int) -> None:
     """Until the job has written ``n`` rows (its metrics say so), or fail after 60 s."""
-    import threading
-
     done = threading.Event()
     for _ in range(6000):
         if job.metrics_data.records_out >= n or job.done:
@@ -320,3 +319,34 @@ def test_a_keyed_create_table_read_in_a_join_gives_the_latest_row_per_key():
         ).wait(60)
         got = sorted(tuple(r.values()) for r in engine.pull("o").to_pylist())
     assert got == [(1, 5.0, 3), (2, 4.0, 2), (3, 5.0, 3), (5, 4.0, 2)]
+
+
+def test_a_stream_far_ahead_of_the_other_waits_for_it(tmp_path):
+    """The orders file could be read to its end at once; while no shipment has come, its reader
+    waits after the first micro-batches instead of filling the join's state with every order."""
+    n = 20_000
+    orders = pa.table({"id": list(range(n)), "k": [f"k{i % 7}" for i in range(n)], "ts": at(*range(n))})
+    path = tmp_path / "orders.csv"
+    duckdb.from_arrow(orders).write_csv(str(path))
+    ships = pa.table(
+        {"sid": list(range(40)), "k": [f"k{i % 7}" for i in range(40)], "ts": at(*range(3, n, 500))}
+    )
+    select = "SELECT o.id, s.sid FROM orders o JOIN ships s ON o.k = s.k AND s.ts BETWEEN o.ts AND o.ts + INTERVAL 5 SECOND"
+    with velosql.connect() as engine:
+        job = engine.execute(
+            f"CREATE STREAM o AS {select} WITH ('orders.type' = 'file_source', 'orders.path' = '{path}', "
+            "'orders.batch_size' = 100, 'ships.type' = 'python', "
+            "'ships.schema' = 'sid BIGINT, k VARCHAR, ts TIMESTAMP', 'o.type' = 'python', max_batch_size = 200)"
+        )
+        gate, tick = job.executor.gates[0], threading.Event()
+        for _ in range(3000):  # until the orders' reader is held back, at most 30 s
+            if not gate.is_set():
+                break
+            tick.wait(0.01)
+        assert not gate.is_set()
+        assert job.metrics_data.records_in < 2_000
+        push_split(engine, "ships", ships, [10, 20])
+        job.wait(60)
+        assert job.error is None
+        got = [tuple(r.values()) for r in engine.pull("o").to_pylist()]
+    assert_rows_equal(got, batch(select, orders, ships))

@@ -13,6 +13,7 @@ counts), so a stream whose rows come later holds it back. Late rows of every inp
 
 from __future__ import annotations
 
+import threading
 import time
 
 import duckdb
@@ -29,9 +30,13 @@ from .protocol import Batch, Call, Query
 from .v1 import DLQ_SCHEMA, V1Executor, _log
 from .watermark import NEG_INF, NOT_YET, POS_INF, WatermarkTracker, any_late, event_time_us, without_null_time
 
+ALIGN_SLACK_US = 10_000_000  # event time a stream may run ahead beyond what the statement needs
+
 
 class MultiInputExecutor(V1Executor):
     """Runs a plan with several inputs (``plan.inputs``) on one DuckDB connection."""
+
+    held_back = 0  # how many times a stream's reader was held back (_align)
 
     def prepare(self) -> None:
         plan = self.plan
@@ -54,6 +59,11 @@ class MultiInputExecutor(V1Executor):
             time = plan.time
             self.trackers = [WatermarkTracker(time.lateness_us, time.idle_timeout_us) for _ in self.sources]
             self.ended = [False] * len(self.sources)
+            self.drift = self._drift()
+            if self.drift is not None:
+                self.gates = [threading.Event() for _ in self.sources]
+                for gate in self.gates:
+                    gate.set()
             for tracker, source in zip(self.trackers, self.sources):
                 splits = getattr(source, "splits", None)
                 pieces = splits(1, False) if splits is not None else []
@@ -171,6 +181,44 @@ class MultiInputExecutor(V1Executor):
             for m in self.pool.metrics()
         ]
 
+    def _drift(self) -> int | None:
+        """How far (µs of event time) a stream may read ahead of the statement's watermark before
+        its reader waits for the others: what a row can still need of the other streams (the
+        join's bound, the window) plus the lateness. None: the streams are read freely (a union,
+        or no event time)."""
+        plan = self.plan
+        if plan.shape == "union" or all(i.time.column is None for i in plan.inputs):
+            return None
+        need = plan.time.lateness_us
+        if plan.window is not None:
+            need += plan.window.size_us
+        elif plan.shape == "join":
+            lo, hi = plan.operator.interval
+            if lo is None or hi is None:
+                return None  # the rows wait for the end of the input anyway
+            need += max(abs(lo), abs(hi))
+        return need + ALIGN_SLACK_US
+
+    def _align(self) -> None:
+        """Hold back the reader of each stream whose own watermark is more than the drift ahead of
+        the statement's (the slowest stream's), and let it go once it is not: the rows it would
+        read now would only wait in state for the others. The stream that holds the statement's
+        watermark is never held back, so reading always goes on."""
+        if self.gates is None:
+            return
+        wm = self._watermark()
+        for tracker, gate, ended in zip(self.trackers, self.gates, self.ended):
+            ahead = (
+                not ended
+                and NOT_YET < tracker.watermark
+                and tracker.watermark - max(wm, NOT_YET) > self.drift
+            )
+            if ahead and gate.is_set():
+                gate.clear()
+                self.held_back += 1
+            elif not ahead and not gate.is_set():
+                gate.set()
+
     def _watermark(self) -> int:
         """The statement's watermark: the minimum over the inputs that have not ended."""
         marks = [t.watermark for t, ended in zip(self.trackers, self.ended) if not ended]
@@ -259,6 +307,7 @@ class MultiInputExecutor(V1Executor):
             for tracker in self.trackers:
                 tracker.advance()
             self._after_watermark(self._watermark())
+            self._align()
 
     def _partition_ended(self, side: int, partition: int) -> None:
         self.trackers[side].end_partition(partition)
@@ -280,6 +329,7 @@ class MultiInputExecutor(V1Executor):
 
     def _input_ended(self, side: int) -> None:
         self.ended[side] = True
+        self._align()
 
     def _process_pending(self, pending: list) -> None:
         """Each run of one input's batches as one micro-batch, in arrival order."""
@@ -298,6 +348,7 @@ class MultiInputExecutor(V1Executor):
             self.metrics.watermark = wm
             self._after_watermark(wm)
             self._forward_watermark()
+        self._align()
         self.metrics.busy_seconds += time.monotonic() - t0
 
     def _step_input(self, table: pa.Table, side: int) -> None:

@@ -79,6 +79,9 @@ class V1Executor:
         self.compacted_rows = 0
         self.emitted_rows = 0
         self.forwarded = NEG_INF  # the watermark last handed to the sinks
+        # Per input, set while its reader may read on (a statement over several streams holds back
+        # a stream far ahead of the others); None: read freely.
+        self.gates: list[threading.Event] | None = None
         self.stopped_by_limit = False
         self.running = False  # EMIT CHANGES through the pyarrow running-aggregate fast path
         self.plain_rows = False  # … taking its input rows from the batch without DuckDB
@@ -437,12 +440,15 @@ class V1Executor:
                     continue
             return False
 
+        gate = self.gates[side] if self.gates else None
         try:
             for item in source.read():
                 if item is None:  # an idle tick: the job thread times out on its own
                     if abort.is_set():
                         return
                     continue
+                while gate is not None and not gate.is_set() and not abort.is_set():
+                    gate.wait(0.1)  # this input is far ahead of the others (MultiInputExecutor)
                 if not put(_Tagged(item, side)) or abort.is_set():
                     return
             put(_Tagged(_END, side))
