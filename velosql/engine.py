@@ -73,8 +73,10 @@ class Engine:
         self._carried: dict[str, int | None] = {}
         self._lock = threading.RLock()
         self._closed = False
-        # velosql_jobs, velosql_streams, …: views over the jobs' live state (system.py)
-        self._system_tables = system.install(self)
+        # velosql_jobs, velosql_streams, …: views over the jobs' live state (system.py), created
+        # by the first statement that names one (registering them imports pandas where it is
+        # installed: ~0.2 s no job should pay).
+        self._system_tables = False
 
     # ---- statements -----------------------------------------------------------------------------
 

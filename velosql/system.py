@@ -10,7 +10,9 @@ scalar functions need numpy, which the core does not depend on. But DuckDB scans
 that exports an Arrow stream (``__arrow_c_stream__``, the Arrow PyCapsule interface) and asks the
 object for its stream each time a query reads it. Each system table is such an object,
 registered on the engine's connection under the table's name (which makes it a temporary view of
-that connection), whose stream is the rows read from the jobs at that moment. Every query that reads the view
+that connection), whose stream is the rows read from the jobs at that moment. They are registered
+by the first statement run through the engine (``engine.sql``, ``engine.execute``, the shell,
+``-c``, ``run``) that names one; from then on ``engine.con`` sees them too. Every query that reads the view
 sees the state as of that query. The views are temporary: they belong to the engine's connection
 (``engine.sql``, ``engine.execute``, the shell, ``-c``, ``run``), are never written into a database
 file, and other connections and cursors of the same database do not see them. Being temporary,
@@ -415,8 +417,9 @@ def install(engine) -> bool:
 
 
 def install_for(engine, sql: str) -> bool:
-    """:func:`install` when ``sql`` names a system table (the command line installs them only
-    then); whether installed."""
+    """:func:`install` when ``sql`` names a system table; whether installed. The engine installs
+    them only then: DuckDB's ``register`` imports pandas where it is installed (~0.2 s), which no
+    job and no command that does not read them should pay."""
     if "velosql_" not in sql.lower():
         return False
     return install(engine)
