@@ -24,7 +24,7 @@ from ..sql.statements import WindowSpec
 from . import sqlgen
 from . import windows as W
 from .constructs import SYSTEM_COLUMNS, WINDOW_COLUMNS, Constructs, stream_tables
-from .operators import DistinctSpec, GeneralSpec
+from .operators import DistinctSpec, GeneralSpec, ProjectSpec
 
 _PLACEHOLDER = "__velosql_stream"  # stands for the stream's rows while the SQL is generated
 
@@ -35,7 +35,7 @@ class GeneralPlan:
 
     shape: str
     sql: sqlgen.ShapeSQL
-    operator: GeneralSpec | DistinctSpec | None
+    operator: GeneralSpec | DistinctSpec | ProjectSpec | None
     limit: int | None
 
 
@@ -54,7 +54,7 @@ def choose(
         limit = top_limit(select)
         project = over(without_limit(select), stream, batch_rows)
         sql = sqlgen.ShapeSQL(project=project, reference=reference, project_orderable=False)
-        return GeneralPlan("project", sql, None, limit)
+        return GeneralPlan("project", sql, ProjectSpec(project), limit)
     if window is None and found.distinct:
         body = select.copy()
         body.set("distinct", None)

@@ -41,6 +41,37 @@ class GeneralSpec:
 
 
 @dataclass(frozen=True)
+class ProjectSpec:
+    """Filters and projections: ``project`` over each micro-batch (``__in``) is its output."""
+
+    project: str
+
+
+@dataclass(frozen=True)
+class BufferSpec:
+    """``… OVER (ROWS WINDOW BUFFER N ROWS …)``: the last rows of each key wait in ``__rbuf``
+    (created by ``create``); ``project`` gives a micro-batch's output rows from the batch and the
+    buffer, and ``keep`` is the buffer after it."""
+
+    create: str
+    project: str
+    keep: str
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """Aggregates over SESSION windows: the on-time rows (``insert``, over ``__in``) wait in
+    ``__sbuf`` (created by ``create``); ``emit`` gives the sessions watermark ``$WM`` closed and
+    ``keep`` the rows of the sessions still open."""
+
+    create: str
+    insert: str
+    emit: str
+    keep: str
+    reference: str  # the statement's output columns, as batch SQL over __in
+
+
+@dataclass(frozen=True)
 class DistinctSpec:
     """``SELECT DISTINCT`` over a stateless body: the first occurrence of each distinct row passes.
 

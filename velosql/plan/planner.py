@@ -26,7 +26,7 @@ from ..sql.deep import deep_call
 from ..sql.statements import CreateStream, WindowSpec
 from . import constructs, general, multi, sqlgen
 from .aggregates import AggSpec
-from .operators import DistinctSpec, GeneralSpec, JoinSpec, UnionSpec
+from .operators import BufferSpec, DistinctSpec, GeneralSpec, JoinSpec, ProjectSpec, SessionSpec, UnionSpec
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,9 @@ class StreamPlan:
     limit: int | None = None
     notes: tuple[str, ...] = field(default=())
     # The spec of the operator that runs a statement of no specialised shape (general.py).
-    operator: GeneralSpec | DistinctSpec | UnionSpec | JoinSpec | None = None
+    operator: (
+        GeneralSpec | DistinctSpec | UnionSpec | JoinSpec | ProjectSpec | BufferSpec | SessionSpec | None
+    ) = None
     # The streams of a statement that reads several (multi.py), ``source`` and ``time`` being the
     # first's; empty for a statement over one stream.
     inputs: tuple[InputSpec, ...] = ()
@@ -196,7 +198,26 @@ def _plan(stmt: CreateStream) -> StreamPlan:
         limit=query.limit,
         notes=_notes(window, time),
         watermarked=_watermarked(select, window),
+        operator=_shape_operator(shape, shape_sql),
     )
+
+
+def _shape_operator(shape: str, sql: sqlgen.ShapeSQL) -> ProjectSpec | BufferSpec | SessionSpec | None:
+    """The operator of a specialised shape that has one (the incremental aggregate has not yet)."""
+    if shape == "project":
+        return ProjectSpec(sql.project)
+    if shape == "buffered":
+        create = f"CREATE OR REPLACE TEMP TABLE __rbuf AS {sql.buffer_insert} LIMIT 0"
+        return BufferSpec(create=create, project=sql.project, keep=sql.state_update)
+    if shape == "session":
+        return SessionSpec(
+            create=f"CREATE OR REPLACE TEMP TABLE __sbuf AS {sql.buffer_insert} LIMIT 0",
+            insert=f"INSERT INTO __sbuf {sql.buffer_insert}",
+            emit=sql.session_emit,
+            keep=sql.session_keep,
+            reference=sql.reference,
+        )
+    return None
 
 
 def _watermarked(select: exp.Expression, window: WindowSpec | None) -> tuple[tuple[str, int], ...]:

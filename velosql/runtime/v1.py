@@ -146,7 +146,7 @@ class V1Executor:
                 except duckdb.Error as exc:
                     raise duckdb_error(exc, plan.text, plan.location) from None
                 reference = None
-            elif plan.shape == "aggregate":
+            else:  # the incremental aggregate
                 self._exec(f"CREATE OR REPLACE TEMP TABLE __state AS {sql.partial} LIMIT 0")
                 if not sql.changes:
                     self.arrow = ArrowPartials.build(sql.arrow_partial, empty.schema)
@@ -163,15 +163,6 @@ class V1Executor:
                     if self.running and sql.running_columns:
                         plain = running.plain_rows(empty, sql.running_columns, plan.aggregates)
                         self.plain_rows = running.supported(plan.aggregates, plain.schema)
-            elif plan.shape == "session":
-                self._exec(f"CREATE OR REPLACE TEMP TABLE __sbuf AS {sql.buffer_insert} LIMIT 0")
-                reference = sql.reference
-                self._exec(sql.session_emit.replace("$WM", "0")).fetchall()
-            elif plan.shape == "buffered":
-                self._exec(f"CREATE OR REPLACE TEMP TABLE __rbuf AS {sql.buffer_insert} LIMIT 0")
-                reference = sql.project
-            else:
-                reference = sql.project
             if reference is not None:
                 schema = self._exec(reference).to_arrow_table().schema
             self.out_schema = schema
@@ -480,16 +471,10 @@ class V1Executor:
 
     def _process_sql(self, table: pa.Table) -> None:
         """The micro-batch's statements, with the batch registered as ``__in``."""
-        shape = self.plan.shape
         if self.operator is not None:
             self._late(table)
             self._write_some(self._operate(self.operator.process, table))
-        elif shape == "project":
-            self._write(self.con.sql(self.sql.project).to_arrow_table())
-        elif shape == "buffered":
-            self._write(self.con.sql(self.sql.project).to_arrow_table())
-            self.con.execute(f"CREATE OR REPLACE TEMP TABLE __rbuf AS {self.sql.state_update}").fetchall()
-        elif shape == "aggregate":
+        else:  # the incremental aggregate
             late = self._late(table)
             # The fast path writes the change rows and appends the partials itself (plain rows
             # tried it before registering the batch: here they take the SQL path).
@@ -497,9 +482,6 @@ class V1Executor:
                 if self.sql.changes:
                     self._write(self.con.sql(self.sql.changes).to_arrow_table())
                 self._insert_partials(table, late)
-        else:
-            self._late(table)
-            self.con.execute(f"INSERT INTO __sbuf {self.sql.buffer_insert}").fetchall()
 
     @contextlib.contextmanager
     def _registered(self, name: str, table: pa.Table):
@@ -609,13 +591,6 @@ class V1Executor:
             self.state_rows -= deleted
             # Every window left ends after wm: the next one that can close is the first end past it.
             self.min_open_end = W.next_window_end(self.plan.window, wm) if self.state_rows else None
-        elif self.plan.shape == "session":
-            if wm == NEG_INF:
-                return
-            self._emit(self.sql.session_emit.replace("$WM", str(wm)))
-            self.con.execute(
-                f"CREATE OR REPLACE TEMP TABLE __sbuf AS {self.sql.session_keep.replace('$WM', str(wm))}"
-            ).fetchall()
 
     def _finish(self) -> None:
         """End of input (or stop): the final watermark closes every window and group."""
@@ -632,8 +607,6 @@ class V1Executor:
             else:
                 self.min_open_end = NEG_INF
                 self._after_watermark(wm)
-        elif self.plan.shape == "session":
-            self._after_watermark(wm)
         for sink in self.sinks:
             sink.flush()
 

@@ -29,7 +29,15 @@ from abc import ABC, abstractmethod
 import duckdb
 import pyarrow as pa
 
-from ...plan.operators import DistinctSpec, GeneralSpec, JoinSpec, UnionSpec
+from ...plan.operators import (
+    BufferSpec,
+    DistinctSpec,
+    GeneralSpec,
+    JoinSpec,
+    ProjectSpec,
+    SessionSpec,
+    UnionSpec,
+)
 
 
 class Operator(ABC):
@@ -59,17 +67,21 @@ class Operator(ABC):
         return self.on_watermark(wm)
 
 
-def build(spec: GeneralSpec | DistinctSpec | UnionSpec | JoinSpec) -> Operator:
-    """The operator a spec describes."""
+def build(spec) -> Operator:
+    """The operator a spec (``velosql.plan.operators``) describes."""
     from .distinct import DistinctOperator
     from .general import GeneralOperator
     from .join import JoinOperator, UnionOperator
+    from .shapes import BufferOperator, ProjectOperator, SessionOperator
 
     kinds = {
         GeneralSpec: GeneralOperator,
         DistinctSpec: DistinctOperator,
         UnionSpec: UnionOperator,
         JoinSpec: JoinOperator,
+        ProjectSpec: ProjectOperator,
+        BufferSpec: BufferOperator,
+        SessionSpec: SessionOperator,
     }
     return kinds[type(spec)](spec)
 
