@@ -8,7 +8,7 @@ import math
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import property_test, split_entry
+from conftest import SOME, SOME_IDS, property_test, split_entry
 from hypothesis import strategies as st
 
 import velosql
@@ -144,7 +144,8 @@ def test_pushed_down_parquet_scan(tmp_path):
     )
 
 
-@matrix
+@pytest.mark.usefixtures("processor_matrix")
+@pytest.mark.parametrize("processor_matrix", SOME, ids=SOME_IDS, indirect=True)  # declining is per statement
 @pytest.mark.parametrize(
     ("query", "options"),
     [

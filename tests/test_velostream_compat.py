@@ -21,13 +21,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SOME, SOME_IDS
 from velostream_quickstart import AGGREGATE_SQL, FILTER_SQL, HELLO_WORLD_SQL, TRANSFORM_SQL, WINDOW_SQL
 
 import velosql
 from velosql.sql import parse_script
 
-# Every job these tests run, on V1 and on each V2 entry of the processor matrix (conftest.py).
-pytestmark = pytest.mark.usefixtures("processor_matrix")
+# Every job these tests run, on V1 and V2 with 2 and 3 workers (conftest.SOME): reading
+# Velostream's files does not depend on the partitioning strategy.
+pytestmark = [
+    pytest.mark.usefixtures("processor_matrix"),
+    pytest.mark.parametrize("processor_matrix", SOME, ids=SOME_IDS, indirect=True),
+]
 
 HELLO_INPUT = """\
 id,name,value,timestamp
