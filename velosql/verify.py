@@ -92,6 +92,22 @@ class Outcome:
     rounded: int = 0
     note: str = ""
 
+    def compare(self, run: Run, got: pa.Table, expected: pa.Table, *, ordered: bool = False) -> bool:
+        """Record ``run`` and whether its result is the batch answer; False when it differs
+        (beyond the last rounded digit of a value), the differing rows kept."""
+        self.runs.append(run)
+        missing, extra = differences(_rows(got), _rows(expected), ordered=ordered)
+        rounded = rounding_only(missing, extra)
+        if rounded:
+            self.rounded = max(self.rounded, rounded)
+            return True
+        if missing or extra:
+            self.status, self.differing = "different", run
+            self.missing, self.extra = missing[:SHOWN_ROWS], extra[:SHOWN_ROWS]
+            self.missing_count, self.extra_count = len(missing), len(extra)
+            return False
+        return True
+
 
 def verify(
     text: str,
@@ -166,16 +182,7 @@ class _Check:
                 progress(f"{plan.name}: {run.describe()}")
             expected = self.answer if arrival is None else self._batch(arrival)
             got = self._stream(run, arrival)
-            outcome.runs.append(run)
-            missing, extra = differences(_rows(got), _rows(expected), ordered=self._ordered())
-            rounded = rounding_only(missing, extra)
-            if rounded:
-                outcome.rounded = max(outcome.rounded, rounded)
-                continue
-            if missing or extra:
-                outcome.status, outcome.differing = "different", run
-                outcome.missing, outcome.extra = missing[:SHOWN_ROWS], extra[:SHOWN_ROWS]
-                outcome.missing_count, outcome.extra_count = len(missing), len(extra)
+            if not outcome.compare(run, got, expected, ordered=self._ordered()):
                 return outcome
         outcome.status = "identical"
         return outcome
@@ -396,14 +403,7 @@ class _StreamsCheck(_Check):
                 run = Run(proc, "file order", size)
                 if progress is not None:
                     progress(f"{plan.name}: {run.describe()}")
-                outcome.runs.append(run)
-                missing, extra = differences(_rows(self._stream_all(run)), _rows(self.answer))
-                if rounding_only(missing, extra):
-                    outcome.rounded = max(outcome.rounded, rounding_only(missing, extra))
-                elif missing or extra:
-                    outcome.status, outcome.differing = "different", run
-                    outcome.missing, outcome.extra = missing[:SHOWN_ROWS], extra[:SHOWN_ROWS]
-                    outcome.missing_count, outcome.extra_count = len(missing), len(extra)
+                if not outcome.compare(run, self._stream_all(run), self.answer):
                     return outcome
         outcome.status = "identical"
         return outcome
