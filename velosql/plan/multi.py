@@ -9,7 +9,7 @@ Three ways, chosen by :func:`choose`:
   row by row: incremental. A pair is produced when its later row arrives; a row waits while a
   row of the other side can still match it. The ON condition's bound on the two sides' event
   times (``b.ts BETWEEN a.ts - INTERVAL '5' MINUTE AND a.ts``) says how long: a row is dropped
-  once the watermark (the minimum over both streams' partitions) is past the last event time a
+  once the statement's watermark (the minimum of the streams' own) is past the last event time a
   match could have, and an outer row is produced then, when it is known to have no match.
   Without such a bound rows wait to the end of the input.
 * **general** — anything else (aggregates over a join, DISTINCT, window functions, …): the
