@@ -350,3 +350,18 @@ def test_a_stream_far_ahead_of_the_other_waits_for_it(tmp_path):
         assert job.error is None
         got = [tuple(r.values()) for r in engine.pull("o").to_pylist()]
     assert_rows_equal(got, batch(select, orders, ships))
+
+
+def test_two_streams_pushed_from_python_join_without_with_keys():
+    """Data pushed to two names makes both streams: no WITH key has to declare them."""
+    select = f"SELECT o.id, s.sid FROM orders o LEFT JOIN ships s ON o.k = s.k AND {BOUND}"
+    with velosql.connect() as engine:
+        push_split(engine, "orders", ORDERS, [3])
+        push_split(engine, "ships", SHIPS, [2])
+        job = engine.execute(
+            f"CREATE STREAM o AS {select} WITH ('o.type' = 'python', 'watermark.max_out_of_orderness' = '3m')"
+        )
+        job.wait(60)
+        assert job.plan.shape == "join" and [i.source.name for i in job.plan.inputs] == ["orders", "ships"]
+        got = [tuple(r.values()) for r in engine.pull("o").to_pylist()]
+    assert_rows_equal(got, batch(select))

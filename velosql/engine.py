@@ -191,9 +191,42 @@ class Engine:
             for key, value in defaults.items()
             if value is not None and key not in stmt.properties and key not in stmt.annotations
         }
+        # A table the statement reads that data was pushed to (engine.push) is a stream, as if
+        # declared '<name>.type' = 'python': two of them joined are two streams.
+        added.update({f"{name}.type": "python" for name in self._pushed_tables(stmt)})
         if added:
             stmt = dataclasses.replace(stmt, properties={**stmt.properties, **added})
         return plan(stmt)
+
+    def _pushed_tables(self, stmt: CreateStream) -> list[str]:
+        """The tables ``stmt`` reads that are channels of pushed data, declared by no WITH key and
+        not tables or views of the database."""
+        from sqlglot import exp
+
+        if stmt.select is None or not self._channels:
+            return []
+        declared = {k.lower().partition(".")[0] for k in stmt.properties if "." in k}
+        defined = {c.alias_or_name.lower() for c in stmt.select.find_all(exp.CTE)}
+        names = {
+            t.name.lower()
+            for t in stmt.select.find_all(exp.Table)
+            if isinstance(t.this, exp.Identifier) and not t.args.get("db")
+        }
+        # Not an earlier statement's output: that one is read as a pipeline (_connect_pipelines).
+        candidates = sorted(
+            n
+            for n in names - declared - defined
+            if n in self._channels and n not in self._pipes and n not in self._jobs
+        )
+        if not candidates:
+            return []
+        existing = {
+            n.lower()
+            for (n,) in self.con.execute(
+                "SELECT table_name FROM duckdb_tables() UNION ALL SELECT view_name FROM duckdb_views()"
+            ).fetchall()
+        }
+        return [n for n in candidates if n not in existing]
 
     def _prepare(self, p: StreamPlan) -> Job:
         with self._lock:
