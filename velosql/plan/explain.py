@@ -53,7 +53,8 @@ def _operator_text(plan: StreamPlan) -> str:
         }
         return (
             f"join: {op.why[0]}, incremental: each micro-batch of one stream is joined with the rows of the "
-            f"other kept so far, so a pair is emitted when its later row arrives{outer[op.kind]}; state: {op.bound}"
+            f"other kept so far, so a pair is emitted when its later row arrives{outer[op.kind]}; state: {op.bound}; "
+            "a stream far ahead of the other in event time waits for it"
         )
     if plan.shape == "union":
         return "union: the streams' rows never meet; each stream's micro-batches run through the SELECT on their own"

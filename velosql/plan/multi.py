@@ -108,8 +108,8 @@ def choose(
                 f"EMIT CHANGES cannot run {_what(select, streams, found)}: it has no incremental form "
                 "(its result for the rows so far is not an update of the result before). Add a WINDOW "
                 "(the SELECT then runs over each closed window's rows of every stream), write EMIT "
-                "FINAL (it runs once when the inputs end), or join the streams in a statement of "
-                "their own and aggregate its output in the next one",
+                "FINAL (it runs once when the inputs end), or join two streams in a statement of "
+                "their own and use its output in the next one",
                 loc,
             )
         buffers = tuple(f"__gbuf{i}" for i in range(n))
@@ -184,6 +184,10 @@ def _what(select: exp.Expression, streams: list[str], found: list[Constructs]) -
             return f"{f.general[0]} over several streams"
     if aggregating(select):
         return "an aggregate over a join of streams"
+    if len(streams) > 2 and meeting(select, streams):
+        return (
+            f"a join of {len(streams)} streams ({', '.join(streams)}): two at a time are joined incrementally"
+        )
     return f"this SELECT over the streams {', '.join(streams)}"
 
 
