@@ -290,8 +290,9 @@ def test_signal_stops_a_watched_job_and_flushes(tmp_path, signum, code):
     proc, master = start_on_pty(["run", "app.sql"], tmp_path, env(TERM="xterm", COLUMNS="200"))
     seen: list[str] = []
     try:
-        # The live display on the terminal shows when all three rows have been read.
-        read_pty(master, proc, re.compile(r"per_min\s+Running\s+3\s"), seen)
+        # The live display on the terminal shows when all three rows have been read (a watched
+        # file has no end, so no share done: "-").
+        read_pty(master, proc, re.compile(r"per_min\s+Running\s+-\s+3\s"), seen)
         proc.send_signal(signum)
         text = read_pty(master, proc, None, seen)
         assert proc.wait(TIMEOUT) == code, text

@@ -10,7 +10,31 @@ from typing import TextIO
 
 from ..runtime.job import Job
 
-_COLUMNS = ("job", "status", "in", "out", "rows/s", "watermark", "late", "dlq", "queue", "skew", "time")
+_COLUMNS = (
+    "job",
+    "status",
+    "done",
+    "in",
+    "out",
+    "rows/s",
+    "watermark",
+    "late",
+    "dlq",
+    "queue",
+    "skew",
+    "time",
+)
+
+
+def done_text(share: float | None, elapsed: float) -> str:
+    """``42% 0:12`` — the share of a bounded input read and the time left at the rate so far;
+    ``-`` when the input has no known end."""
+    if share is None:
+        return "-"
+    if share >= 1 or share <= 0 or elapsed <= 0:
+        return f"{share:.0%}"
+    left = round(elapsed * (1 - share) / share)
+    return f"{share:.0%} {left // 60}:{left % 60:02d}"
 
 
 def summary_line(job: Job) -> str:
@@ -36,8 +60,9 @@ class QuietProgress:
 class LiveProgress:
     """A table of the jobs' metrics, redrawn in place on a terminal at every :meth:`update`.
 
-    Columns: records in and out, input rows per second, watermark, late rows, dead letters (dlq)
-    and elapsed time. A V2 job with workers has a row per worker below its own: its pid and cores,
+    Columns: the share of a bounded input read and the time left (done), records in and out,
+    input rows per second, watermark, late rows, dead letters (dlq) and elapsed time; it fits an
+    80-column terminal (narrow headers wrap). A V2 job with workers has a row per worker below its own: its pid and cores,
     how busy it was (share of the elapsed time), its rows, the watermark it last worked with and
     its queue (requests not yet answered); the job's row shows the skew (busiest worker's rows
     over the mean).
@@ -59,54 +84,86 @@ class LiveProgress:
         self._live.start()
 
     def update(self, jobs: list[Job]) -> None:
-        self._live.update(_table(jobs), refresh=True)
+        self._live.update(_table(jobs, self._live.console.width), refresh=True)
 
     def close(self) -> None:
         self._live.stop()
 
 
-def _table(jobs: list[Job]):
+def _table(jobs: list[Job], width: int = 200):
+    """The jobs' table; narrower than 120 columns, a compact one that fits 80: counts with K/M,
+    the watermark's time of day, no queue or skew, names cut short."""
     from rich import box
     from rich.table import Table
 
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
-    for name in _COLUMNS:
+    compact = width < 120
+    names = [c for c in _COLUMNS if not (compact and c in ("queue", "skew"))]
+    if compact:
+        table = Table(box=None, show_edge=False, padding=(0, 1), collapse_padding=True, header_style="bold")
+    else:
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    for name in names:
         text = name in ("job", "status", "watermark")
         # A narrow terminal wraps the headers of the numeric columns, never a name or a timestamp.
-        table.add_column(name, justify="left" if text else "right", no_wrap=text, min_width=len(name))
+        table.add_column(
+            name,
+            justify="left" if text else "right",
+            no_wrap=True if compact else text,
+            min_width=len(name),
+            max_width=16 if compact and name == "job" else None,
+            overflow="ellipsis",
+        )
+    count = _short if compact else str
     for job in jobs:
         m = job.metrics()
         elapsed = m["elapsed_seconds"]
         skew = m.get("skew")
-        table.add_row(
-            job.name,
-            m["status"],
-            str(m["records_in"]),
-            str(m["records_out"]),
-            str(m["records_per_second"]),
-            m["watermark"] or "-",
-            str(m["late_rows"]),
-            str(m["dead_letters"]),
-            "-",
-            f"{skew:.2f}" if skew is not None else "-",
-            f"{elapsed:.1f}s",
-        )
+        wm = m["watermark"] or "-"
+        cells = {
+            "job": job.name,
+            "status": m["status"],
+            "done": done_text(m.get("progress"), elapsed),
+            "in": count(m["records_in"]),
+            "out": count(m["records_out"]),
+            "rows/s": count(m["records_per_second"]),
+            "watermark": wm[-8:] if compact and wm != "-" else wm,
+            "late": count(m["late_rows"]),
+            "dlq": count(m["dead_letters"]),
+            "queue": "-",
+            "skew": f"{skew:.2f}" if skew is not None else "-",
+            "time": f"{elapsed:.1f}s",
+        }
+        table.add_row(*(cells[c] for c in names))
         for p in m.get("partitions", []):
             cores = ",".join(map(str, p["cores"])) if p["cores"] else "any"
-            table.add_row(
-                f"  p{p['partition']} pid {p['pid']} core {cores}",
-                f"busy {p['busy_seconds'] / elapsed:.0%}" if elapsed > 0 else "",
-                str(p["records_in"]),
-                str(p["records_out"]),
-                str(round(p["records_in"] / elapsed)) if elapsed > 0 else "0",
-                p["watermark"] or "-",
-                str(p["late_rows"]),
-                "",
-                str(p["queue_depth"]),
-                "",
-                "",
-            )
+            pwm = p["watermark"] or "-"
+            cells = {
+                "job": f"  p{p['partition']} pid {p['pid']} core {cores}",
+                "status": f"busy {p['busy_seconds'] / elapsed:.0%}" if elapsed > 0 else "",
+                "done": "",
+                "in": count(p["records_in"]),
+                "out": count(p["records_out"]),
+                "rows/s": count(round(p["records_in"] / elapsed)) if elapsed > 0 else "0",
+                "watermark": pwm[-8:] if compact and pwm != "-" else pwm,
+                "late": count(p["late_rows"]),
+                "dlq": "",
+                "queue": str(p["queue_depth"]),
+                "skew": "",
+                "time": "",
+            }
+            table.add_row(*(cells[c] for c in names))
     return table
+
+
+def _short(n: int) -> str:
+    """A count in at most 6 characters: 9999, 12.3K, 456K, 4.56M, 1.23G."""
+    if n < 10_000:
+        return str(n)
+    if n < 999_500:
+        return f"{n / 1e3:.1f}K" if n < 99_950 else f"{n / 1e3:.0f}K"
+    if n < 999_500_000:
+        return f"{n / 1e6:.3g}M"
+    return f"{n / 1e9:.3g}G"
 
 
 def open_progress(stream: TextIO) -> LiveProgress | QuietProgress:

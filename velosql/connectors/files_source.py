@@ -180,6 +180,7 @@ class FileSource(Source):
         self.name = name
         self._options = options
         self._database = database  # a DuckDB connection to parse a declared schema on, if any
+        self._parquet_rows: dict[str, int] = {}  # rows of each Parquet file, for progress()
         opt = lambda key: option(options, "source", key)  # noqa: E731
         self._path = opt("path")
         self._format_option = opt("format")
@@ -542,6 +543,29 @@ class FileSource(Source):
             if not progressed:
                 yield None
                 stop.wait(self._poll_s)
+
+    def progress(self) -> float | None:
+        """The share of a bounded read done so far (0 to 1), by bytes: of a text file, the bytes
+        decoded; of a Parquet file, its rows read. None while watching (there is no end)."""
+        if self._watch or not self._files:
+            return None
+        done = total = 0.0
+        for f in self._files:
+            try:
+                size = os.path.getsize(f.path)
+            except OSError:
+                continue
+            total += size
+            if self._format != "parquet":
+                done += min(f.pos, size)
+            elif f.offset:
+                rows = self._parquet_rows.get(f.path)
+                if rows is None:
+                    import pyarrow.parquet as pq
+
+                    rows = self._parquet_rows[f.path] = pq.ParquetFile(f.path).metadata.num_rows
+                done += size * min(1.0, f.offset / rows) if rows else size
+        return done / total if total else None
 
     def scan_spec(self) -> ScanSpec | None:
         """What DuckDB's own reader needs to read exactly these files (see runtime/pushdown.py);

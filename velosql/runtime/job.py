@@ -143,6 +143,8 @@ class Job:
             status=self.status,
             processor=self.processor.description(),
         )
+        share = getattr(self.executor, "progress", None)
+        data["progress"] = share() if share is not None else None
         partitions = getattr(self.executor, "partition_metrics", None)
         if partitions is not None:
             data["partitions"] = parts = partitions()

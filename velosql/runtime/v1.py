@@ -380,6 +380,22 @@ class V1Executor:
     def _input_ended(self, side: int) -> None:
         """Every partition of input ``side`` has ended."""
 
+    def progress(self) -> float | None:
+        """The share of a bounded input read so far (0 to 1), where the sources can tell: files
+        read here, or DuckDB's scan; None otherwise (a stream without end, V2 workers reading
+        their own files)."""
+        if self.job.done:
+            return 1.0 if self.job.status == "Finished" else None
+        if self.scan is not None:
+            estimated = getattr(self.scan, "estimated_rows", 0)
+            return min(1.0, self.metrics.records_in / estimated) if estimated else None
+        shares = [
+            getattr(s, "progress", lambda: None)() for s in getattr(self, "sources", None) or [self.source]
+        ]
+        if not shares or None in shares:
+            return None
+        return sum(shares) / len(shares)
+
     def _idle(self) -> None:
         """Called when the source had nothing within the batch timeout (V2 checks its workers)."""
 

@@ -792,6 +792,12 @@ class V2Executor(V1Executor):
 
     # ---- merged state, watermarks, end ----------------------------------------------------------
 
+    def progress(self) -> float | None:
+        """Workers reading their own pieces of the files: the job's source tells nothing."""
+        if self.direct and not self.job.done:
+            return None
+        return super().progress()
+
     def _forward_watermark(self) -> None:
         """With workers, rows a watermark lets out may still be on their way from a worker when
         the next watermark is known: the statement does not pass its watermark on (a statement
