@@ -132,7 +132,7 @@ def test_ctrl_c_leaves_no_worker_and_affinity_is_visible_from_outside(tmp_path):
     proc, master = start_on_pty(["run", "app.sql", "--processor", "v2:3:affinity"], tmp_path, env)
     seen: list[str] = []
     try:
-        read_pty(master, proc, re.compile(r"totals\s+Running\s+3\s"), seen)
+        read_pty(master, proc, re.compile(r"totals\s+Running\s+-\s+3\s"), seen)
         workers = [
             child
             for child in psutil.Process(proc.pid).children()
