@@ -21,13 +21,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..connectors.base import PARTITION_COL, SourceContext, _arange, empty_table, int_scalar
-from ..errors import DataError, JobError, SqlError
+from ..errors import DataError, JobError
 from ..sql.duckdb_errors import duckdb_error, duckdb_message
 from . import operators
 from .job import format_watermark
 from .pool import WorkerPool, worker_identity
 from .protocol import Batch, Call, Query
-from .v1 import DLQ_SCHEMA, V1Executor, _log
+from .v1 import DLQ_SCHEMA, V1Executor, time_column
 from .watermark import NEG_INF, NOT_YET, POS_INF, WatermarkTracker, any_late, event_time_us, without_null_time
 
 ALIGN_SLACK_US = 10_000_000  # event time a stream may run ahead beyond what the statement needs
@@ -269,16 +269,10 @@ class MultiInputExecutor(V1Executor):
             now = time.time_ns() // 1000 if self.plan.windowed else 0
             et = pa.repeat(int_scalar(now), n)
         else:
-            match = [c for c in table.column_names if c.lower() == col.lower()]
-            if not match:
-                raise SqlError(
-                    f"event-time column {col!r} is not a column of source {spec.source.name!r} "
-                    f"(columns: {', '.join(c for c in table.column_names if not c.startswith('_'))})",
-                    self.plan.location,
-                )
-            et = event_time_us(table[match[0]], spec.time.format, match[0])
+            col = time_column(table, col, spec.source.name, self.plan.location)
+            et = event_time_us(table[col], spec.time.format, col)
             if observe and et.null_count:
-                table, et, rejects = without_null_time(table, et, spec.source.name, match[0])
+                table, et, rejects = without_null_time(table, et, spec.source.name, col)
                 for location, error, raw in rejects:
                     self._reject(location, error, raw, spec.source.name)
         wm = None
@@ -290,15 +284,6 @@ class MultiInputExecutor(V1Executor):
         if wm is None:
             wm = pa.repeat(int_scalar(NEG_INF), table.num_rows)
         return table.append_column("__et", et).append_column("__wm", wm)
-
-    def _reject(self, location: str, error: str, raw: str | None, source: str | None = None) -> None:
-        strategy = self.opts.get("failure_strategy", "SendToDLQ")
-        if strategy == "FailBatch":
-            raise DataError(f"{location}: {error}")
-        with self.rejects_lock:
-            self.rejects.append((source or self.plan.source.name, location, error, raw))
-        if strategy == "LogAndContinue":
-            _log.warning("%s: %s", location, error)
 
     # ---- the loop (V1Executor.run reads every input) -----------------------------------------------
 

@@ -204,15 +204,7 @@ class V1Executor:
         if col is None:
             et = pa.repeat(int_scalar(time.time_ns() // 1000), n)
         else:
-            if col not in table.column_names:
-                match = [c for c in table.column_names if c.lower() == col.lower()]
-                if not match:
-                    raise SqlError(
-                        f"event-time column {col!r} is not a column of source {self.plan.source.name!r} "
-                        f"(columns: {', '.join(c for c in table.column_names if not c.startswith('_'))})",
-                        self.plan.location,
-                    )
-                col = match[0]
+            col = time_column(table, col, self.plan.source.name, self.plan.location)
             et = event_time_us(table[col], self.plan.time.format, col)
         if observe and et.null_count:
             table, et = self._reject_null_time(table, et, col)
@@ -234,12 +226,13 @@ class V1Executor:
             self._reject(location, error, raw)
         return table, et
 
-    def _reject(self, location: str, error: str, raw: str | None) -> None:
+    def _reject(self, location: str, error: str, raw: str | None, source: str | None = None) -> None:
+        """A record that cannot be processed, of ``source`` (by default the statement's)."""
         strategy = self.opts.get("failure_strategy", "SendToDLQ")
         if strategy == "FailBatch":
             raise DataError(f"{location}: {error}")
         with self.rejects_lock:
-            self.rejects.append((self.plan.source.name, location, error, raw))
+            self.rejects.append((source or self.plan.source.name, location, error, raw))
         if strategy == "LogAndContinue":
             _log.warning("%s: %s", location, error)
 
@@ -686,6 +679,21 @@ class V1Executor:
                 if self.job.stop_event.wait(delay):
                     delay = 0
                 delay *= 2
+
+
+def time_column(table: pa.Table, col: str, source: str, location) -> str:
+    """The name ``table`` gives the event-time column ``col`` (matched without regard to case);
+    an error naming the source and its columns when it has none."""
+    if col in table.column_names:
+        return col
+    match = [c for c in table.column_names if c.lower() == col.lower()]
+    if not match:
+        raise SqlError(
+            f"event-time column {col!r} is not a column of source {source!r} "
+            f"(columns: {', '.join(c for c in table.column_names if not c.startswith('_'))})",
+            location,
+        )
+    return match[0]
 
 
 class _Tagged:
