@@ -345,7 +345,7 @@ def test_running_count_sum_avg_take_the_fast_path_and_match(processor, data):
         )
         job.wait(60)
         if processor == "v1":  # V2 workers run the plan's SQL
-            assert job.executor.running
+            assert job.executor.operator.running
         got = [tuple(r.values()) for r in engine.pull("o").to_pylist()]
     finally:
         engine.close()
@@ -384,12 +384,12 @@ def test_running_values_finished_in_arrow_match(processor, hot, data, where):
         state = None
         # V2's workers finish the change rows of their keys the same way (running.worker_changes)
         # with the limits the job saw, and hold the keys' state.
-        assert job.plan.sql.running_items and ex.running and ex.changelog is not None
+        assert job.plan.sql.running_items and ex.operator.running and ex.operator.changelog is not None
         if processor == "v1":
-            assert ex.plain_rows is not where
+            assert ex.operator.plain_rows is not where
             (keys,) = oracle(f"SELECT count(DISTINCT k) + max(CASE WHEN k IS NULL THEN 1 ELSE 0 END) FROM t {cond}",
                              table)[0]  # fmt: skip
-            assert (ex.changelog.totals is not None) == (hot != "duckdb" or (keys or 0) <= 2)
+            assert (ex.operator.changelog.totals is not None) == (hot != "duckdb" or (keys or 0) <= 2)
             # Whichever way, DuckDB's state ends with each key's totals.
             state = ex.con.sql('SELECT "__k0", sum(__a1_c) FROM __state GROUP BY ALL').fetchall()
         got = [tuple(r.values()) for r in engine.pull("o").to_pylist()]
@@ -461,7 +461,7 @@ def test_group_partials_computed_by_pyarrow_match(processor, data):
             f"WITH ('o.type' = 'python', max_batch_size = {batch}{strategy_option(processor)})"
         )
         # V1 computes the partials with pyarrow; V2 workers run the partial SQL (none without pool).
-        assert (job.executor.arrow is not None) == (processor == "v1")
+        assert (job.executor.operator.arrow is not None) == (processor == "v1")
         job.wait(60)
         got = [tuple(r.values()) for r in engine.pull("o").to_pylist()]
     finally:

@@ -288,13 +288,13 @@ def _held_state(executor) -> tuple[int | None, int | None, str | None]:
     """(the earliest end of an open window, rows held, what they are) as far as the job's
     process knows them without reading its state tables."""
     operator = getattr(executor, "operator", None)
-    if operator is not None and hasattr(operator, "min_open_end"):  # the general operator
+    if executor.plan.shape == "general":
         return operator.min_open_end, operator.rows, "input rows"
     in_workers = getattr(executor, "pool", None) is not None and (
         getattr(executor, "combined", False) or executor.route.mode == "keyed"
     )
     if executor.plan.shape == "aggregate" and not in_workers:
-        return executor.min_open_end, executor.state_rows, "partial rows"
+        return operator.min_open_end, operator.state_rows, "partial rows"
     return None, None, None
 
 

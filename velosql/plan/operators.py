@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..sql.statements import WindowSpec
+from .aggregates import AggSpec
+from .sqlgen import ShapeSQL
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,19 @@ class GeneralSpec:
     # ``__gbuf``; ``select`` then reads session ``$SN``.
     close: str = ""
     keep: str = ""
+
+
+@dataclass(frozen=True)
+class AggregateSpec:
+    """GROUP BY, incremental: each micro-batch's partial aggregate (``sql.partial``, or
+    ``sql.partial_all`` for a batch with no late row) is appended to ``__state``; ``sql.emit``
+    finishes the groups (of the windows watermark ``$WM`` closed), ``sql.evict`` forgets those
+    windows, ``sql.state_update`` compacts the state, ``sql.changes`` and the ``running_*`` SQL
+    give EMIT CHANGES rows. ``aggregates`` describe each aggregate's partial columns."""
+
+    sql: ShapeSQL
+    window: WindowSpec | None
+    aggregates: tuple[AggSpec, ...]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,16 @@ from ..sql.deep import deep_call
 from ..sql.statements import CreateStream, WindowSpec
 from . import constructs, general, multi, sqlgen
 from .aggregates import AggSpec
-from .operators import BufferSpec, DistinctSpec, GeneralSpec, JoinSpec, ProjectSpec, SessionSpec, UnionSpec
+from .operators import (
+    AggregateSpec,
+    BufferSpec,
+    DistinctSpec,
+    GeneralSpec,
+    JoinSpec,
+    ProjectSpec,
+    SessionSpec,
+    UnionSpec,
+)
 
 
 @dataclass(frozen=True)
@@ -90,9 +99,17 @@ class StreamPlan:
     primary_key: tuple[str, ...] = ()
     limit: int | None = None
     notes: tuple[str, ...] = field(default=())
-    # The spec of the operator that runs a statement of no specialised shape (general.py).
+    # The spec of the operator that runs the statement (velosql.runtime.operators builds it).
     operator: (
-        GeneralSpec | DistinctSpec | UnionSpec | JoinSpec | ProjectSpec | BufferSpec | SessionSpec | None
+        AggregateSpec
+        | GeneralSpec
+        | DistinctSpec
+        | UnionSpec
+        | JoinSpec
+        | ProjectSpec
+        | BufferSpec
+        | SessionSpec
+        | None
     ) = None
     # The streams of a statement that reads several (multi.py), ``source`` and ``time`` being the
     # first's; empty for a statement over one stream.
@@ -198,12 +215,14 @@ def _plan(stmt: CreateStream) -> StreamPlan:
         limit=query.limit,
         notes=_notes(window, time),
         watermarked=_watermarked(select, window),
-        operator=_shape_operator(shape, shape_sql),
+        operator=_shape_operator(shape, shape_sql, window, query.aggregates),
     )
 
 
-def _shape_operator(shape: str, sql: sqlgen.ShapeSQL) -> ProjectSpec | BufferSpec | SessionSpec | None:
-    """The operator of a specialised shape that has one (the incremental aggregate has not yet)."""
+def _shape_operator(shape: str, sql: sqlgen.ShapeSQL, window, aggregates):
+    """The operator spec of a specialised shape."""
+    if shape == "aggregate":
+        return AggregateSpec(sql, window, tuple(aggregates))
     if shape == "project":
         return ProjectSpec(sql.project)
     if shape == "buffered":
@@ -217,7 +236,7 @@ def _shape_operator(shape: str, sql: sqlgen.ShapeSQL) -> ProjectSpec | BufferSpe
             keep=sql.session_keep,
             reference=sql.reference,
         )
-    return None
+    raise AssertionError(f"no operator for shape {shape!r}")
 
 
 def _watermarked(select: exp.Expression, window: WindowSpec | None) -> tuple[tuple[str, int], ...]:

@@ -31,11 +31,9 @@ from ..connectors.base import (
     int_scalar,
 )
 from ..errors import DataError, JobError, SqlError
-from ..plan import windows as W
 from ..plan.sqlgen import referenced_columns
 from ..sql.duckdb_errors import duckdb_error, duckdb_message
-from . import operators, pushdown, running
-from .arrow_partials import ArrowPartials
+from . import operators, pushdown
 from .watermark import NEG_INF, NOT_YET, WatermarkTracker, any_late, event_time_us, without_null_time
 
 _END = object()
@@ -50,7 +48,6 @@ DLQ_SCHEMA = pa.schema(
         ("recorded_at", pa.timestamp("us")),
     ]
 )
-COMPACT_MIN_ROWS = 200_000  # EMIT FINAL partial rows in __state before its first compaction
 
 
 def run_job(processor, job) -> None:
@@ -74,23 +71,16 @@ class V1Executor:
         self.seq = 0
         self.rejects: list[tuple] = []
         self.rejects_lock = threading.Lock()
-        self.min_open_end: int | None = None
-        self.state_rows = 0
-        self.compacted_rows = 0
         self.emitted_rows = 0
         self.forwarded = NEG_INF  # the watermark last handed to the sinks
         # Per input, set while its reader may read on (a statement over several streams holds back
         # a stream far ahead of the others); None: read freely.
         self.gates: list[threading.Event] | None = None
         self.stopped_by_limit = False
-        self.running = False  # EMIT CHANGES through the pyarrow running-aggregate fast path
-        self.plain_rows = False  # … taking its input rows from the batch without DuckDB
         self.on_time = False  # the current micro-batch has no late row (known without DuckDB)
-        self.changelog: running.Changelog | None = None  # … with the change rows finished in Arrow
         self.scan: pushdown.Scan | None = None  # DuckDB's reader computes the partials (pushdown.py)
-        self.arrow: ArrowPartials | None = None  # pyarrow computes a micro-batch's partials
-        # The statement's operator, for the shapes that run as one (runtime/operators).
-        self.operator = operators.build(job.plan.operator) if job.plan.operator is not None else None
+        # The statement's operator (runtime/operators), built from the plan's spec.
+        self.operator = operators.build(job.plan.operator)
 
     # ---- setup ----------------------------------------------------------------------------------
 
@@ -137,34 +127,13 @@ class V1Executor:
             self.source.keep_columns(names | {c.lower() for c in declared})
 
     def _bind(self) -> None:
-        plan, sql = self.plan, self.sql
+        plan = self.plan
         empty = self._internal(empty_table(self.source.schema), observe=False)
         with self._registered("__in", empty):
-            if self.operator is not None:
-                try:
-                    schema = self.operator.bind(self.con, empty)
-                except duckdb.Error as exc:
-                    raise duckdb_error(exc, plan.text, plan.location) from None
-                reference = None
-            else:  # the incremental aggregate
-                self._exec(f"CREATE OR REPLACE TEMP TABLE __state AS {sql.partial} LIMIT 0")
-                if not sql.changes:
-                    self.arrow = ArrowPartials.build(sql.arrow_partial, empty.schema)
-                reference = sql.reference
-                self._exec(sql.emit.replace("$WM", "0")).fetchall()
-                if sql.changes:
-                    self._exec(sql.changes).fetchall()
-                if sql.running_input:
-                    inputs = self._exec(sql.running_input).to_arrow_table().schema
-                    self.running = running.supported(plan.aggregates, inputs)
-                    if self.running and sql.running_items:
-                        self._exec(sql.running_state.replace("__keys", "(SELECT NULL AS __k0)")).fetchall()
-                        self.changelog = running.Changelog(self.con, plan.aggregates, sql)
-                    if self.running and sql.running_columns:
-                        plain = running.plain_rows(empty, sql.running_columns, plan.aggregates)
-                        self.plain_rows = running.supported(plan.aggregates, plain.schema)
-            if reference is not None:
-                schema = self._exec(reference).to_arrow_table().schema
+            try:
+                schema = self.operator.bind(self.con, empty)
+            except duckdb.Error as exc:
+                raise duckdb_error(exc, plan.text, plan.location) from None
             self.out_schema = schema
             self.out_names = schema.names
             if plan.windowed:
@@ -421,7 +390,7 @@ class V1Executor:
             partials, rows = result
             self.metrics.records_in = rows
             self.metrics.batches += 1
-            self._merge_partials(partials)
+            self._operate(self.operator.merge, partials)
         else:
             self.metrics.records_in = 0  # what the scan had read is dropped with it
         self.metrics.busy_seconds += time.monotonic() - t0
@@ -473,24 +442,9 @@ class V1Executor:
 
     def _step(self, table: pa.Table) -> None:
         """What one micro-batch (with ``__seq``, ``__et``, ``__wm``) does to the state and sinks."""
-        # EMIT CHANGES from the batch's own columns: DuckDB need not scan the batch at all.
-        if not (self.plain_rows and self._running_changes(table)):
-            with self._registered("__in", table):
-                self._process_sql(table)
-
-    def _process_sql(self, table: pa.Table) -> None:
-        """The micro-batch's statements, with the batch registered as ``__in``."""
-        if self.operator is not None:
-            self._late(table)
-            self._write_some(self._operate(self.operator.process, table))
-        else:  # the incremental aggregate
+        with self._registered("__in", table):
             late = self._late(table)
-            # The fast path writes the change rows and appends the partials itself (plain rows
-            # tried it before registering the batch: here they take the SQL path).
-            if not (self.running and not self.plain_rows and self._running_changes(table)):
-                if self.sql.changes:
-                    self._write(self.con.sql(self.sql.changes).to_arrow_table())
-                self._insert_partials(table, late)
+            self._write_some(self._operate(lambda b: self.operator.process(b, late=late), table))
 
     @contextlib.contextmanager
     def _registered(self, name: str, table: pa.Table):
@@ -499,37 +453,6 @@ class V1Executor:
             yield
         finally:
             self.con.unregister(name)
-
-    def _running_changes(self, table: pa.Table) -> bool:
-        """EMIT CHANGES of running COUNT/SUM/AVG without DuckDB's window sort (see running.py).
-
-        Returns True when the change rows were written and the batch's partials are in the
-        state; False when the caller still writes the change rows and appends the partials
-        with SQL (which then read DuckDB's state: the Arrow-held totals are given up).
-        """
-        sql, aggs = self.sql, self.plan.aggregates
-        if self.plain_rows:
-            rows = running.plain_rows(table, sql.running_columns, aggs)
-        else:
-            rows = self.con.sql(sql.running_input).to_arrow_table()
-        if rows.num_rows == 0:
-            return True
-        if self.changelog is not None:
-            out = self.changelog.changes(rows)
-            if out is None:
-                return False
-            self._write(out)
-            return True
-        try:
-            run = running.running_partials(rows, aggs)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            # A running sum beyond int64, or a key pyarrow cannot encode (a LIST or STRUCT):
-            # DuckDB's window (HUGEINT sums, any key type) takes the batch.
-            return False
-        with self._registered("__b", run.table):
-            self._write(self.con.sql(sql.running_output).to_arrow_table())
-        self._insert_partials(table, late=False)
-        return True
 
     def _late(self, table: pa.Table) -> bool:
         """Store the batch's late rows; False when it has none (checked without DuckDB)."""
@@ -547,83 +470,17 @@ class V1Executor:
                     self.con.execute(f'INSERT INTO "{self.plan.late_table}" SELECT * FROM __late').fetchall()
         return True
 
-    def _insert_partials(self, table: pa.Table, late: bool = True) -> None:
-        partial, low = self._partial_for(table, late)
-        rows = self.arrow.compute(table) if self.arrow is not None and not late else None
-        if rows is not None:
-            self._merge_partials(rows)
-            return
-        n = self.con.execute(f"INSERT INTO __state {partial}").fetchall()[0][0]
-        if low is not None and n:
-            self._open_window(low)
-        self._after_insert(n)
-
-    def _partial_for(self, table: pa.Table, late: bool) -> tuple[str, int | None]:
-        """The micro-batch's partial aggregate SQL, and its earliest event time (windowed plans)."""
-        partial = self.sql.partial if late else self.sql.partial_all
-        low = pc.min(table["__et"]).as_py() if self.plan.window is not None else None
-        if low is not None and low >= 0:
-            partial = W.nonnegative_variant(partial, self.plan.window)
-        return partial, low
-
-    def _open_window(self, low: int) -> None:
-        """Partials from event time ``low`` on are in the state: note the earliest window end."""
-        end = W.min_window_end(self.plan.window, low)
-        self.min_open_end = end if self.min_open_end is None else min(self.min_open_end, end)
-
-    def _merge_partials(self, rows: pa.Table) -> None:
-        """Append partial rows computed elsewhere (pyarrow, DuckDB's scan, V2 workers) to ``__state``."""
-        with self._registered("__partials", rows):
-            (n,) = self.con.execute("INSERT INTO __state BY NAME SELECT * FROM __partials").fetchall()[0]
-        self._after_insert(n)
-
-    def _after_insert(self, n: int) -> None:
-        if self.changelog is not None:  # it compacts the state it reads
-            self.changelog.inserted(n)
-            return
-        self.state_rows += n
-        # EMIT CHANGES reads the (combined) state every batch, so it keeps the state smaller.
-        floor = running.COMPACT_MIN_ROWS if self.sql.changes else COMPACT_MIN_ROWS
-        if running.compaction_due(self.state_rows, self.compacted_rows, floor):
-            self.state_rows = self.compacted_rows = running.compact(self.con, self.sql.state_update)
-
     def _after_watermark(self, wm: int) -> None:
         """Emit and forget what the watermark closed."""
-        if self.operator is not None:
-            self._write_some(self._operate(self.operator.on_watermark, wm))
-        elif self.plan.shape == "aggregate" and self.plan.window is not None:
-            if self.min_open_end is None or self.min_open_end > wm:
-                return
-            if not self.sql.changes:
-                self._emit(self.sql.emit.replace("$WM", str(wm)))
-            (deleted,) = self.con.execute(self.sql.evict.replace("$WM", str(wm))).fetchall()[0]
-            self.state_rows -= deleted
-            # Every window left ends after wm: the next one that can close is the first end past it.
-            self.min_open_end = W.next_window_end(self.plan.window, wm) if self.state_rows else None
+        self._write_some(self._operate(self.operator.on_watermark, wm))
 
     def _finish(self) -> None:
         """End of input (or stop): the final watermark closes every window and group."""
         wm = self.tracker.finish()
         self.metrics.watermark = wm
-        if self.changelog is not None:
-            self.changelog.checkpoint()
-        if self.operator is not None:
-            self._write_some(self._operate(self.operator.finish, wm))
-        elif self.plan.shape == "aggregate":
-            if self.plan.window is None:
-                if not self.sql.changes:
-                    self._emit(self.sql.emit.replace("$WM", str(wm)))
-            else:
-                self.min_open_end = NEG_INF
-                self._after_watermark(wm)
+        self._write_some(self._operate(self.operator.finish, wm))
         for sink in self.sinks:
             sink.flush()
-
-    def _emit(self, sql: str) -> None:
-        try:
-            self._write(self.con.sql(sql).to_arrow_table())
-        except duckdb.Error as exc:
-            raise JobError(f"job {self.plan.name!r}: {duckdb_message(exc)}") from None
 
     def _as_output(self, out: pa.Table) -> pa.Table:
         """``out`` with the output's column names and types."""

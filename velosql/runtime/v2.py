@@ -391,7 +391,7 @@ class V2Executor(V1Executor):
                 return
             self.combined = self.route.combine == "workers"
             self.direct = (self.route.strategy == "sticky" or self.combined) and len(self.splits) > 1
-            self.arrow = None  # the workers compute the partials
+            self.operator.arrow = None  # the workers compute the partials
             self.pool = WorkerPool(self.n, affinity=self.affinity, max_in_flight=MAX_IN_FLIGHT)
             if self.route.mode == "keyed" or self.combined:
                 self._setup_keyed()
@@ -555,7 +555,7 @@ class V2Executor(V1Executor):
         if info["late"] is not None:
             self._store_late(pa.ipc.open_stream(info["late"]).read_all(), reply.partition)
         if info["low"] is not None and self.plan.window is not None:
-            self._open_window(info["low"])
+            self.operator.open_window(info["low"])
         if reply.table is not None and reply.table.num_rows:
             self.records_from[reply.partition] += reply.table.num_rows
             if self.route.mode == "rows":
@@ -602,7 +602,7 @@ class V2Executor(V1Executor):
             statements, result, kind = sql.project, -1, "rows"
         elif self.plan.shape == "aggregate":  # EMIT CHANGES: the change rows, then the batch's partials
             partial = self._partial_sql(table, late)
-            if self.changelog is not None:  # running COUNT/SUM/AVG: finished in Arrow, as in V1
+            if self.operator.changelog is not None:  # running COUNT/SUM/AVG: finished in Arrow, as in V1
                 statements, result, kind = self._changes_call(partial, False), -1, "changes"
             else:
                 statements, result, kind = (sql.changes, f"INSERT INTO __state {partial}"), 0, "changes"
@@ -705,10 +705,7 @@ class V2Executor(V1Executor):
 
     def _partial_sql(self, table: pa.Table, late: bool) -> str:
         """The partial SQL the workers run on this batch (whose windows are open from now on)."""
-        partial, low = self._partial_for(table, late)
-        if low is not None:
-            self._open_window(low)
-        return partial
+        return self.operator.partial_sql(table, late)
 
     def _send(self, worker: int, request, kind: str, batch: int) -> None:
         """Send when the worker's queue has room, taking replies (oldest first) until it has.
@@ -810,7 +807,7 @@ class V2Executor(V1Executor):
             super()._after_watermark(wm)
             return
         if self.route.mode == "partials":
-            if self.min_open_end is None or self.min_open_end > wm:
+            if not self.operator.closes(wm):
                 return
             if self.direct or self.finishing:
                 self._close_windows(wm)
@@ -822,15 +819,15 @@ class V2Executor(V1Executor):
             # Rows of later micro-batches in these windows are late: the job judges them against
             # a watermark of at least ``wm``.
             self.inflight.append((-1, "close", wm))
-            self.min_open_end = W.next_window_end(self.plan.window, wm)
+            self.operator.passed(wm)
             return
         # Keyed: the workers hold the state; the watermark reaches each one in-band.
         if self.plan.shape == "aggregate" and self.plan.window is not None:
-            if self.min_open_end is None or self.min_open_end > wm:
+            if not self.operator.closes(wm):
                 return
             for i in range(self.n):
                 self._send(i, Query(self.sql.evict.replace("$WM", str(wm))), "none", 0)
-            self.min_open_end = W.next_window_end(self.plan.window, wm)
+            self.operator.passed(wm)
         elif self.plan.shape == "session" and wm != NEG_INF:
             statements = (
                 self.sql.session_emit.replace("$WM", str(wm)),
@@ -857,26 +854,19 @@ class V2Executor(V1Executor):
         """Emit and forget the windows ``wm`` closes (every partial row of them has arrived).
         ``deferred``: at a marker, after ``min_open_end`` moved past ``wm`` when it was placed."""
         with self._sending():
-            noted = self.min_open_end
             if self.combined:  # each worker emits and forgets its groups' closed windows
                 self._flush_partials(then=self._emit_statements(wm))
                 if not deferred:
-                    self.min_open_end = W.next_window_end(self.plan.window, wm)
+                    self.operator.passed(wm)
                 return
             self._flush_partials()
-            if deferred:
-                self.min_open_end = wm  # V1's step closes what wm closes...
-            super()._after_watermark(wm)
-            if deferred and noted is not None:  # ...and windows opened since stay noted
-                self.min_open_end = noted if self.min_open_end is None else min(self.min_open_end, noted)
+            # Windows noted open since a marker was placed stay noted.
+            self._write_some(self._operate(self.operator.close, wm))
 
     def _merge_partials(self, rows: pa.Table) -> None:
         """Keep the workers' partial rows until there are enough to merge at once (or a window
         closes, or the input ends): one INSERT per worker reply cost the job thread ~1.7 ms each,
         a third of a 20M-row grouped job's time on 2 cores."""
-        if self.pool is None:
-            super()._merge_partials(rows)
-            return
         self.partials.append(rows)
         self.partial_rows += rows.num_rows
         if self.partial_rows >= MERGE_ROWS or len(self.partials) >= MERGE_TABLES:
@@ -897,7 +887,7 @@ class V2Executor(V1Executor):
                 if self.combined:
                     self._send_to_owners(table, then if i == len(merged) - 1 else ())
                 else:
-                    super()._merge_partials(table)
+                    self._operate(self.operator.merge, table)
             if then and not merged:
                 for worker in range(self.n):
                     self._send(worker, Query(then, 0), "emit", 0)
@@ -942,7 +932,8 @@ class V2Executor(V1Executor):
             self._flush_partials(then=self._emit_statements(wm))
         else:
             self._flush_partials()
-            self.min_open_end = NEG_INF
+            if self.plan.window is not None:
+                self.operator.min_open_end = NEG_INF  # every window closes
             self._after_watermark(wm)
         self._drain()
         for sink in self.sinks:

@@ -2,7 +2,8 @@
 
 An operator owns named state tables in the DuckDB connection a driver gives it and knows nothing
 of where its rows come from or where its output goes: sources, routing, transport to workers and
-sinks belong to the drivers (``velosql.runtime.v1`` runs operators on the job's connection).
+sinks belong to the drivers (``velosql.runtime.v1`` runs operators on the job's connection,
+``velosql.runtime.v2`` in worker processes or, for the aggregate, over partials the workers made).
 Lateness is judged before an operator sees a row (``__wm``, stamped once per micro-batch by the
 driver), and late rows are stored by the driver; an operator keeps only on-time rows.
 
@@ -30,6 +31,7 @@ import duckdb
 import pyarrow as pa
 
 from ...plan.operators import (
+    AggregateSpec,
     BufferSpec,
     DistinctSpec,
     GeneralSpec,
@@ -54,9 +56,9 @@ class Operator(ABC):
         stamped batch per input for a statement over several streams)."""
 
     @abstractmethod
-    def process(self, batch: pa.Table, side: int = 0) -> pa.Table | None:
+    def process(self, batch: pa.Table, side: int = 0, late: bool = True) -> pa.Table | None:
         """Take one stamped micro-batch of input ``side`` (registered as ``__in``); the output
-        it makes at once."""
+        it makes at once. ``late``: False when the driver knows the batch holds no late row."""
 
     def on_watermark(self, wm: int) -> pa.Table | None:
         """The output of what watermark ``wm`` closed."""
@@ -69,12 +71,14 @@ class Operator(ABC):
 
 def build(spec) -> Operator:
     """The operator a spec (``velosql.plan.operators``) describes."""
+    from .aggregate import AggregateOperator
     from .distinct import DistinctOperator
     from .general import GeneralOperator
     from .join import JoinOperator, UnionOperator
     from .shapes import BufferOperator, ProjectOperator, SessionOperator
 
     kinds = {
+        AggregateSpec: AggregateOperator,
         GeneralSpec: GeneralOperator,
         DistinctSpec: DistinctOperator,
         UnionSpec: UnionOperator,

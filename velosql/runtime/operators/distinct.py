@@ -36,7 +36,7 @@ class DistinctOperator(Operator):
         ).fetchall()
         return schema
 
-    def process(self, batch: pa.Table) -> pa.Table | None:
+    def process(self, batch: pa.Table, side: int = 0, late: bool = True) -> pa.Table | None:
         out = self.con.sql(self.new).to_arrow_table()
         if not out.num_rows:
             return None

@@ -40,7 +40,7 @@ class GeneralOperator(Operator):
             return con.sql(self.spec.select.replace("$SN", "1")).to_arrow_table().schema
         return con.sql(self._select(0, 0)).to_arrow_table().schema
 
-    def process(self, batch: pa.Table, side: int = 0) -> None:
+    def process(self, batch: pa.Table, side: int = 0, late: bool = True) -> None:
         (n,) = self.con.execute(
             f"INSERT INTO {self.spec.buffers[side]} SELECT * FROM __in WHERE {self.spec.on_time}"
         ).fetchall()[0]

@@ -46,7 +46,7 @@ class UnionOperator(Operator):
             con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM __in{i} LIMIT 0").fetchall()
         return _bind_each(con, batch, self.spec.selects)
 
-    def process(self, batch: pa.Table, side: int = 0) -> pa.Table | None:
+    def process(self, batch: pa.Table, side: int = 0, late: bool = True) -> pa.Table | None:
         return self.con.sql(self.spec.selects[side]).to_arrow_table()
 
 
@@ -74,7 +74,7 @@ class JoinOperator(Operator):
                 con.sql(sql.replace("$EXPIRED", "TRUE")).fetchall()
         return schema
 
-    def process(self, batch: pa.Table, side: int = 0) -> pa.Table | None:
+    def process(self, batch: pa.Table, side: int = 0, late: bool = True) -> pa.Table | None:
         spec, con = self.spec, self.con
         out = con.sql(spec.delta[side]).to_arrow_table()
         other = 1 - side

@@ -1,6 +1,6 @@
 """The operators of the specialised shapes whose state is plain SQL: filters and projections,
 ROWS WINDOW BUFFER functions, and aggregates over SESSION windows (the incremental aggregate is
-still the V1 driver's own; see docs/architecture.md)."""
+in ``aggregate.py``)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class ProjectOperator(Operator):
         self.con = con
         return con.sql(self.spec.project).to_arrow_table().schema
 
-    def process(self, batch: pa.Table, side: int = 0) -> pa.Table:
+    def process(self, batch: pa.Table, side: int = 0, late: bool = True) -> pa.Table:
         return self.con.sql(self.spec.project).to_arrow_table()
 
 
@@ -39,7 +39,7 @@ class BufferOperator(Operator):
         con.execute(self.spec.create).fetchall()
         return con.sql(self.spec.project).to_arrow_table().schema
 
-    def process(self, batch: pa.Table, side: int = 0) -> pa.Table:
+    def process(self, batch: pa.Table, side: int = 0, late: bool = True) -> pa.Table:
         out = self.con.sql(self.spec.project).to_arrow_table()
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE __rbuf AS {self.spec.keep}").fetchall()
         return out
@@ -60,7 +60,7 @@ class SessionOperator(Operator):
         con.execute(self.spec.emit.replace("$WM", "0")).fetchall()
         return con.sql(self.spec.reference).to_arrow_table().schema
 
-    def process(self, batch: pa.Table, side: int = 0) -> None:
+    def process(self, batch: pa.Table, side: int = 0, late: bool = True) -> None:
         self.con.execute(self.spec.insert).fetchall()
         return None
 
