@@ -8,10 +8,12 @@ in a spec's SQL stand for a window's bounds (microseconds), filled in when the w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..sql.statements import WindowSpec
-from .aggregates import AggSpec
-from .sqlgen import ShapeSQL
+if TYPE_CHECKING:  # a V2 worker unpickles specs: their module must not import sqlglot (~0.1 s)
+    from ..sql.statements import WindowSpec
+    from .aggregates import AggSpec
+    from .sqlgen import ShapeSQL
 
 
 @dataclass(frozen=True)
@@ -66,11 +68,14 @@ class ProjectSpec:
 class BufferSpec:
     """``… OVER (ROWS WINDOW BUFFER N ROWS …)``: the last rows of each key wait in ``__rbuf``
     (created by ``create``); ``project`` gives a micro-batch's output rows from the batch and the
-    buffer, and ``keep`` is the buffer after it."""
+    buffer, and ``keep`` is the buffer after it. ``ordered`` is ``project`` with each row's
+    arrival sequence first, as ``__order``: a partitioned driver puts its workers' rows back in
+    arrival order by it."""
 
     create: str
     project: str
     keep: str
+    ordered: str = ""
 
 
 @dataclass(frozen=True)

@@ -227,7 +227,8 @@ def _shape_operator(shape: str, sql: sqlgen.ShapeSQL, window, aggregates):
         return ProjectSpec(sql.project)
     if shape == "buffered":
         create = f"CREATE OR REPLACE TEMP TABLE __rbuf AS {sql.buffer_insert} LIMIT 0"
-        return BufferSpec(create=create, project=sql.project, keep=sql.state_update)
+        ordered = sqlgen.with_arrival_order(sql.project)
+        return BufferSpec(create=create, project=sql.project, keep=sql.state_update, ordered=ordered)
     if shape == "session":
         return SessionSpec(
             create=f"CREATE OR REPLACE TEMP TABLE __sbuf AS {sql.buffer_insert} LIMIT 0",

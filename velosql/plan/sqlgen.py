@@ -591,6 +591,17 @@ def _buffered_sql(q: Query) -> ShapeSQL:
     return ShapeSQL(project=project, buffer_insert=rows, state_update=keep)
 
 
+def orderable(sql: str) -> bool:
+    """Whether :func:`with_arrival_order` can add the arrival sequence to the statement's output."""
+    return sql.startswith("SELECT ") and not sql.startswith("SELECT DISTINCT")
+
+
+def with_arrival_order(sql: str) -> str:
+    """``sql`` (a SELECT over rows that carry ``__seq``) with each row's arrival sequence as a
+    first column ``__order``."""
+    return f"SELECT {SEQ} AS __order, " + sql[len("SELECT ") :]
+
+
 def referenced_columns(statements: str | tuple[str, ...]) -> frozenset[str] | None:
     """The lower-cased names of the columns ``statements`` read, or None when that cannot be
     told: a ``*`` other than ``count(*)``'s, ``COLUMNS(…)``, a column by position (``#2``), a

@@ -46,7 +46,10 @@ import pyarrow.compute as pc
 
 from ..connectors.base import PARTITION_COL, declared_partition_key, empty_table, int_scalar
 from ..plan import windows as W
+from ..plan.operators import AggregateSpec, BufferSpec, SessionSpec
+from ..plan.sqlgen import orderable as _orderable
 from ..plan.sqlgen import referenced_columns as _referenced
+from ..plan.sqlgen import with_arrival_order as _ordered
 from . import direct_parquet, routing, running
 from .direct import SEQ_PARTITION_SHIFT
 from .job import format_watermark
@@ -82,6 +85,8 @@ _GROUP_COL = re.compile(r"__k[0-9]+")  # a partial row's GROUP BY key columns (s
 _INSERT_PARTIALS = "INSERT INTO __state BY NAME SELECT * FROM __partials"
 # Reply kinds whose table is rows the worker produced (not a statement's count or a compaction's).
 _RETURNS_ROWS = frozenset({"rows", "changes", "emit", "partials", "ordered"})
+_HOSTED = "velosql.runtime.operators.hosted:"  # the calls of an operator each worker hosts
+_HOSTED_PROCESS = Call(_HOSTED + "process", 0)
 
 
 # Operators whose state is not split by key yet, and why their rows meet in one place.
@@ -265,16 +270,6 @@ def _aligned(plan) -> bool:
     return declared <= set(_key_columns(plan.sql.route_keys))
 
 
-def _orderable(sql: str) -> bool:
-    """Whether ``_ordered`` can add the arrival sequence to the statement's output."""
-    return sql.startswith("SELECT ") and not sql.startswith("SELECT DISTINCT")
-
-
-def _ordered(sql: str) -> str:
-    """``sql`` with the row's arrival sequence as a first column ``__order``."""
-    return "SELECT __seq AS __order, " + sql[len("SELECT ") :]
-
-
 def changes_call(plan, partial: str, ordered: bool = False) -> Call:
     """The workers' statement for EMIT CHANGES of running COUNT/SUM/AVG: each worker finishes its
     keys' change rows in Arrow (``running.worker_changes``), as V1's job does, instead of running
@@ -359,6 +354,11 @@ class V2Executor(V1Executor):
         self.queued: list[collections.deque] = [collections.deque() for _ in range(self.n)]
         self.queue_peak = [0] * self.n  # most records ever waiting at each worker
         self.combined = False  # partials combined in the workers (Routing.combine)
+        # Keyed, but for the aggregate: the spec of the operator each worker hosts for its keys,
+        # whether its rows come back with their arrival order, and the last watermark sent.
+        self.hosted: SessionSpec | BufferSpec | None = None
+        self.hosted_ordered = False
+        self.hosted_wm = NEG_INF
         self.finishing = False
         self.sending = 0  # depth of _sending blocks
         self.closes_due: collections.deque = collections.deque()  # markers reached within one
@@ -425,15 +425,21 @@ class V2Executor(V1Executor):
         return Routing("partials", strategy, text)
 
     def _setup_keyed(self) -> None:
-        sql = self.sql
-        create = {
-            "aggregate": f"CREATE OR REPLACE TEMP TABLE __state AS {sql.partial} LIMIT 0",
-            "session": f"CREATE OR REPLACE TEMP TABLE __sbuf AS {sql.buffer_insert} LIMIT 0",
-            "buffered": f"CREATE OR REPLACE TEMP TABLE __rbuf AS {sql.buffer_insert} LIMIT 0",
-        }[self.plan.shape]
+        """Give each worker the state of the keys routed to it: the aggregate's partial rows (the
+        job merges, evicts and compacts them), or else the statement's operator, hosted there
+        (``operators/hosted.py``) and driven by micro-batch, watermark and end of input."""
         empty = self._internal(empty_table(self.source.schema), observe=False)
+        spec = self.plan.operator
+        if isinstance(spec, AggregateSpec):
+            request = Batch(empty, f"CREATE OR REPLACE TEMP TABLE __state AS {self.sql.partial} LIMIT 0")
+        else:
+            if isinstance(spec, BufferSpec):  # its rows, from N workers, go out in arrival order
+                spec = dataclasses.replace(spec, project=spec.ordered)
+                self.hosted_ordered = True
+            self.hosted = spec
+            request = Query(Call(_HOSTED + "bind", (spec, [empty])))
         for i in range(self.n):
-            self.pool.send(i, Batch(empty, create))
+            self.pool.send(i, request)
         for i in range(self.n):
             self.pool.drain(i)
 
@@ -600,20 +606,20 @@ class V2Executor(V1Executor):
             statements, result, kind = self._partial_sql(table, late), -1, "partials"
         elif mode == "rows":
             statements, result, kind = sql.project, -1, "rows"
-        elif self.plan.shape == "aggregate":  # EMIT CHANGES: the change rows, then the batch's partials
+        elif self.hosted is not None:  # the operator each worker hosts, over its keys' rows
+            statements, result = _HOSTED_PROCESS, -1
+            kind = "ordered" if self.hosted_ordered else "none"
+        else:  # the aggregate's EMIT CHANGES: the change rows, then the batch's partials
             partial = self._partial_sql(table, late)
             if self.operator.changelog is not None:  # running COUNT/SUM/AVG: finished in Arrow, as in V1
                 statements, result, kind = self._changes_call(partial, False), -1, "changes"
             else:
                 statements, result, kind = (sql.changes, f"INSERT INTO __state {partial}"), 0, "changes"
-        elif self.plan.shape == "session":
-            statements, result, kind = f"INSERT INTO __sbuf {sql.buffer_insert}", -1, "none"
-        else:  # ROWS WINDOW BUFFER: the rows with their window values, then the buffer's new rows
-            update = f"CREATE OR REPLACE TEMP TABLE __rbuf AS {sql.state_update}"
-            statements, result, kind = (sql.project, update), 0, "rows"
         table, ids = self._ids(table)
         if ids is None:
             worker = 0 if self.route.strategy == "fan_in" else batch % self.n
+            if kind == "ordered":
+                self.pending_rows[batch] = [1]
             self._took(worker, table.num_rows)
             self._send(worker, Batch(self._pruned(table, statements), statements, result), kind, batch)
             if kind == "changes" and not isinstance(statements, Call):
@@ -621,7 +627,9 @@ class V2Executor(V1Executor):
             return
         rows = _counts(ids, self.n)
         targets = sorted(rows)
-        if kind in ("rows", "changes"):  # replies are put back in arrival order
+        if kind == "ordered":
+            self.pending_rows[batch] = [len(targets)]
+        elif kind in ("rows", "changes"):  # replies are put back in arrival order
             if isinstance(statements, Call):
                 statements = self._changes_call(statements.arg["partial"], True)
             elif isinstance(statements, str):
@@ -662,7 +670,10 @@ class V2Executor(V1Executor):
     def _pruned(self, table: pa.Table, statements: str | Call | tuple[str, ...]) -> pa.Table:
         """The micro-batch with only the columns the workers' statements read: what is not sent
         is not copied (hash routing wrote every column of every batch, ~0.2 s per 5M rows)."""
-        if isinstance(statements, Call):  # the SQL it may run
+        if statements == _HOSTED_PROCESS:  # the hosted operator's SQL over a micro-batch
+            spec = self.hosted
+            statements = (spec.insert,) if isinstance(spec, SessionSpec) else (spec.project, spec.keep)
+        elif isinstance(statements, Call):  # the SQL it may run
             statements = (statements.arg["input"], statements.arg["changes"], statements.arg["partial"])
         key = statements if isinstance(statements, str) else "\n".join(statements)
         names = self.used_columns.get(key, False)
@@ -751,7 +762,8 @@ class V2Executor(V1Executor):
         if kind in _RETURNS_ROWS and reply.table is not None:
             self.records_from[worker] += reply.table.num_rows
         if kind in ("rows", "changes", "emit"):
-            self._write(reply.table)
+            if reply.table is not None:
+                self._write(reply.table)
         elif kind == "partials":
             if reply.table.num_rows:
                 self._merge_partials(reply.table)
@@ -822,19 +834,17 @@ class V2Executor(V1Executor):
             self.operator.passed(wm)
             return
         # Keyed: the workers hold the state; the watermark reaches each one in-band.
-        if self.plan.shape == "aggregate" and self.plan.window is not None:
+        if self.hosted is not None:
+            if wm > self.hosted_wm:
+                self.hosted_wm = wm
+                for i in range(self.n):
+                    self._send(i, Query(Call(_HOSTED + "on_watermark", wm)), "emit", 0)
+        elif self.plan.window is not None:
             if not self.operator.closes(wm):
                 return
             for i in range(self.n):
                 self._send(i, Query(self.sql.evict.replace("$WM", str(wm))), "none", 0)
             self.operator.passed(wm)
-        elif self.plan.shape == "session" and wm != NEG_INF:
-            statements = (
-                self.sql.session_emit.replace("$WM", str(wm)),
-                f"CREATE OR REPLACE TEMP TABLE __sbuf AS {self.sql.session_keep.replace('$WM', str(wm))}",
-            )
-            for i in range(self.n):
-                self._send(i, Query(statements, 0), "emit", 0)
 
     @contextlib.contextmanager
     def _sending(self):
@@ -930,6 +940,9 @@ class V2Executor(V1Executor):
         self.metrics.watermark = wm
         if self.combined:
             self._flush_partials(then=self._emit_statements(wm))
+        elif self.hosted is not None:
+            for i in range(self.n):
+                self._send(i, Query(Call(_HOSTED + "finish", wm)), "emit", 0)
         else:
             self._flush_partials()
             if self.plan.window is not None:
