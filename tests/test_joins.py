@@ -258,6 +258,37 @@ def test_a_session_window_over_two_streams_is_refused_for_now():
         )
 
 
+def test_sessions_of_a_join_run_as_the_pipeline_the_refusal_suggests():
+    """The join in one statement, its output windowed by SESSION in the next: the batch answer of
+    sessions over the joined rows (a gap of 60 s, by the shipment's time). A pair comes out when its
+    later row arrives, so the join's rows are out of event-time order by up to its inputs'
+    lateness plus the join's bound: the next statement allows for that."""
+    join = f"SELECT o.k, s.ts FROM orders o JOIN ships s ON o.k = s.k AND {BOUND}"
+    with velosql.connect() as engine:
+        push_split(engine, "orders", ORDERS, range(2, ORDERS.num_rows, 2))
+        push_split(engine, "ships", SHIPS, range(2, SHIPS.num_rows, 2))
+        _, sessions = engine.run(
+            f"CREATE STREAM j AS {join} WITH ('orders.type' = 'python', 'ships.type' = 'python', "
+            "'watermark.max_out_of_orderness' = '3m');\n"
+            "CREATE STREAM per_session AS SELECT k, _window_start AS ws, count(*) AS n FROM j GROUP BY k "
+            "WINDOW SESSION(ts, 60s) EMIT FINAL WITH ('per_session.type' = 'python', "
+            "'watermark.max_out_of_orderness' = '10m')",
+            wait=False,
+        )
+        sessions.wait(60)
+        assert sessions.done and sessions.error is None, sessions.error
+        got = [tuple(r.values()) for r in engine.pull("per_session").to_pylist()]
+    want = batch(
+        f"""WITH j AS ({join}),
+             b AS (SELECT *, CASE WHEN epoch(ts) - lag(epoch(ts)) OVER (PARTITION BY k ORDER BY ts) >= 60
+                                  THEN 1 ELSE 0 END AS brk FROM j),
+             s AS (SELECT *, sum(brk) OVER (PARTITION BY k ORDER BY ts) AS sid FROM b)
+        SELECT k, min(ts), count(*) FROM s GROUP BY k, sid"""
+    )
+    assert len(want) >= 2
+    assert_rows_equal(got, want)
+
+
 def test_velostreams_join_bounds_in_with_must_match_the_on_condition():
     select = f"SELECT o.id, s.sid FROM orders o JOIN ships s ON o.k = s.k AND {BOUND}"
     # The bound as written: s.ts - o.ts in [-60 s, 30 s]; 'join.lower_bound' is non-negative.

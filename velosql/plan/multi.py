@@ -118,8 +118,10 @@ def choose(
         return MultiPlan("general", tuple(streams), tuple(declared), spec, "FALSE", None)
     if window.kind == "session":
         raise SqlError(
-            "a SESSION window over several streams is not supported yet: use TUMBLING or SLIDING "
-            "windows, or an interval join (ON … AND b.ts BETWEEN a.ts - INTERVAL … AND a.ts)",
+            "a SESSION window over several streams is not supported yet (which stream's rows would "
+            "extend a session is not defined): join the streams in a statement of their own and "
+            "window its output by SESSION in the next one, or use TUMBLING or SLIDING windows, or an "
+            "interval join (ON … AND b.ts BETWEEN a.ts - INTERVAL … AND a.ts)",
             loc,
         )
     if emit == "changes" and (aggregating(select) or any(f.general for f in found)):

@@ -1,4 +1,4 @@
-"""The frozen specs of the operators the planner chooses for statements of no specialised shape.
+"""The frozen specs of the operators the planner chooses: one per statement.
 
 A spec holds everything its operator needs as plain SQL and values; the runtime builds the
 operator from it (``velosql.runtime.operators.build``) and never parses SQL. ``$WS`` and ``$WE``

@@ -80,6 +80,8 @@ class ShapeSQL:
     # V2: the key columns rows are routed by, one row per row of __in ("" without keys or when the
     # FROM is more than the source), and whether the statements read no table but the source.
     route_keys: str = ""
+    # Each routing key's lower-cased name where it is a bare column, else None.
+    route_key_columns: tuple[str | None, ...] = ()
     local: bool = False
     evict: str = ""
     # Whether ``emit`` orders its rows (the query's ORDER BY): then it runs on the whole state,
@@ -389,10 +391,19 @@ def _absolute_row_number(partition: str) -> str:
 
 def generate(q: Query, window: WindowSpec | None, emit: str) -> ShapeSQL:
     """The SQL statements for the query's shape and emit mode."""
-    route = ""
+    route, columns = "", ()
     if q.plain_from and q.key_sql:
         route = f'SELECT {", ".join(q.key_sql)} FROM __in AS "{q.alias}"'
-    return dataclasses.replace(_generate(q, window, emit), route_keys=route, local=q.local)
+        columns = tuple(_bare_column(key) for key in q.key_sql)
+    return dataclasses.replace(
+        _generate(q, window, emit), route_keys=route, route_key_columns=columns, local=q.local
+    )
+
+
+def _bare_column(sql: str) -> str | None:
+    """The lower-cased name of the column ``sql`` is, or None when it is an expression."""
+    node = deep_call(exp.maybe_parse, sql, dialect="duckdb", where=None)
+    return node.name.lower() if isinstance(node, exp.Column) else None
 
 
 def _generate(q: Query, window: WindowSpec | None, emit: str) -> ShapeSQL:

@@ -267,7 +267,7 @@ def _aligned(plan) -> bool:
     declared = {c.lower() for c in declared_partition_key(plan.source.options)}
     if not declared or not plan.sql.route_keys:
         return False
-    return declared <= set(_key_columns(plan.sql.route_keys))
+    return declared <= set(plan.sql.route_key_columns)
 
 
 def changes_call(plan, partial: str, ordered: bool = False) -> Call:
@@ -708,7 +708,7 @@ class V2Executor(V1Executor):
         """The routing key columns of the micro-batch's rows (computed by DuckDB unless they are
         bare source columns)."""
         if self.key_columns is None:
-            self.key_columns = _bare_columns(self.sql.route_keys, table.schema.names) or ()
+            self.key_columns = _bare_columns(self.sql.route_key_columns, table.schema.names) or ()
         if self.key_columns:
             return table.select(self.key_columns)
         with self._registered("__in", table):
@@ -1010,20 +1010,10 @@ def _counts(ids: pa.Array, n: int) -> dict[int, int]:
     return out
 
 
-def _key_columns(route_keys: str) -> list[str | None]:
-    """Each key ``route_keys`` selects: its lower-cased name when it is a bare column, else None."""
-    from sqlglot import exp
-
-    from ..sql.deep import deep_call
-
-    select = deep_call(exp.maybe_parse, route_keys, dialect="duckdb", where=None)
-    return [node.name.lower() if isinstance(node, exp.Column) else None for node in select.expressions]
-
-
-def _bare_columns(route_keys: str, names: list[str]) -> tuple[str, ...] | None:
-    """The source columns ``route_keys`` selects when each key is a bare column, else None."""
+def _bare_columns(keys: tuple[str | None, ...], names: list[str]) -> tuple[str, ...] | None:
+    """The source columns the routing keys are when each is a bare column (``keys``: the
+    planner's ``route_key_columns``), else None."""
     by_lower = {n.lower(): n for n in names}
-    keys = _key_columns(route_keys)
     if any(k not in by_lower for k in keys):  # an expression (None) or not a source column
         return None
     return tuple(by_lower[k] for k in keys)
