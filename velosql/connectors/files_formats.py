@@ -275,15 +275,17 @@ class CsvDecoder:
                 column's type, or a quoted value is not closed on its line.
         """
         piece = buf.slice(start, end - start)
+        read_options = self._serial_options if data is None or serial else self._read_options
         try:
-            table = pcsv.read_csv(
-                pa.BufferReader(piece),
-                read_options=self._serial_options if data is None or serial else self._read_options,
-                parse_options=self.parse_options,
-                convert_options=self._convert_options,
-            )
+            table = self._read(piece, read_options)
         except pa.ArrowInvalid as exc:
-            raise BlockError(self._message(str(exc))) from None
+            if "straddl" not in str(exc):
+                raise BlockError(self._message(str(exc))) from None
+            # A row longer than pyarrow's parse block: read the piece as one block.
+            try:
+                table = self._read(piece, _with_block_size(read_options, len(piece) + 1))
+            except pa.ArrowInvalid as again:
+                raise BlockError(self._message(str(again))) from None
         # An unclosed quote makes pyarrow take the following newline(s) into the value; values can
         # never hold a newline otherwise, so looking for one (only when a quote occurs) finds them.
         if self.quote and self._text_columns and _has(self.quote, data, piece, start, end):
@@ -291,6 +293,14 @@ class CsvDecoder:
                 if any(pc.any(pc.match_substring(_values(c), "\n")).as_py() for c in table.column(i).chunks):
                     raise BlockError("unterminated quoted value")
         return table
+
+    def _read(self, piece: pa.Buffer, read_options: pcsv.ReadOptions) -> pa.Table:
+        return pcsv.read_csv(
+            pa.BufferReader(piece),
+            read_options=read_options,
+            parse_options=self.parse_options,
+            convert_options=self._convert_options,
+        )
 
     def explain(self, line: bytes, error: str) -> str:
         """The message for one bad line: an unclosed quote is named as such."""
@@ -309,6 +319,12 @@ class CsvDecoder:
             name = self.schema.names[int(m.group(1))]
             return f"column {name!r}: cannot convert to {m.group(2)}: {m.group(3)}"
         return text
+
+
+def _with_block_size(options: pcsv.ReadOptions, size: int) -> pcsv.ReadOptions:
+    return pcsv.ReadOptions(
+        column_names=options.column_names, block_size=size, use_threads=options.use_threads
+    )
 
 
 def _has(needle: bytes, data: bytes | None, piece: pa.Buffer, start: int, end: int) -> bool:
@@ -342,7 +358,6 @@ class JsonDecoder:
         return _timestamps_in_strings(normalise(pa.schema(list(fields.values()))), tables)
 
     @staticmethod
-    @staticmethod
     def decoded_schema(schema: pa.Schema) -> pa.Schema:
         """JSON lines decode to the schema as it is."""
         return schema
@@ -363,6 +378,9 @@ class JsonDecoder:
             BlockError: a line is not a JSON object or a value does not fit its field's type.
         """
         buf = buf.slice(start, end - start)
+        # pyarrow reads a line ``null`` as a row of NULLs, and crashes when the first line is one.
+        if not _starts_with_object(buf):
+            raise BlockError("the line is not a JSON object")
         if self.schema is None:
             po = pjson.ParseOptions(unexpected_field_behavior="infer")
         else:
@@ -377,6 +395,9 @@ class JsonDecoder:
             except pa.ArrowInvalid as exc:
                 if "straddling" not in str(exc) or block_size > size:
                     raise BlockError(_json_message(str(exc))) from None
+        _check_utf8(table)
+        if _has_empty_rows(table) and _NULL_LINE.search(buf.to_pybytes()):
+            raise BlockError("the line is not a JSON object")
         if self.schema is None:
             return table
         if table.schema.names != self.schema.names:
@@ -391,6 +412,51 @@ class JsonDecoder:
 
     def explain(self, line: bytes, error: str) -> str:
         return error
+
+
+# A line ending in ``null`` that pyarrow read: only a line ``null`` (a JSON string holds no newline).
+_NULL_LINE = re.compile(rb"null[ \t\r]*\n")
+
+
+_NOT_BLANK = re.compile(rb"[^ \t\r\n]")
+
+
+def _starts_with_object(buf: pa.Buffer) -> bool:
+    """Whether the first line of ``buf`` that is not blank starts an object (or every line is blank)."""
+    size = 256
+    while True:
+        head = buf.slice(0, min(size, len(buf))).to_pybytes()
+        found = _NOT_BLANK.search(head)
+        if found is not None:
+            return head[found.start()] == ord("{")
+        if size >= len(buf):
+            return True
+        size *= 16
+
+
+def _has_empty_rows(table: pa.Table) -> bool:
+    """Whether a row has every field NULL, as a ``null`` line gives (or ``{}``: the caller looks).
+    Only a block where every column holds a NULL is looked at row by row."""
+    if table.num_rows == 0:
+        return False
+    if table.num_columns == 0:
+        return True
+    if any(column.null_count == 0 for column in table.columns):
+        return False
+    empty = pc.is_null(table.column(0))
+    for column in table.columns[1:]:
+        empty = pc.and_(empty, pc.is_null(column))
+    return pc.any(empty).as_py()
+
+
+def _check_utf8(table: pa.Table) -> None:
+    """pyarrow's JSON reader copies string bytes unchecked: invalid UTF-8 must not go further."""
+    for name, column in zip(table.column_names, table.columns):
+        if not (pa.types.is_primitive(column.type) or pa.types.is_temporal(column.type)):
+            try:
+                column.validate(full=True)
+            except pa.ArrowInvalid:
+                raise BlockError(f"field {name!r}: invalid UTF-8") from None
 
 
 def _json_message(text: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import DataError, OptionError
 from .base import (
@@ -38,9 +40,12 @@ from .files_formats import (
     unreadable_fields,
 )
 
+_log = logging.getLogger("velosql")
+
 # Bytes of whole lines decoded per pyarrow call. Blocks are decoded several at once, one serial
 # pyarrow call each on a worker thread (see _drain_text); 2-4 MiB measured fastest (1BRC, 2 cores).
 _READ_BLOCK = 4 << 20
+_TAIL = 64  # watched files: bytes before the position kept to tell a rewritten file
 _MAX_WORKERS = 4  # decoding threads per source (at most the CPUs pyarrow sees)
 _SAMPLE = 1 << 20  # bytes of data the column types are inferred from
 # V2 direct read: the smallest byte range of a text file a worker reads on its own (a range
@@ -86,6 +91,14 @@ class _File:
     # ``offset`` counts from the first byte; ``base``: the records before it, once counted.
     byte_range: tuple[int, int] | None = None
     base: int | None = None
+    # CSV with a header: whether it was matched with the source's columns (see _match_header);
+    # when its columns differ, its own decoder and the function putting its columns in order.
+    matched: bool = False
+    decoder: CsvDecoder | None = None
+    conform: object = None
+    # Watched: the file's (device, inode) and the last bytes read, to tell a rotation.
+    identity: tuple[int, int] | None = None
+    tail: bytes = b""
 
     @property
     def unit(self) -> int:
@@ -228,6 +241,9 @@ class FileSource(Source):
         for path in paths:
             self._add_file(path)
         self._fix_schema(None)
+        self._header = None  # the first file's header: later files' columns are matched by it
+        if self._header_lines:
+            self._header = next(filter(None, map(self._header_of, paths)), None)
 
     def _fix_schema(self, user: pa.Schema | None) -> None:
         """Make the decoder and fix the columns: ``user`` or, if None, the declared or inferred ones."""
@@ -361,6 +377,7 @@ class FileSource(Source):
             "format": self._format,
             "has_headers": self._has_headers,
             "user": self._user,
+            "header": self._header,
             "files": pieces,
         }
 
@@ -413,8 +430,6 @@ class FileSource(Source):
         reader from each file's start numbers them: the rows of a byte range (see
         :meth:`splits`) number from the range's first byte until the records before that byte
         are counted, here, once per range and only when asked."""
-        import pyarrow.compute as pc
-
         for f in self._files:
             if f.byte_range is None or f.byte_range[0] == 0:
                 continue
@@ -491,6 +506,7 @@ class FileSource(Source):
                 )
             )
         source._known = {f.path for f in source._files}
+        source._header = reader["header"]
         source._fix_schema(reader["user"])
         return source
 
@@ -528,6 +544,12 @@ class FileSource(Source):
                 if self._exhausted:
                     return
             return
+        yield from self._watch_files()
+        if stop.is_set() and not self._exhausted:
+            self._reject_unterminated()
+
+    def _watch_files(self) -> Iterator[pa.RecordBatch | PartitionEnd | None]:
+        stop = self._ctx.stop
         while not stop.is_set():
             progressed = False
             self._discover()
@@ -574,6 +596,8 @@ class FileSource(Source):
             return None
         if self._format == "parquet" and self._schema_text:
             return None  # the reader would cast to the declared types: pyarrow's casts, not DuckDB's
+        if not self._same_columns():
+            return None  # DuckDB's reader would take the columns of every file by position
         return ScanSpec(
             fmt="parquet" if self._format == "parquet" else "csv",
             paths=[f.path for f in self._files],
@@ -723,10 +747,16 @@ class FileSource(Source):
         block: 1BRC job 0.675 -> 0.59 s (`velosql run`, median of 8 runs, 2 cores).
         """
         try:
-            if os.path.getsize(f.path) <= f.pos:
-                return
+            st = os.stat(f.path)
         except OSError:  # a watched file was removed: nothing more to read from it
             return
+        if self._watch:
+            self._check_rotation(f, st)
+        if st.st_size <= f.pos:
+            return
+        if self._header_lines and not f.matched and not self._match_header(f):
+            return  # the header line is not complete yet
+        decoder = f.decoder or self._decoder
         executor, workers = self._decoding_threads()
         depth = workers + 1
         pending: deque[tuple[_Block, Future | None]] = deque()
@@ -740,12 +770,16 @@ class FileSource(Source):
                             break
                         job = None
                         if block.start < block.end:  # pyarrow refuses empty input
-                            job = executor.submit(_try_decode, self._decoder, block)
+                            job = executor.submit(_try_decode, decoder, block)
                         pending.append((block, job))
                     if not pending:
                         return
                     block, job = pending.popleft()
                     f.pos = block.next_pos
+                    if self._watch:
+                        f.tail = block.buf.slice(
+                            max(0, block.end - _TAIL), min(_TAIL, block.end)
+                        ).to_pybytes()
                     if job is not None:
                         yield from self._decode(f, block, job.result())
                     if self._exhausted or self._ctx.stop.is_set():
@@ -755,6 +789,59 @@ class FileSource(Source):
                     if job is not None:
                         job.cancel()
                 blocks.close()
+
+    def _check_rotation(self, f: _File, st: os.stat_result) -> None:
+        """A watched file replaced (another inode), truncated (shorter than what was read) or
+        rewritten (the bytes before the position changed, as when a copy-truncate rotation was
+        followed by more writes than were read) is read again from its start, and the log says
+        so. Its records keep counting ``_offset`` on; lines count from 1 again."""
+        identity = (st.st_dev, st.st_ino)
+        reason = None
+        if f.identity is not None and identity != f.identity:
+            reason = "replaced"
+        elif st.st_size < f.pos:
+            reason = f"truncated ({st.st_size} bytes; {f.pos} were read)"
+        elif f.tail:
+            try:
+                with open(f.path, "rb") as fh:
+                    fh.seek(f.pos - len(f.tail))
+                    if fh.read(len(f.tail)) != f.tail:
+                        reason = "rewritten"
+            except OSError:
+                return
+        f.identity = identity
+        if reason is None:
+            return
+        _log.warning("%s: the file was %s: reading it from its start", f.path, reason)
+        f.pos = f.line = f.line_pos = 0
+        f.to_skip = self._skip_lines + self._header_lines
+        f.tail, f.matched, f.decoder, f.conform = b"", False, None, None
+
+    def _reject_unterminated(self) -> None:
+        """At stop, a watched text file whose unread bytes are one line without a newline: that
+        line is a dead letter (complete lines the stop left unread are not: they were not read)."""
+        if self._format == "parquet":
+            return
+        for f in self._files:
+            rest = b""
+            try:
+                with open(f.path, "rb") as fh:
+                    fh.seek(f.pos)
+                    while b"\n" not in rest:
+                        chunk = fh.read(_READ_BLOCK)
+                        if not chunk:
+                            break
+                        rest += chunk
+            except OSError:
+                continue
+            if not rest or b"\n" in rest or f.to_skip:
+                continue
+            self._count_lines(f, b"", f.pos, 0)
+            raw = rest.decode("utf-8", errors="replace").rstrip("\r")
+            error = "the last line has no end of line: the job stopped before it was complete"
+            self._ctx.reject(f"{f.path}:{f.line + 1}", error, raw)
+            f.offset += 1
+            f.pos += len(rest)
 
     def _decoding_threads(self) -> tuple[ThreadPoolExecutor, int]:
         """The decoding threads (started on first use in a :meth:`read`) and how many there are."""
@@ -832,18 +919,88 @@ class FileSource(Source):
     def _decode(self, f: _File, block: _Block, first: pa.Table | BlockError) -> Iterator[pa.RecordBatch]:
         """Emit a decoded block; if it did not decode as a whole, isolate and reject its bad lines."""
         if not isinstance(first, BlockError):
-            yield from self._emit(f, first)
+            yield from self._emit(f, f.conform(first) if f.conform else first)
             return
         data = block.buf.slice(0, block.end).to_pybytes()
-        for item in decode_lines(self._decoder, data, block.start, block.end, block.buf, failed=True):
+        decoder = f.decoder or self._decoder
+        for item in decode_lines(decoder, data, block.start, block.end, block.buf, failed=True):
             if isinstance(item, BadLine):
                 self._count_lines(f, data, block.pos, item.start)
                 self._ctx.reject(f"{f.path}:{f.line + 1}", item.error, item.raw)
                 f.offset += 1
             else:
-                yield from self._emit(f, item)
+                yield from self._emit(f, f.conform(item) if f.conform else item)
                 if self._exhausted:
                     return
+
+    def _header_of(self, path: str) -> list[str] | None:
+        """The column names in ``path``'s header line; None while it has no complete one."""
+        try:
+            with open(path, "rb") as fh:
+                for _ in range(self._skip_lines):
+                    if not fh.readline().endswith(b"\n"):
+                        return None
+                line = fh.readline()
+        except OSError:
+            return None
+        if not line.endswith(b"\n"):
+            if self._watch or not line:
+                return None
+            line += b"\n"
+        return self._decoder.header(line)
+
+    def _same_columns(self) -> bool:
+        """Whether every CSV file's header names the columns of the first (formats without a
+        header: always)."""
+        if not self._header_lines or self._header is None:
+            return True
+        return all(self._header_of(f.path) in (None, self._header) for f in self._files)
+
+    def _match_header(self, f: _File) -> bool:
+        """Match ``f``'s columns with the source's by the names in its header, as they stand in
+        the first file's header (which the declared schema, if any, names by position). A column
+        the file lacks is NULL, a column the source does not have is left out; the log says so.
+        False while the header line is not complete."""
+        names = self._header_of(f.path)
+        if names is None:
+            return False
+        f.matched = True
+        if self._header is None:  # a watched directory that was empty at the start
+            self._header = names
+        if names == self._header:
+            return True
+        # A declared schema names the first file's columns by position.
+        known = {
+            name: self._user.field(i)
+            for i, name in reversed(list(enumerate(self._header[: len(self._user)])))
+        }
+        fields, seen = [], set()
+        for i, name in enumerate(names):
+            if name in known and name not in seen:
+                seen.add(name)
+                fields.append(known[name])
+            else:
+                _log.warning(
+                    "%s: column %r is not a column of source %r: it is left out", f.path, name, self.name
+                )
+                fields.append(pa.field(f"__extra{i}", pa.string()))
+        for name, field in known.items():
+            if name not in seen:
+                _log.warning("%s: no column %r: its values are NULL", f.path, field.name)
+        f.decoder = CsvDecoder(self._delimiter, self._quote, self._escape)
+        f.decoder.fix(pa.schema(fields))
+        target = self._decoded
+        present = {field.name for field in fields}
+
+        def conform(table: pa.Table) -> pa.Table:
+            columns = [
+                table.column(fld.name) if fld.name in present else pa.nulls(table.num_rows, fld.type)
+                for fld in target
+            ]
+            return pa.Table.from_arrays(columns, schema=target)
+
+        f.conform = conform
+        return True
 
     def _count_lines(self, f: _File, data: bytes, block_pos: int, upto: int) -> None:
         """Bring ``f.line`` up to byte ``upto`` of the block; only needed to name a bad line."""
@@ -874,6 +1031,10 @@ class FileSource(Source):
                 yield from self._batches.add(piece)
 
     def _drain_parquet(self, f: _File) -> Iterator[pa.RecordBatch]:
+        """The rows of ``f``'s row groups, in order. A row group that cannot be read or whose
+        values do not convert is one dead letter naming the file and the row group; a file whose
+        column can never convert (a list read as a number) is one naming the file. A column the
+        file lacks is NULL, and the log says so (as DuckDB's ``union_by_name`` reads it)."""
         if f.done:
             return
         try:
@@ -882,7 +1043,11 @@ class FileSource(Source):
             # Text columns read dictionary-encoded: Parquet stores them so, and decoding to plain
             # strings was most of the read's cost (and DuckDB groups on dictionaries faster).
             text = [fld.name for fld in self._user if fld.type == pa.string()]
-            pf = pq.ParquetFile(f.path, read_dictionary=text)
+            try:
+                pf = pq.ParquetFile(f.path, read_dictionary=text)
+            except KeyError:  # a text column the file lacks
+                have = set(pq.read_schema(f.path).names)
+                pf = pq.ParquetFile(f.path, read_dictionary=[n for n in text if n in have])
         except (OSError, pa.ArrowInvalid) as exc:
             size = os.path.getsize(f.path) if os.path.exists(f.path) else -1
             if self._watch and size != f.failed_size:
@@ -892,25 +1057,90 @@ class FileSource(Source):
             self._ctx.reject(f.path, f"cannot read the Parquet file: {exc}", None)
             return
         f.done = True
-        names = self._user.names
-        missing = [n for n in names if n not in pf.schema_arrow.names]
-        if missing:
-            raise DataError(
-                f"{f.path}: Parquet file has no column {missing[0]!r} (it has {pf.schema_arrow.names})"
-            )
-        groups = None if f.row_groups is None else range(*f.row_groups)
-        for batch in pf.iter_batches(batch_size=self._batch_size, columns=names, row_groups=groups):
+        meta = pf.metadata
+        starts = [0]
+        for g in range(meta.num_row_groups):
+            starts.append(starts[-1] + meta.row_group(g).num_rows)
+        first, end = f.row_groups or (0, meta.num_row_groups)
+        conform = self._parquet_conform(f, pf.schema_arrow)
+        if isinstance(conform, str):
+            self._ctx.reject(f.path, conform, None)
+            f.offset = starts[end]
+            return
+        present = [n for n in self._user.names if n in pf.schema_arrow.names]
+        todo = list(range(first, end))
+        while todo:
             try:
-                table = pa.Table.from_batches([batch]).cast(self._decoded)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise DataError(
-                    f"{f.path}: Parquet columns do not convert to the source schema: {exc}"
-                ) from None
-            yield from self._emit(f, table)
+                for batch in pf.iter_batches(batch_size=self._batch_size, columns=present, row_groups=todo):
+                    yield from self._emit(f, conform(batch))
+                    if self._exhausted or self._ctx.stop.is_set():
+                        return
+                return
+            except _PARQUET_ERRORS:
+                pass
+            # The batch that failed starts at row f.offset; it may span two row groups, so the
+            # group holding that row is read alone to tell which failed.
+            g = next((g for g in todo if starts[g + 1] > f.offset), None)
+            if g is None:
+                return
+            todo = todo[todo.index(g) + 1 :]
+            try:
+                group = pf.read_row_group(g, columns=present).slice(f.offset - starts[g])
+                rows = conform(group)
+            except _PARQUET_ERRORS as exc:
+                error = str(exc) if isinstance(exc, BlockError) else f"cannot read the row group: {exc}"
+                self._ctx.reject(
+                    f"{f.path}, row group {g} (rows {f.offset}-{starts[g + 1] - 1})", error, None
+                )
+                f.offset = starts[g + 1]
+                continue
+            yield from self._emit(f, rows)
             if self._exhausted or self._ctx.stop.is_set():
                 return
 
+    def _parquet_conform(self, f: _File, have: pa.Schema):
+        """A function making a batch of ``f``'s columns into one of the source's (cast, missing
+        columns NULL; it raises :class:`BlockError` naming a value that does not convert), or the
+        reason no row of the file can be read."""
+        target = self._decoded
+        missing = []
+        for field in target:
+            i = have.get_field_index(field.name)
+            if i < 0:
+                missing.append(field.name)
+                continue
+            source = have.field(i).type
+            try:
+                pc.cast(pa.array([], source), field.type)
+            except pa.ArrowNotImplementedError:
+                return f"column {field.name!r}: a Parquet column of type {source} does not convert to {field.type}"
+        if len(missing) == len(target):
+            return f"the file has none of the source's columns ({', '.join(target.names)})"
+        for name in missing:
+            _log.warning("%s: no column %r: its values are NULL", f.path, name)
 
+        def conform(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+            columns = []
+            for field in target:
+                if field.name in missing:
+                    columns.append(pa.nulls(batch.num_rows, field.type))
+                    continue
+                column = batch.column(field.name)
+                if column.type != field.type:
+                    try:
+                        column = pc.cast(column, field.type)
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                        raise BlockError(
+                            f"column {field.name!r}: cannot convert to {field.type}: {exc}"
+                        ) from None
+                columns.append(column)
+            return pa.Table.from_arrays(columns, schema=target)
+
+        return conform
+
+
+# What reading or converting a Parquet row group raises when its data is bad.
+_PARQUET_ERRORS = (OSError, pa.ArrowInvalid, pa.ArrowNotImplementedError, BlockError)
 _US = {"milliseconds": 1000, "microseconds": 1}  # a Parquet time unit in microseconds
 _DAY_US = 86_400_000_000
 
