@@ -34,6 +34,11 @@ Failures never hang and never leave a process behind:
   daemonic, ignore SIGINT (the parent owns Ctrl-C), and exit by themselves once the parent process
   is gone, even in the middle of a query.
 
+Workers never write to the job's stdout (it is the null device in them, and their DuckDB draws no
+progress bar): with ``velosql run app.sql | reader`` and a reader that waits for the end, a worker
+blocked writing to a full pipe would hang the job. Their stderr is the job's, for the traceback of
+a worker that crashes; errors themselves come back as replies or exit codes, as above.
+
 A script that creates a pool needs no ``if __name__ == "__main__":`` guard, though ``spawn``
 normally imports the main module in each child: workers start without it (``_main_not_imported``).
 """

@@ -69,6 +69,8 @@ def main(conn: Connection, core: int | None, files: str | None = None) -> None:
     try:
         try:
             con = duckdb.connect(config={"threads": 1})
+            # No progress bar: a worker answers only through its pipe (see worker_boot._no_stdout).
+            con.execute("SET enable_progress_bar = false")
         except Exception as exc:
             outbox.put(((False, "start", 0.0, False, f"{type(exc).__name__}: {exc}"), None))
             return
