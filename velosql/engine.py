@@ -18,10 +18,10 @@ from . import system
 from .config import JobProcessorConfig, configured_settings, resolve_processor
 from .connectors.duckdb_table import DuckDBTableSink, DuckDBTableSource
 from .connectors.python import Channel, ChannelSink, PythonSink, PythonSource
-from .errors import ConfigError, SqlError, VelosqlError
+from .errors import ConfigError, OptionError, SqlError, VelosqlError
 from .plan.explain import explain_text
 from .plan.planner import StreamPlan, plan
-from .runtime.job import FAILED, FINISHED, STOPPED, Job
+from .runtime.job import DEFAULT_STOP_TIMEOUT, FAILED, FINISHED, STOPPED, Job
 from .runtime.processor import JobProcessorFactory
 from .sql import parse_script
 from .sql.duckdb_errors import duckdb_error
@@ -65,6 +65,8 @@ class Engine:
             processor = str(processor)
         self.default_processor = processor
         self.config_path: str | None = None
+        # How long a stopped job may take to flush when its statement sets no 'stop.timeout'.
+        self.stop_timeout: float = DEFAULT_STOP_TIMEOUT
         self._jobs: dict[str, Job] = {}
         self._channels: dict[str, Channel] = {}
         self._outputs: dict[str, PythonSink] = {}
@@ -73,6 +75,11 @@ class Engine:
         self._carried: dict[str, int | None] = {}
         self._lock = threading.RLock()
         self._closed = False
+        # File sink paths locked by a deploy before its jobs prepare, by (statement, sink): each
+        # sink takes its lock over as the job makes it (_make_sinks); the deploy releases the rest.
+        self._claims: dict[tuple[str, str], object] = {}
+        # Where each file sink's path is written, by (statement, sink), for the errors of the lock.
+        self._path_places: dict[tuple[str, str], object] = {}
         # velosql_jobs, velosql_streams, …: views over the jobs' live state (system.py), created
         # by the first statement that names one (registering them imports pandas where it is
         # installed: ~0.2 s no job should pay).
@@ -90,6 +97,7 @@ class Engine:
         statements = parse_script(sql, file)
         plans = {id(s): self._plan(s) for s in statements if isinstance(s, CreateStream)}
         self._connect_pipelines([plans[id(s)] for s in statements if isinstance(s, CreateStream)])
+        claims = self._claim_sinks(list(plans.values()))
         prepared: list[Job] = []
         result = None
         try:
@@ -103,6 +111,8 @@ class Engine:
         except BaseException:
             self._discard(prepared)
             raise
+        finally:
+            self._release_claims(claims)
         for job in prepared:
             job.start()
         return result
@@ -115,6 +125,7 @@ class Engine:
         """Bind and start planned statements (see :meth:`plan_of`): all of them start, or none
         when one fails to bind to its source. The statement-at-a-time path of the command line."""
         self._connect_pipelines(plans)
+        claims = self._claim_sinks(plans)
         prepared: list[Job] = []
         try:
             for p in plans:
@@ -122,6 +133,8 @@ class Engine:
         except BaseException:
             self._discard(prepared)
             raise
+        finally:
+            self._release_claims(claims)
         for job in prepared:
             job.start()
         return prepared
@@ -132,8 +145,45 @@ class Engine:
 
     def _discard(self, prepared: list[Job]) -> None:
         for job in prepared:
+            _discard_sinks(job)  # nothing ran: each file keeps what it held
             job.executor.close()  # its source, sinks and scan were opened by prepare
             self._jobs.pop(job.name, None)
+
+    def _claim_sinks(self, plans: list[StreamPlan]) -> list[tuple[str, str]]:
+        """Lock the path of every file sink of ``plans`` before any of them prepares: a path
+        another job writes (in this process or another) fails the deploy before anything ran.
+        The keys of the claims taken; :meth:`_release_claims` releases those no sink took over."""
+        # A statement whose job still runs is refused by _prepare, saying so.
+        running = {n for n, j in self._jobs.items() if not j.done}
+        wanted = [(p, s) for p in plans if p.name not in running for s in p.sinks if s.type == "file_sink"]
+        if not wanted:
+            return []
+        from .connectors.files_sink import SinkLock, is_special
+
+        taken: list[tuple[str, str]] = []
+        try:
+            for p, spec in wanted:
+                path = str(spec.options.get("path"))
+                if is_special(path):
+                    continue  # a FIFO or device: written in place, without a lock
+                try:
+                    lock = SinkLock.acquire(spec.name, path, p.name)
+                except OptionError as exc:
+                    where = self._path_places.get((p.name, spec.name), p.location)
+                    raise OptionError(exc.message, where) from None
+                with self._lock:
+                    self._claims[(p.name, spec.name)] = lock
+                taken.append((p.name, spec.name))
+        except BaseException:
+            self._release_claims(taken)
+            raise
+        return taken
+
+    def _release_claims(self, keys: list[tuple[str, str]]) -> None:
+        with self._lock:
+            left = [self._claims.pop(k) for k in keys if k in self._claims]
+        for lock in left:
+            lock.release()
 
     def _connect_pipelines(self, plans: list[StreamPlan]) -> None:
         """A statement that reads an earlier statement of the script as its source (not declared
@@ -196,7 +246,37 @@ class Engine:
         added.update({f"{name}.type": "python" for name in self._pushed_tables(stmt)})
         if added:
             stmt = dataclasses.replace(stmt, properties={**stmt.properties, **added})
-        return plan(stmt)
+        p = plan(stmt)
+        self._check_file_sinks(p, stmt)
+        return p
+
+    def _check_file_sinks(self, p: StreamPlan, stmt: CreateStream) -> None:
+        """Refuse, before anything runs, a file sink path that holds a NUL byte, is a directory,
+        or is read by the statement's own source (writing it would destroy the input)."""
+        files = [s for s in p.sinks if s.type == "file_sink"]
+        if not files:
+            return
+        from .connectors.files_sink import check_path, read_by
+
+        sources = [p.source, *(i.source for i in p.inputs)]
+        for spec in files:
+            path = str(spec.options.get("path"))
+            key = f"{spec.name}.path"
+            where = next((loc for k, loc in stmt.property_locations.items() if k.lower() == key), p.location)
+            self._path_places[(p.name, spec.name)] = where
+            try:
+                check_path(spec.name, path)
+            except OptionError as exc:
+                raise OptionError(exc.message, where) from None
+            for src in sources:
+                read = src.options.get("path") if src.type == "file_source" else None
+                if read and read_by(str(read), path):
+                    raise OptionError(
+                        f"sink {spec.name!r} cannot write to {path!r}: its source {src.name!r} reads "
+                        f"that file ('{src.name}.path' = {str(read)!r}), which writing would destroy; "
+                        f"choose another '{key}'",
+                        where,
+                    )
 
     def _pushed_tables(self, stmt: CreateStream) -> list[str]:
         """The tables ``stmt`` reads that are channels of pushed data, declared by no WITH key and
@@ -244,6 +324,7 @@ class Engine:
         try:
             job.prepare()
         except BaseException:
+            _discard_sinks(job)
             with self._lock:
                 if self._jobs.get(p.name) is job:
                     del self._jobs[p.name]
@@ -403,21 +484,33 @@ class Engine:
 
     def _make_sinks(self, p: StreamPlan, con: duckdb.DuckDBPyConnection) -> list:
         sinks = []
-        for spec in p.sinks:
-            if spec.type == "duckdb_table":
-                sinks.append(
-                    DuckDBTableSink(spec.name, con, spec.options.get("table") or spec.name, spec.key)
-                )
-            elif spec.type == "python":
-                sink = PythonSink(spec.name)
-                self._outputs[spec.name] = sink
-                sinks.append(sink)
-            elif spec.type == "file_sink":
-                from .connectors.files import FileSink
+        try:
+            for spec in p.sinks:
+                if spec.type == "duckdb_table":
+                    sinks.append(
+                        DuckDBTableSink(spec.name, con, spec.options.get("table") or spec.name, spec.key)
+                    )
+                elif spec.type == "python":
+                    sink = PythonSink(spec.name)
+                    self._outputs[spec.name] = sink
+                    sinks.append(sink)
+                elif spec.type == "file_sink":
+                    from .connectors.files import FileSink
 
-                sinks.append(FileSink(spec.name, spec.options))
-            else:
-                raise SqlError(f"sink {spec.name!r}: unsupported type {spec.type!r}", p.location)
+                    with self._lock:  # the path's lock, claimed by the deploy
+                        lock = self._claims.pop((p.name, spec.name), None)
+                    try:
+                        sinks.append(FileSink(spec.name, spec.options, lock))
+                    except BaseException:
+                        if lock is not None:
+                            lock.release()
+                        raise
+                else:
+                    raise SqlError(f"sink {spec.name!r}: unsupported type {spec.type!r}", p.location)
+        except BaseException:
+            for sink in sinks:
+                getattr(sink, "discard", sink.close)()
+            raise
         if p.name in self._pipes:
             sinks.append(ChannelSink(p.name, self.channel(p.name)))
         return sinks
@@ -425,9 +518,10 @@ class Engine:
     # ---- lifecycle ------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop every job (they flush) and wait for them."""
+        """Stop every job (they flush) and wait for them, each at most its stop timeout (and a
+        grace): a job whose sink is still blocked then is abandoned (see :meth:`Job.stop`)."""
         for job in self.jobs():
-            job.stop_event.set()
+            job.request_stop()
         for job in self.jobs():
             job.stop()
 
@@ -448,6 +542,15 @@ class Engine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _discard_sinks(job: Job) -> None:
+    """Close the sinks a job made without making their files visible (the job never ran)."""
+    for sink in getattr(job.executor, "sinks", None) or []:
+        try:
+            getattr(sink, "discard", sink.close)()
+        except Exception:  # noqa: BLE001 - releasing the others matters more
+            pass
 
 
 __all__ = ["Engine", "connect", "FINISHED", "STOPPED", "FAILED"]

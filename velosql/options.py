@@ -181,6 +181,15 @@ OPTIONS: tuple[Option, ...] = (
         False,
         "Append to an existing file instead of replacing it (CSV and JSON lines).",
     ),
+    _sink(
+        "atomic",
+        "bool",
+        None,
+        "Write the file beside its path (`.<file>.velosql-tmp`) and rename it into place when the job "
+        "ends, so the path always holds a whole file: the previous one until then (also if the job "
+        "is killed). Default: true for Parquet (which cannot be false), false for CSV and JSON lines, "
+        "which are written in place so that readers can follow them.",
+    ),
     _sink("compression", "enum", None, "Parquet compression codec.", ("snappy", "zstd", "gzip", "none")),
     _sink("table", "str", None, "DuckDB table to write (default: the stream name).", types=("duckdb_table",)),
     _sink("topic.name", "str", None, "Kafka topic to write.", types=_KAFKA_SINK),
@@ -215,6 +224,14 @@ OPTIONS: tuple[Option, ...] = (
         "write `max_retries` times before failing the job. An error in the query itself (e.g. a "
         "failing CAST) fails the job under every strategy.",
         FAILURE_STRATEGIES,
+    ),
+    _job(
+        "stop.timeout",
+        "duration",
+        None,
+        "How long a stopped job may take to flush. Past it, a sink still blocked (a FIFO nobody "
+        "reads, …) is abandoned, the job ends `Stopped` and a warning says what was not written. "
+        "Default: `velosql run --stop-timeout`, else 10 s.",
     ),
     _job("max_retries", "int", 3, "Sink write retries under `RetryWithBackoff`."),
     _job("retry_backoff", "duration", 100_000, "First retry delay under `RetryWithBackoff`; doubles."),

@@ -6,9 +6,10 @@ or SQL piped on stdin it runs the statements and prints their results as DuckDB'
 
 Exit codes: 0 every statement ran and every job finished (or was stopped by ``--until-idle``);
 1 a statement or a job failed (``-c``, ``-f`` and ``run`` stop at the first failed statement,
-stdin goes on unless ``-bail``, as DuckDB's CLI does); 2 the script, an option, the configuration
-or the command line is wrong (nothing ran); 130 / 143 stopped by SIGINT / SIGTERM (the jobs were
-stopped cleanly and flushed).
+stdin goes on unless ``-bail``, as DuckDB's CLI does), or a stop timed out with rows unwritten;
+2 the script, an option, the configuration or the command line is wrong, or a sink's file is
+refused (nothing ran); 130 / 143 stopped by SIGINT / SIGTERM (the jobs were stopped and flushed,
+each within its stop timeout).
 """
 
 from __future__ import annotations
@@ -322,10 +323,22 @@ def shell(database: str | None, processor: str | None, config: str | None) -> No
     help="Stop the jobs (they flush) once no job has read a record for SECONDS; "
     "ends jobs of watched sources.",
 )
+@click.option(
+    "--stop-timeout",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="How long a stopped job may take to flush before a sink still blocked is abandoned "
+    "(what was not written is reported); for statements without 'stop.timeout'. Default 10.",
+)
 @_config_option
 @_database_option
 def run(
-    app: str, processor: str | None, until_idle: float | None, config: str | None, database: str | None
+    app: str,
+    processor: str | None,
+    until_idle: float | None,
+    stop_timeout: float | None,
+    config: str | None,
+    database: str | None,
 ) -> None:
     """Run APP.sql: deploy its streaming statements and print the results of the others, in order.
 
@@ -334,6 +347,8 @@ def run(
     """
     text = _read_script(app)
     engine = _open_engine(processor, config, database)
+    if stop_timeout is not None:
+        engine.stop_timeout = stop_timeout
     try:
         code = _run_scripts(
             engine,
@@ -419,7 +434,9 @@ def _supervise(engine: Engine, until_idle: float | None, signals: _StopSignals) 
         click.echo(f"velosql: error: {err}", err=True)
     if signals.exit_code is not None:
         return signals.exit_code
-    return JOB_FAILED if errors else 0
+    # A stop that timed out left rows unwritten (the warning said which): not a clean end.
+    lost = any(getattr(job, "unflushed", None) for job in jobs)
+    return JOB_FAILED if errors or lost else 0
 
 
 def _wait(job: Job, timeout: float) -> None:

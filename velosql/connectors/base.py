@@ -110,8 +110,9 @@ class Sink(ABC):
 
     Lifecycle: :meth:`open` once with the result schema, then :meth:`write` any number of times from
     the job's single writer thread, :meth:`flush` at least at the end (and whenever the job commits
-    progress), and :meth:`close` exactly once, also after an error. ``write`` may block (that is
-    backpressure), never drops rows.
+    progress), and :meth:`close` exactly once, also after an error (or :meth:`discard` when the job
+    never ran). ``write`` may block (that is backpressure), never drops rows, until a stop that
+    timed out calls :meth:`abort` from another thread.
     """
 
     name: str
@@ -127,6 +128,16 @@ class Sink(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Flush and release resources. Called once."""
+
+    def discard(self) -> None:
+        """Release resources without making what was written visible, where the sink can (the
+        job never ran: a later statement of its script failed to deploy). Instead of
+        :meth:`close`; by default it is :meth:`close`."""
+        self.close()
+
+    def abort(self) -> None:  # noqa: B027 - optional hook
+        """Called from another thread when the job's stop timed out: a :meth:`write` or
+        :meth:`flush` blocked now should raise soon instead of waiting on. Must not block."""
 
     def describe(self) -> str:
         return type(self).__name__

@@ -1,9 +1,33 @@
-"""FileSink: a job's result rows written to one CSV, JSON-lines or Parquet file."""
+"""FileSink: a job's result rows written to one CSV, JSON-lines or Parquet file.
+
+Two writers never share a file and a reader never sees a torn one:
+
+- A sink's file is *claimed* before anything is written: an advisory lock (``flock``) on
+  ``.<file>.lock`` beside it, holding the writer's pid and stream. A second job (in this process
+  or another) asking for the same path is refused with that pid. The kernel releases the lock when
+  its process ends, however it ends; :meth:`FileSink.close` and :meth:`FileSink.discard` release it
+  (and remove the lock file) before that.
+- An *atomic* sink (Parquet always; CSV and JSON lines with ``atomic = true``) writes to
+  ``.<file>.velosql-tmp`` beside the final path and renames it into place when it closes: the
+  final path holds the previous file until then, and a process killed meanwhile leaves it so. The
+  temporary file of a killed writer is replaced by the next one (which holds the lock).
+- CSV and JSON lines are written in place by default, so that readers can follow the file as rows
+  are flushed (a watched source reads only complete lines).
+- A FIFO or a device is written in place without a lock, and a write blocked on it gives up when
+  the job abandons it (:meth:`FileSink.abort`, at the end of the job's stop timeout).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import fnmatch
+import glob
 import os
 import re
+import select
+import stat
+import threading
 
 import duckdb
 import pyarrow as pa
@@ -11,38 +35,206 @@ import pyarrow.compute as pc
 
 from ..errors import DataError, OptionError
 from .base import Sink, text_scalar
-from .files_formats import option, resolve_format, single_char
+from .files_formats import format_of, option, resolve_format, single_char
 
 _TRAILING_ZEROS = r"\.0+$|(\.\d*?[1-9])0+$"  # "10:00:00.120000" → "10:00:00.12", ".000000" → ""
+
+
+def check_path(name: str, path: object) -> None:
+    """Refuse a sink path that cannot name a file to write: one holding a NUL byte, or a directory.
+
+    Raises:
+        OptionError: naming the sink, its path and why (without a place; the engine adds it).
+    """
+    if "\x00" in str(path):
+        raise OptionError(f"sink {name!r} cannot write to {str(path)!r}: '{name}.path' holds a NUL byte")
+    if os.path.isdir(path):
+        raise OptionError(
+            f"sink {name!r} cannot write to {str(path)!r}: it is a directory; "
+            f"'{name}.path' names the file to write"
+        )
+
+
+def read_by(source_path: str, sink_path: str) -> bool:
+    """Whether a file source reading ``source_path`` (a file, a directory or a glob) reads the
+    file ``sink_path``, now or once it exists: the same file under any spelling or link, a file
+    its directory lists (not hidden, with a known extension), or a match of its glob."""
+    sink = os.path.realpath(sink_path)
+    if os.path.isdir(source_path):
+        return (
+            os.path.dirname(sink) == os.path.realpath(source_path)
+            and not os.path.basename(sink).startswith(".")
+            and format_of(sink) is not None
+        )
+    if not glob.has_magic(source_path):
+        return os.path.realpath(source_path) == sink
+    if os.path.basename(sink).startswith("."):
+        return False  # a glob's * matches no hidden file
+    patterns = {os.path.abspath(source_path)}
+    folder, last = os.path.split(source_path)
+    if not glob.has_magic(folder):
+        patterns.add(os.path.join(os.path.realpath(folder or "."), last))
+    names = {sink, os.path.abspath(sink_path)}
+    if "**" in source_path:  # any depth: fnmatch's * crosses a /
+        return any(fnmatch.fnmatch(n, p) for n in names for p in patterns)
+    return any(_glob_matches(p, n) for n in names for p in patterns)
+
+
+def _glob_matches(pattern: str, path: str) -> bool:
+    """``path`` matches ``pattern`` part by part (a ``*`` never crosses a ``/``)."""
+    parts, names = pattern.split(os.sep), path.split(os.sep)
+    return len(parts) == len(names) and all(fnmatch.fnmatch(n, p) for n, p in zip(names, parts))
+
+
+def _beside(path: str, suffix: str) -> str:
+    """The hidden file ``.<name><suffix>`` in the directory of ``path``."""
+    head, tail = os.path.split(os.path.abspath(path))
+    return os.path.join(head, f".{tail}{suffix}")
+
+
+def is_special(path: str) -> bool:
+    """Whether ``path`` is an existing FIFO, device or socket (written in place, never renamed)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+class SinkLock:
+    """The advisory lock that makes one job the only writer of a file sink's path.
+
+    ``flock`` on ``.<file>.lock`` beside the file, which records ``<pid> <stream>`` of its holder.
+    Released by :meth:`release` or by the kernel when the holder's process ends.
+    """
+
+    def __init__(self, fd: int, lock_path: str) -> None:
+        self._fd: int | None = fd
+        self.lock_path = lock_path
+
+    @classmethod
+    def acquire(cls, name: str, path: str, holder: str) -> SinkLock:
+        """Lock ``path`` for the stream ``holder`` (sink ``name``), creating its directory.
+
+        Raises:
+            OptionError: another job holds it (naming its pid and stream), or it cannot be locked.
+        """
+        lock_path = _beside(path, ".lock")
+        try:
+            os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+            while True:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    held_by = os.pread(fd, 256, 0).decode("utf-8", "replace").split(None, 1)
+                    os.close(fd)
+                    raise OptionError(_busy(name, path, held_by, lock_path)) from None
+                except BaseException:
+                    os.close(fd)
+                    raise
+                # The holder removes the file as it releases it: a lock taken on a file that is no
+                # longer at the path locks nothing anyone else sees; take the one there now.
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                        break
+                os.close(fd)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {holder}\n".encode(), 0)
+        except OSError as exc:
+            raise OptionError(
+                f"sink {name!r} cannot write to {path!r}: cannot lock {lock_path!r}: {exc.strerror or exc}"
+            ) from None
+        return cls(fd, lock_path)
+
+    def release(self) -> None:
+        """Remove the lock file and unlock it; idempotent."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.lock_path)  # while still locked: see acquire
+        os.close(self._fd)
+        self._fd = None
+
+
+def _busy(name: str, path: str, held_by: list[str], lock_path: str) -> str:
+    pid, stream = (held_by + ["?", "?"])[:2] if held_by else ("?", "?")
+    stream = stream.strip()
+    who = (
+        f"this process (pid {pid}), stream {stream!r}, is writing it"
+        if pid == str(os.getpid())
+        else f"velosql process {pid} (stream {stream!r}) is writing it"
+    )
+    return (
+        f"sink {name!r} cannot write to {path!r}: {who}; stop that job or choose another "
+        f"'{name}.path' (lock file {lock_path})"
+    )
+
+
+class _SpecialFile:
+    """A FIFO or device opened for writing; a write blocked on it returns when ``aborted`` is set."""
+
+    def __init__(self, path: str, aborted: threading.Event) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)  # a FIFO waits here for its reader
+        os.set_blocking(self.fd, False)
+        self.path = path
+        self.aborted = aborted
+        self.closed = False
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        while view:
+            if self.aborted.is_set():
+                raise OSError(
+                    f"the write to {self.path!r} was abandoned: the job stopped while it was blocked"
+                )
+            try:
+                view = view[os.write(self.fd, view) :]
+            except BlockingIOError:
+                select.select([], [self.fd], [], 0.1)
+        return len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)
 
 
 class FileSink(Sink):
     """Writes result rows to one file: CSV (header by default), JSON lines or Parquet.
 
-    :meth:`open` creates the parent directories and the file (a CSV gets its header at once, a
-    Parquet file its schema at :meth:`close`, so a sink that received no rows still leaves a valid
-    empty file). With ``append_if_exists`` a non-empty CSV or JSON-lines file is appended to,
-    without a second header. Timestamps are written to CSV and JSON as ISO-8601 text
+    :meth:`open` claims the path (:class:`SinkLock`, unless the engine claimed it already and
+    passed ``lock``), creates the parent directories and the file it writes (a CSV gets its header
+    at once, a Parquet file its schema at :meth:`close`, so a sink that received no rows still
+    leaves a valid empty file). An atomic sink writes beside the final path and renames its file
+    into place at :meth:`close` (see the module docstring). With ``append_if_exists`` a non-empty
+    CSV or JSON-lines file is appended to, without a second header (an atomic sink copies it first
+    and appends the whole run at close). Timestamps are written to CSV and JSON as ISO-8601 text
     (``2024-01-01T10:00:00.5``, with ``Z`` when the column has a time zone). :meth:`flush` makes
-    CSV and JSON rows visible to readers; Parquet rows become readable when the file is closed.
+    in-place CSV and JSON rows visible to readers; an atomic file becomes visible when it closes.
 
     Args:
         name: the sink's name (the stream or table being created).
         options: the sink's WITH options without the ``<name>.`` prefix; a missing key takes its
             default from ``OPTIONS``.
+        lock: the path's lock, taken by the engine before any job of the script started.
 
     Raises:
-        OptionError: no path, a delimiter that is not one character, or ``append_if_exists``
-            with Parquet.
+        OptionError: no path, a NUL byte in it, a directory, a delimiter that is not one
+            character, ``append_if_exists`` or ``atomic = false`` with Parquet.
         DataError: an unknown format.
     """
 
-    def __init__(self, name: str, options: dict) -> None:
+    def __init__(self, name: str, options: dict, lock: SinkLock | None = None) -> None:
         self.name = name
         opt = lambda key: option(options, "sink", key)  # noqa: E731
         self._path = opt("path")
         if not self._path:
             raise OptionError(f"file sink {name!r} has no path: set '{name}.path'")
+        check_path(name, self._path)
         self._format = resolve_format(opt("format"), str(self._path))
         self._delimiter = single_char(opt("delimiter"), f"{name}.delimiter", allow_empty=False) or ","
         self._header = bool(opt("has_headers")) and self._format == "csv"
@@ -51,22 +243,54 @@ class FileSink(Sink):
             raise OptionError(
                 f"'{name}.append_if_exists' works for CSV and JSON-lines files, not Parquet ({self._path!r})"
             )
+        atomic = opt("atomic")
+        if atomic is False and self._format == "parquet":
+            raise OptionError(
+                f"'{name}.atomic' = false: a Parquet file is written whole (its footer comes last), "
+                f"so {self._path!r} is always written beside and renamed into place"
+            )
+        self._atomic = self._format == "parquet" if atomic is None else bool(atomic)
         compression = opt("compression")
         self._compression = (
             "snappy" if compression is None else None if compression == "none" else compression
         )
         self._writer: _Writer | None = None
+        self._lock = lock
+        self._temp: str | None = None  # the file an atomic sink writes, renamed at close
+        self._aborted = threading.Event()
+
+    def claim(self) -> None:
+        """Take the path's lock unless held already (a FIFO or device takes none)."""
+        if self._lock is None and not is_special(self._path):
+            self._lock = SinkLock.acquire(self.name, self._path, self.name)
 
     def open(self, schema: pa.Schema) -> None:
-        """Create the directories and the file; write the CSV header unless appending."""
-        parent = os.path.dirname(os.path.abspath(self._path))
-        os.makedirs(parent, exist_ok=True)
+        """Claim the path, create the directories and the file; write the CSV header unless appending."""
+        self.claim()
+        try:
+            self._writer = self._open_writer(schema)
+        except BaseException:
+            self.discard()
+            raise
+
+    def _open_writer(self, schema: pa.Schema) -> _Writer:
+        path, append, special = self._path, self._append, None
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if is_special(path):
+            special = _SpecialFile(path, self._aborted)
+        elif self._atomic:
+            path = self._temp = _beside(self._path, ".velosql-tmp")  # a killed writer's is replaced
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            if append and os.path.isfile(self._path):
+                import shutil  # here: only an atomic append needs it
+
+                shutil.copy2(self._path, path)
         if self._format == "parquet":
-            self._writer = _ParquetWriter(self._path, schema, self._compression)
-        elif self._format == "jsonl":
-            self._writer = _JsonWriter(self._path, schema, self._append)
-        else:
-            self._writer = _CsvWriter(self._path, schema, self._append, self._delimiter, self._header)
+            return _ParquetWriter(special or path, schema, self._compression)
+        if self._format == "jsonl":
+            return _JsonWriter(path, schema, append, special)
+        return _CsvWriter(path, schema, append, self._delimiter, self._header, special)
 
     def write(self, table: pa.Table) -> None:
         """Append ``table``'s rows (columns in the order of the schema given to :meth:`open`)."""
@@ -79,10 +303,38 @@ class FileSink(Sink):
             self._writer.flush()
 
     def close(self) -> None:
-        """Flush and close the file (writes the Parquet footer). Safe to call twice."""
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            writer.close()
+        """Flush and close the file (writes the Parquet footer), rename an atomic sink's file into
+        place and release the path. Safe to call twice."""
+        try:
+            if self._writer is not None:
+                writer, self._writer = self._writer, None
+                writer.close()
+                if self._temp is not None:
+                    os.replace(self._temp, self._path)
+                    self._temp = None
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Close without making anything visible: an atomic sink's file is removed and the final
+        path keeps what it held (an in-place file keeps what was flushed); release the path."""
+        try:
+            if self._writer is not None:
+                writer, self._writer = self._writer, None
+                with contextlib.suppress(Exception):
+                    writer.close()
+            if self._temp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._temp)
+                self._temp = None
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def abort(self) -> None:
+        """A write blocked on a FIFO or device gives up (raises) soon; files are never blocked."""
+        self._aborted.set()
 
     def describe(self) -> str:
         fmt = "csv_no_header" if self._format == "csv" and not self._header else self._format
@@ -103,8 +355,11 @@ class _Writer:
 class _TextWriter(_Writer):
     """A CSV or JSON-lines file opened for writing or appending; columns made text-friendly."""
 
-    def __init__(self, path: str, schema: pa.Schema, append: bool) -> None:
+    def __init__(self, path: str, schema: pa.Schema, append: bool, special: _SpecialFile | None) -> None:
         self.schema = schema
+        if special is not None:
+            self.appending, self.file = False, special
+            return
         existing = os.path.getsize(path) if append and os.path.isfile(path) else 0
         self.appending = existing > 0
         self.file = open(path, "ab" if self.appending else "wb")  # noqa: SIM115 - closed in close()
@@ -143,14 +398,22 @@ def _text_columns(table: pa.Table) -> pa.Table:
 class _CsvWriter(_TextWriter):
     """CSV text built column-wise with pyarrow compute: values quoted only when they need it."""
 
-    def __init__(self, path: str, schema: pa.Schema, append: bool, delimiter: str, header: bool) -> None:
+    def __init__(
+        self,
+        path: str,
+        schema: pa.Schema,
+        append: bool,
+        delimiter: str,
+        header: bool,
+        special: _SpecialFile | None = None,
+    ) -> None:
         nested = [f for f in schema if pa.types.is_nested(f.type)]
         if nested:
             raise DataError(
                 f"cannot write column {nested[0].name!r} of type {nested[0].type} to the CSV file "
                 f"{path!r}: use format 'jsonl' or 'parquet'"
             )
-        super().__init__(path, schema, append)
+        super().__init__(path, schema, append, special)
         self.delimiter = delimiter
         self._delimiter_scalar = text_scalar(delimiter)
         # Quote empty strings too, so that they read back as '' and an empty field as NULL.
@@ -201,8 +464,10 @@ def _csv_field(col: pa.Array, delimiter: str, needs_quotes: str) -> pa.Array:
 class _JsonWriter(_TextWriter):
     """One JSON object per row, encoded by DuckDB's ``to_json`` (no per-row Python)."""
 
-    def __init__(self, path: str, schema: pa.Schema, append: bool) -> None:
-        super().__init__(path, schema, append)
+    def __init__(
+        self, path: str, schema: pa.Schema, append: bool, special: _SpecialFile | None = None
+    ) -> None:
+        super().__init__(path, schema, append, special)
         self.con = duckdb.connect()
 
     def write(self, table: pa.Table) -> None:
@@ -230,11 +495,12 @@ def _string_bytes(arr: pa.Array) -> pa.Buffer:
 
 
 class _ParquetWriter(_Writer):
-    def __init__(self, path: str, schema: pa.Schema, compression: str | None) -> None:
+    def __init__(self, where: str | _SpecialFile, schema: pa.Schema, compression: str | None) -> None:
         self.schema = schema
+        self.special = where if isinstance(where, _SpecialFile) else None
         import pyarrow.parquet as pq  # here: most jobs write no Parquet
 
-        self.writer = pq.ParquetWriter(path, schema, compression=compression or "none")
+        self.writer = pq.ParquetWriter(where, schema, compression=compression or "none")
 
     def write(self, table: pa.Table) -> None:
         if not table.schema.equals(self.schema):
@@ -242,4 +508,8 @@ class _ParquetWriter(_Writer):
         self.writer.write_table(table)
 
     def close(self) -> None:
-        self.writer.close()
+        try:
+            self.writer.close()
+        finally:
+            if self.special is not None:
+                self.special.close()

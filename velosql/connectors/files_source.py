@@ -96,8 +96,9 @@ class _File:
     matched: bool = False
     decoder: CsvDecoder | None = None
     conform: object = None
-    # Watched: the file's (device, inode) and the last bytes read, to tell a rotation.
-    identity: tuple[int, int] | None = None
+    # Watched: the file's (device, inode), size and change time when last looked at, and the
+    # last bytes read, to tell a rotation.
+    identity: tuple[int, int, int, int] | None = None
     tail: bytes = b""
 
     @property
@@ -175,11 +176,14 @@ class FileSource(Source):
     record's 0-based index in the file; a rejected record uses up its offset). Every file's
     batches are followed by :class:`PartitionEnd`. Column types come from the ``schema`` option or
     are inferred from the first MiB of data, then stay fixed: a later value that does not convert
-    is a bad record. Bad records go to :meth:`SourceContext.reject` as ``path:line``.
+    is a bad record. Bad records go to :meth:`SourceContext.reject` as ``path:line`` (Parquet:
+    ``path, row group G (rows A-B)``, or ``path``); nothing that does not decode is passed on
+    altered. Later CSV files are matched by their header's names, a column a file lacks is NULL.
 
     With ``watch``, the source is unbounded: after the existing data it polls every
     ``poll_interval`` for complete lines appended to the files and for new files, yielding ``None``
-    on each idle poll, until ``ctx.stop`` is set.
+    on each idle poll, until ``ctx.stop`` is set. A rotated file is read again from its start; an
+    unterminated last line at stop is a bad record.
 
     Args:
         name: the source's name in the query (the FROM identifier).
@@ -795,13 +799,13 @@ class FileSource(Source):
         rewritten (the bytes before the position changed, as when a copy-truncate rotation was
         followed by more writes than were read) is read again from its start, and the log says
         so. Its records keep counting ``_offset`` on; lines count from 1 again."""
-        identity = (st.st_dev, st.st_ino)
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         reason = None
-        if f.identity is not None and identity != f.identity:
+        if f.identity is not None and identity[:2] != f.identity[:2]:
             reason = "replaced"
         elif st.st_size < f.pos:
             reason = f"truncated ({st.st_size} bytes; {f.pos} were read)"
-        elif f.tail:
+        elif f.tail and identity != f.identity:  # written to since the last look: by whom?
             try:
                 with open(f.path, "rb") as fh:
                     fh.seek(f.pos - len(f.tail))

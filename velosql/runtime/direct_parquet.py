@@ -9,7 +9,8 @@ numbers with what the pyarrow path adds: the source's columns cast to the types 
 in an Arrow batch (a Parquet timestamp in milliseconds is a TIMESTAMP to the reader but a
 TIMESTAMP_MS from Arrow), ``_partition``, the row number in the file as ``_offset`` and ``__seq``;
 with event time also ``__et`` and the read's watermark ``__wm``, rows whose event time is NULL
-going to the dead letters and late rows to the job, as ``direct.read`` does. Event time is
+going to the dead letters and late rows to the job, as ``direct.read`` does; a row group
+DuckDB cannot read is a dead letter and the run is read without it. Event time is
 computed in SQL only where it is exactly pyarrow's (:func:`event_time_sql`); other event-time
 columns are read by pyarrow.
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -9,6 +11,14 @@ from dataclasses import dataclass, field
 from ..errors import JobError, VelosqlError
 from ..plan.planner import StreamPlan
 from .watermark import NOT_YET
+
+_log = logging.getLogger("velosql")
+
+# How long a stopped job may take to flush, unless its statement or the engine says otherwise.
+DEFAULT_STOP_TIMEOUT = 10.0
+# After the stop timeout, how long a job whose blocked sinks were told to give up may take to end
+# before it is abandoned as it is.
+GRACE_SECONDS = 1.0
 
 STARTING, RUNNING, STOPPING, STOPPED, FINISHED, FAILED = (
     "Starting",
@@ -72,6 +82,13 @@ class Job:
 
     Created by the engine, which calls :meth:`prepare` (opens the source, binds the SQL to its
     schema, opens the sinks — errors surface here, before anything runs) and then :meth:`start`.
+
+    A stop (:meth:`request_stop`, :meth:`stop`) ends the job within its stop timeout (the
+    statement's ``'stop.timeout'``, else the engine's, else :data:`DEFAULT_STOP_TIMEOUT`) and a
+    grace: the job stops reading and flushes; if it is still running when the timeout passes, its
+    sinks are told to give up a blocked write (:meth:`~velosql.connectors.base.Sink.abort`), and
+    after :data:`GRACE_SECONDS` more a job still running is abandoned as it is. Either way it ends
+    ``Stopped`` and :attr:`unflushed` (also logged as a warning) says what was not written.
     """
 
     def __init__(self, plan: StreamPlan, engine, processor) -> None:
@@ -87,6 +104,15 @@ class Job:
         self._thread: threading.Thread | None = None
         self._done = threading.Event()
         self.limit_reached = False
+        option = plan.job_options.get("stop.timeout")  # microseconds
+        self.stop_timeout: float = (
+            option / 1e6 if option is not None else getattr(engine, "stop_timeout", DEFAULT_STOP_TIMEOUT)
+        )
+        # What a stop that timed out left unwritten (None: the job flushed everything it had).
+        self.unflushed: str | None = None
+        self._ending = threading.Lock()  # the job thread and the stop watchdog each may end the job
+        self._watchdog: threading.Timer | None = None
+        self._aborted = False  # the stop timeout passed and the sinks were told to give up
 
     def prepare(self) -> None:
         if self.plan.inputs:
@@ -105,16 +131,31 @@ class Job:
         self._thread.start()
 
     def _run(self) -> None:
+        status, error, unflushed = FINISHED, None, None
         try:
             self.processor.run(self)
-            stopped = self.stop_event.is_set() and not self.limit_reached
-            self.status = STOPPED if stopped else FINISHED
+            if self.stop_event.is_set() and not self.limit_reached:
+                status = STOPPED
         except BaseException as exc:  # noqa: BLE001 - reported through status/wait()
-            self.error = exc
-            self.status = FAILED
+            if self._aborted:  # a blocked sink gave up because the stop timed out
+                status, unflushed = STOPPED, self._unwritten(str(exc))
+            else:
+                status, error = FAILED, exc
         finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            self._end(status, error, unflushed)
+
+    def _end(self, status: str, error: BaseException | None, unflushed: str | None) -> None:
+        """Record how the job ended, once (the job thread, or the watchdog abandoning it)."""
+        with self._ending:
+            if self._done.is_set():
+                return
+            self.status, self.error, self.unflushed = status, error, unflushed
             self.metrics_data.finished = time.monotonic()
             self._done.set()
+        if unflushed is not None:
+            _log.warning("velosql: %s", unflushed)
 
     @property
     def done(self) -> bool:
@@ -129,12 +170,56 @@ class Job:
             raise JobError(f"job {self.name!r} failed: {self.error}") from self.error
         return ended
 
-    def stop(self, timeout: float | None = 30) -> None:
-        """Stop reading, flush what was read (EMIT FINAL windows still open are emitted), end."""
-        if self.status in (STARTING, RUNNING):
-            self.status = STOPPING
-        self.stop_event.set()
-        self._done.wait(timeout)
+    def request_stop(self) -> None:
+        """Ask the job to stop reading, flush and end; return at once. The stop timeout starts."""
+        with self._ending:
+            if self._done.is_set():
+                return
+            if self.status in (STARTING, RUNNING):
+                self.status = STOPPING
+            self.stop_event.set()
+            if self._watchdog is None and self._thread is not None:
+                self._watchdog = threading.Timer(self.stop_timeout, self._abandon)
+                self._watchdog.name = f"velosql-stop-{self.name}"
+                self._watchdog.daemon = True
+                self._watchdog.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop reading, flush what was read (EMIT FINAL windows still open are emitted), end.
+
+        Waits until the job has ended, at most ``timeout`` seconds; by default as long as the job
+        may take (its stop timeout and the grace), after which it has ended whatever its sinks do.
+        """
+        self.request_stop()
+        self._done.wait(self.stop_timeout + 2 * GRACE_SECONDS if timeout is None else timeout)
+
+    def _abandon(self) -> None:
+        """The stop timeout passed: tell the sinks to give up a blocked write, then, if the job
+        still runs after the grace, record it as ended without waiting for its thread."""
+        if self._done.is_set():
+            return
+        self._aborted = True
+        sinks = list(getattr(self.executor, "sinks", None) or [])
+        for sink in sinks:
+            with contextlib.suppress(Exception):
+                sink.abort()
+        if self._done.wait(GRACE_SECONDS):
+            return
+        where = ", ".join(s.describe() for s in sinks) or "no sink"
+        self._end(
+            STOPPED,
+            None,
+            self._unwritten(f"it was abandoned while still running (its sinks: {where})"),
+        )
+
+    def _unwritten(self, detail: str) -> str:
+        """The warning of a stop that timed out: which job, the timeout, what was not written."""
+        detail = detail.removeprefix(f"job {self.name!r}: ")
+        return (
+            f"job {self.name!r} did not finish flushing within its stop.timeout of "
+            f"{self.stop_timeout:g} s: {detail}; those rows, and any the job had still to emit, "
+            f"were not written"
+        )
 
     def metrics(self) -> dict:
         data = self.metrics_data.as_dict()
