@@ -200,6 +200,24 @@ def test_later_csv_files_are_matched_by_header_name(tmp_path, processor, caplog)
         assert f"{tmp_path / 'd.csv'}: column 'extra' is not a column of source 'src'" in caplog.text
 
 
+def test_byte_ranges_of_a_later_csv_file_are_matched_by_its_header(tmp_path, monkeypatch):
+    """V2 workers reading byte ranges of one file each match its columns by its header, which
+    only the first range holds."""
+    from velosql.connectors import files_source
+
+    monkeypatch.setattr(files_source, "MIN_RANGE", 64)  # cut even a small file
+    write(tmp_path / "a.csv", "a,b\n0,0\n")
+    write(tmp_path / "b.csv", "b,a\n" + "".join(f"{-i},{i}\n" for i in range(1, 200)))
+    with velosql.connect() as engine:
+        query = "SELECT a, b, count(*) AS n FROM src GROUP BY a, b EMIT FINAL"  # ranges need no order
+        sql = f"CREATE STREAM o AS {query} {with_clause(tmp_path, 'v2:3', sink={'type': 'python'})}"
+        job = engine.execute(sql)
+        job.wait(120)
+        assert "byte ranges of text files" in engine.execute(f"EXPLAIN ANALYZE {sql}")
+        rows = engine.pull("o").to_pylist()
+    assert sorted((r["a"], r["b"], r["n"]) for r in rows) == [(i, -i, 1) for i in range(200)]
+
+
 def test_a_declared_schema_names_the_first_files_columns_and_later_files_follow_by_header(tmp_path):
     write(tmp_path / "a.csv", "x,y\n1,2\n")
     write(tmp_path / "b.csv", "y,x\n20,10\n")
