@@ -42,20 +42,22 @@ def connect(
     *,
     processor: str | JobProcessorConfig | None = None,
     threads: int | None = 1,
+    state: str | os.PathLike | None = None,
 ) -> Engine:
     """Open an engine on a new DuckDB database (a path or ``:memory:``) or an existing connection.
 
     ``threads`` sets DuckDB's thread count for a database velosql opens (V1 runs each job on one
     connection with one thread); an existing connection keeps its settings. ``processor`` is the
-    default processor for statements that do not choose one.
+    default processor for statements that do not choose one. ``state``: the state location of
+    every job (``'checkpoint.dir'``): each checkpoints there and resumes from its last checkpoint.
     """
-    return Engine(database, processor=processor, threads=threads)
+    return Engine(database, processor=processor, threads=threads, state=state)
 
 
 class Engine:
     """Deploys streaming statements as jobs and runs DuckDB SQL; a context manager."""
 
-    def __init__(self, database=":memory:", *, processor=None, threads: int | None = 1) -> None:
+    def __init__(self, database=":memory:", *, processor=None, threads: int | None = 1, state=None) -> None:
         if isinstance(database, duckdb.DuckDBPyConnection):
             self.con, self._owns = database, False
         else:
@@ -64,6 +66,7 @@ class Engine:
         if isinstance(processor, JobProcessorConfig):
             processor = str(processor)
         self.default_processor = processor
+        self.state_dir = None if state is None else os.fspath(state)  # 'checkpoint.dir' of every job
         self.config_path: str | None = None
         # How long a stopped job may take to flush when its statement sets no 'stop.timeout'.
         self.stop_timeout: float = DEFAULT_STOP_TIMEOUT

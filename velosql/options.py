@@ -249,6 +249,20 @@ OPTIONS: tuple[Option, ...] = (
         "Longest a partly filled micro-batch waits for more rows before it is processed.",
     ),
     _job(
+        "checkpoint.dir",
+        "str",
+        None,
+        "State location: the job checkpoints its source positions, operator state and watermark "
+        "there and resumes from the last complete checkpoint when it starts again (also "
+        "`velosql run --state DIR`, `velosql.connect(state=DIR)`). See docs/guarantees.md.",
+    ),
+    _job(
+        "checkpoint.interval",
+        "duration",
+        10_000_000,
+        "Time between two checkpoints of a job with a state location (one is also taken when it stops).",
+    ),
+    _job(
         "event.time.field", "str", None, "Event-time column for every source (Velostream's unprefixed form)."
     ),
     _job("event.time.format", "str", None, "Format of the event-time column for every source."),

@@ -332,6 +332,13 @@ def shell(database: str | None, processor: str | None, config: str | None) -> No
 )
 @_config_option
 @_database_option
+@click.option(
+    "--state",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="State location: every job checkpoints there (each 'checkpoint.interval', 10 s, and when "
+    "stopped) and a run with the same DIR resumes from the last checkpoint.",
+)
 def run(
     app: str,
     processor: str | None,
@@ -339,6 +346,7 @@ def run(
     stop_timeout: float | None,
     config: str | None,
     database: str | None,
+    state: str | None,
 ) -> None:
     """Run APP.sql: deploy its streaming statements and print the results of the others, in order.
 
@@ -347,6 +355,7 @@ def run(
     """
     text = _read_script(app)
     engine = _open_engine(processor, config, database)
+    engine.state_dir = state
     if stop_timeout is not None:
         engine.stop_timeout = stop_timeout
     try:

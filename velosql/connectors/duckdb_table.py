@@ -22,13 +22,15 @@ class DuckDBTableSink(Sink):
 
     def __init__(self, name: str, con: duckdb.DuckDBPyConnection, table: str, key: tuple[str, ...] = ()):
         self.name, self.con, self.table, self.key = name, con, table, tuple(key)
+        self.resume = False
+        self.in_transaction = False  # the job's transaction holds the writes (checkpoint.py)
 
     def open(self, schema: pa.Schema) -> None:
         empty = empty_table(schema)
         self.con.register("__sink_empty", empty)
-        self.con.execute(
-            f"CREATE OR REPLACE TABLE {quote(self.table)} AS SELECT * FROM __sink_empty"
-        ).fetchall()
+        # A job resuming from a checkpoint keeps the rows its runs before committed.
+        create = "CREATE TABLE IF NOT EXISTS" if self.resume else "CREATE OR REPLACE TABLE"
+        self.con.execute(f"{create} {quote(self.table)} AS SELECT * FROM __sink_empty").fetchall()
         self.con.unregister("__sink_empty")
         missing = [k for k in self.key if k not in schema.names]
         if missing:
@@ -45,7 +47,8 @@ class DuckDBTableSink(Sink):
                 return
             keys = ", ".join(quote(k) for k in self.key)
             match = " AND ".join(f"t.{quote(k)} IS NOT DISTINCT FROM b.{quote(k)}" for k in self.key)
-            self.con.execute("BEGIN").fetchall()
+            if not self.in_transaction:
+                self.con.execute("BEGIN").fetchall()
             self.con.execute(
                 "CREATE OR REPLACE TEMP TABLE __sink_last AS SELECT * EXCLUDE (__i) FROM "
                 "(SELECT *, row_number() OVER () AS __i FROM __sink_batch) "
@@ -55,7 +58,8 @@ class DuckDBTableSink(Sink):
                 f"DELETE FROM {quote(self.table)} t USING __sink_last b WHERE {match}"
             ).fetchall()
             self.con.execute(f"INSERT INTO {quote(self.table)} SELECT * FROM __sink_last").fetchall()
-            self.con.execute("COMMIT").fetchall()
+            if not self.in_transaction:
+                self.con.execute("COMMIT").fetchall()
         finally:
             self.con.unregister("__sink_batch")
 

@@ -40,6 +40,7 @@ class MultiInputExecutor(V1Executor):
 
     def prepare(self) -> None:
         plan = self.plan
+        self._no_checkpoints("a statement over several streams")
         self.con = self.job.engine._job_connection()
         self.sources = []
         try:

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..connectors.base import (
+    OFFSET_COL,
     PARTITION_COL,
     SourceContext,
     Watermark,
@@ -30,10 +31,11 @@ from ..connectors.base import (
     empty_table,
     int_scalar,
 )
-from ..errors import DataError, JobError, SqlError
+from ..errors import ConfigError, DataError, JobError, SqlError
 from ..plan.sqlgen import referenced_columns
 from ..sql.duckdb_errors import duckdb_error, duckdb_message
 from . import operators, pushdown
+from .checkpoint import Checkpoint, CheckpointStore
 from .watermark import NEG_INF, NOT_YET, WatermarkTracker, any_late, event_time_us, without_null_time
 
 _END = object()
@@ -81,6 +83,17 @@ class V1Executor:
         self.scan: pushdown.Scan | None = None  # DuckDB's reader computes the partials (pushdown.py)
         # The statement's operator (runtime/operators), built from the plan's spec.
         self.operator = operators.build(job.plan.operator)
+        # Checkpoints (a state location): the store, the last epoch, each source partition's next
+        # offset, and while a restart re-reads what its checkpoint had read, the offsets to skip to.
+        self.checkpoints: CheckpointStore | None = None
+        self.epoch = 0
+        self.positions: dict[tuple[str, int], int] = {}
+        self.skip_to: dict[int, int] = {}
+        self.next_checkpoint = 0.0
+        self.changed = False  # a micro-batch was processed since the last checkpoint
+        # Exactly-once into the job's database (a file): one transaction per epoch (checkpoint.py).
+        self.transactional = False
+        self.in_transaction = False
 
     # ---- setup ----------------------------------------------------------------------------------
 
@@ -89,6 +102,7 @@ class V1Executor:
         plan = self.plan
         self.con = self.job.engine._job_connection()
         self.source = self.job.engine._make_source(plan)
+        self._open_checkpoints()
         self.ctx = SourceContext(stop=self.job.stop_event, reject_fn=self._reject)
         try:
             self.source.open(self.ctx)
@@ -107,13 +121,177 @@ class V1Executor:
                 self.tracker.expect(piece[1] for piece in pieces)  # each file's partition
         try:
             self._bind()
+            tokens = self._restore() if self.epoch else {}
             self.sinks = self.job.engine._make_sinks(plan, self.con)
-            for sink in self.sinks:
+            for i, sink in enumerate(self.sinks):
+                sink.resume = self.epoch > 0  # keep what the run before committed
+                sink.in_transaction = self.transactional  # its writes are in the epoch's
+                recover = getattr(sink, "recover", None)
+                if self.epoch and recover is not None:
+                    recover(tokens.get(str(i)))  # finish or undo the epoch the crash cut
                 sink.open(self.out_schema)
-            self.scan = pushdown.prepare(plan, self.source)
+            # Checkpoints are taken between micro-batches: DuckDB's one scan has none.
+            self.scan = None if self.checkpoints else pushdown.prepare(plan, self.source)
         except BaseException:
             self.source.close()
             raise
+
+    def _open_checkpoints(self) -> None:
+        """With a state location: the job's checkpoint store, and the epoch it resumes from."""
+        root = self.opts.get("checkpoint.dir") or getattr(self.job.engine, "state_dir", None)
+        if not root:
+            return
+        plan = self.plan
+        if plan.source.type == "python" or type(self.source).__name__ == "PythonSource":
+            raise ConfigError(
+                f"{plan.location}: source {plan.source.name!r} is pushed from Python and cannot be read "
+                "again from a checkpoint's position: a job with a state location reads files (or "
+                "tables); run it without 'checkpoint.dir' / --state"
+            )
+        self.checkpoints = CheckpointStore(root, plan.name)
+        self.epoch = self.checkpoints.latest() or 0
+        ((path,),) = self.con.execute(
+            "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+        ).fetchall()
+        self.transactional = bool(path)
+        if self.transactional:
+            self.con.execute(
+                "CREATE SCHEMA IF NOT EXISTS velosql_state; CREATE TABLE IF NOT EXISTS velosql_state.commits "
+                "(job VARCHAR PRIMARY KEY, epoch BIGINT, committed_at TIMESTAMPTZ)"
+            ).fetchall()
+            rows = self.con.execute(
+                "SELECT epoch FROM velosql_state.commits WHERE job = ?", [plan.name]
+            ).fetchall()
+            committed = rows[0][0] if rows else None
+            if committed == self.epoch + 1 and self.checkpoints.path(committed).is_file():
+                # Killed after the database committed the epoch, before CURRENT moved: move it.
+                self.checkpoints.commit(committed)
+                self.epoch = committed
+
+    def _no_checkpoints(self, what: str) -> None:
+        """Refuse a state location for a job that takes no checkpoints yet (``what`` it is)."""
+        if self.opts.get("checkpoint.dir") or getattr(self.job.engine, "state_dir", None):
+            raise ConfigError(
+                f"{self.plan.location}: {what} takes no checkpoints yet (V1 jobs over one source "
+                "do): run it without a state location ('checkpoint.dir', --state)"
+            )
+
+    def _restore(self) -> dict:
+        """Take the state of the last checkpoint: the operator's tables and values, the watermark
+        tracker, the arrival sequence, and the source positions to skip to; its sinks' tokens."""
+        plan = self.plan
+        with self.checkpoints.read(self.con, self.epoch) as ck:
+            if ck.statement != plan.text:
+                raise ConfigError(
+                    f"{plan.location}: the statement of {plan.name!r} is not the one its checkpoint "
+                    f"{self.checkpoints.path(ck.epoch)} was taken with; its state would not fit. "
+                    f"To start it afresh, remove {self.checkpoints.dir}"
+                )
+            for table in self.operator.state_tables:
+                if table in ck.tables:
+                    self.con.execute(
+                        f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM __ckpt.state{table}"
+                    ).fetchall()
+        values = ck.values
+        self.operator.restore(values["operator"])
+        self.seq = values["seq"]
+        self.emitted_rows = values["emitted_rows"]
+        self.forwarded = values["forwarded"]
+        self.tracker.watermark = values["watermark"]
+        now = time.monotonic()
+        self.tracker.max_by_partition = {p: m for p, m in values["partition_maxima"]}
+        self.tracker.last_seen = {p: now for p in self.tracker.max_by_partition}
+        self.metrics.watermark = self.tracker.watermark
+        self.positions = dict(ck.positions)
+        self.skip_to = {p: o for (s, p), o in ck.positions.items() if s == plan.source.name}
+        _log.info(
+            "%s: resuming from checkpoint %d (%s)", plan.name, ck.epoch, self.checkpoints.path(ck.epoch)
+        )
+        return values.get("sinks", {})
+
+    def _checkpoint(self) -> None:
+        """Take a checkpoint now: everything up to the last micro-batch is in the sinks.
+
+        Two phases, so that a crash at any moment leaves sinks and checkpoint agreeing: each sink
+        makes what it was given durable and says how to commit it (``precommit``); the checkpoint
+        file is written with those tokens and becomes current (with the job's database epoch, in
+        one transaction); then the sinks commit (``commit``). A restart hands a sink the token of
+        the checkpoint it resumes from (``recover``), which redoes or undoes what was not done.
+        """
+        epoch = self.epoch + 1
+        tokens = {}
+        for i, sink in enumerate(self.sinks):
+            sink.flush()
+            precommit = getattr(sink, "precommit", None)
+            if precommit is not None:
+                tokens[str(i)] = precommit(epoch)
+        values = {
+            "operator": self.operator.snapshot(),
+            "seq": self.seq,
+            "emitted_rows": self.emitted_rows,
+            "forwarded": self.forwarded,
+            "watermark": self.tracker.watermark,
+            "partition_maxima": sorted(self.tracker.max_by_partition.items()),
+            "sinks": tokens,
+        }
+        ck = Checkpoint(
+            epoch, self.plan.text, str(self.job.processor), values, dict(self.positions),
+            self.operator.state_tables,
+        )  # fmt: skip
+        self.checkpoints.write(self.con, ck)
+        if self.in_transaction:  # the epoch's rows, and the epoch: the point of no return
+            self.con.execute(
+                "INSERT OR REPLACE INTO velosql_state.commits VALUES (?, ?, now())",
+                [self.plan.name, ck.epoch],
+            ).fetchall()
+            self.con.execute("COMMIT").fetchall()
+            self.in_transaction = False
+        self.checkpoints.commit(ck.epoch)
+        self.epoch = ck.epoch
+        self.changed = False
+        for sink in self.sinks:
+            commit = getattr(sink, "commit", None)
+            if commit is not None:
+                commit(epoch)
+        self.next_checkpoint = time.monotonic() + self._checkpoint_interval()
+        self._begin_epoch()
+
+    def _begin_epoch(self) -> None:
+        """Open the next epoch's transaction (exactly-once into the job's database)."""
+        if self.transactional and not self.in_transaction:
+            self.con.execute("BEGIN TRANSACTION").fetchall()
+            self.in_transaction = True
+
+    def _checkpoint_interval(self) -> float:
+        interval = self.opts.get("checkpoint.interval")
+        return (10_000_000 if interval is None else interval) / 1e6
+
+    def _checkpoint_due(self) -> None:
+        if self.changed and self.checkpoints is not None and time.monotonic() >= self.next_checkpoint:
+            self._checkpoint()
+
+    def _read_past(self, table: pa.Table) -> pa.Table:
+        """Record how far each source partition has been read; after a restart, first drop the
+        rows the checkpoint had read already (the source reads them again)."""
+        parts = table[PARTITION_COL]
+        offsets = table[OFFSET_COL]
+        if self.skip_to:
+            top = max(self.skip_to)
+            floor = pa.array([self.skip_to.get(p, 0) for p in range(top + 1)], pa.int64())
+            known = pc.less_equal(parts, int_scalar(top, parts.type))
+            least = pc.if_else(known, pc.take(floor, pc.if_else(known, parts, int_scalar(0, parts.type))), 0)
+            keep = pc.greater_equal(offsets, least)
+            if not pc.all(keep).as_py():
+                table = table.filter(keep)
+                parts, offsets = table[PARTITION_COL], table[OFFSET_COL]
+            else:
+                self.skip_to = {}  # past every position: read on as usual
+        if table.num_rows:
+            name = self.plan.source.name
+            last = pa.table({"p": parts, "o": offsets}).group_by("p").aggregate([("o", "max")])
+            for p, o in zip(last["p"].to_pylist(), last["o_max"].to_pylist()):
+                self.positions[name, p] = max(self.positions.get((name, p), 0), o + 1)
+        return table
 
     def _prune_source(self) -> None:
         """Have the source read only the columns the statements read (Parquet: the others are
@@ -148,8 +326,10 @@ class V1Executor:
         )
 
     def _create_table(self, name: str, schema: pa.Schema) -> None:
+        """Create (resuming from a checkpoint: keep) one of the statement's tables."""
+        create = "CREATE TABLE IF NOT EXISTS" if self.epoch else "CREATE OR REPLACE TABLE"
         with self._registered("__empty", empty_table(schema)):
-            self.con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM __empty').fetchall()
+            self.con.execute(f'{create} "{name}" AS SELECT * FROM __empty').fetchall()
 
     def _exec(self, sql: str):
         try:
@@ -235,6 +415,8 @@ class V1Executor:
             return
         sources = getattr(self, "sources", None) or [self.source]
         max_rows = int(self.opts.get("max_batch_size") or 262144)
+        self._begin_epoch()
+        self.next_checkpoint = time.monotonic() + self._checkpoint_interval()
         # The readers may run one micro-batch ahead: the next one is read while DuckDB works.
         q = RowQueue(max_rows * len(sources))
         abort = threading.Event()
@@ -292,10 +474,17 @@ class V1Executor:
                 self._flush_rejects()
                 if self.stopped_by_limit:
                     break
+                self._checkpoint_due()
             if pending:
                 self._process_pending(pending)
             self._flush_rejects()
+            if self.checkpoints is not None and self.job.stop_event.is_set() and not self.stopped_by_limit:
+                # Stopped, not ended: the windows in flight wait in the checkpoint for the restart.
+                self._checkpoint()
+                return
             self._finish()
+            if self.checkpoints is not None:
+                self._checkpoint()
         finally:
             abort.set()
             if self.stopped_by_limit:
@@ -363,6 +552,10 @@ class V1Executor:
 
     def close(self) -> None:
         """Close the sinks, the scan and the source (also when the job never ran)."""
+        if self.in_transaction:  # an epoch no checkpoint took: as if it never ran
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute("ROLLBACK").fetchall()
+            self.in_transaction = False
         for sink in getattr(self, "sinks", []):
             try:
                 sink.close()
@@ -427,6 +620,11 @@ class V1Executor:
     def _process(self, batches: list[pa.RecordBatch]) -> None:
         t0 = time.monotonic()
         table = pa.Table.from_batches(batches)
+        if self.checkpoints is not None:
+            table = self._read_past(table)
+            if not table.num_rows:  # every row was read before the restart
+                return
+            self.changed = True
         self.metrics.records_in += table.num_rows
         self.metrics.batches += 1
         table = self._internal(table)

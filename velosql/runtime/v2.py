@@ -368,6 +368,7 @@ class V2Executor(V1Executor):
     # ---- setup ----------------------------------------------------------------------------------
 
     def prepare(self) -> None:
+        self._no_checkpoints("a V2 job")
         super().prepare()
         try:
             if self.scan is not None:

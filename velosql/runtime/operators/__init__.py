@@ -21,6 +21,11 @@ The lifecycle, every call from the job's thread:
 4. ``on_watermark(wm)`` after each micro-batch of a windowed statement: the rows of what ``wm``
    closed (or None). Watermarks never go back.
 5. ``finish(wm)`` once at the end of the input (``wm`` then passes every window): the rest.
+
+A checkpoint (``velosql.runtime.checkpoint``) takes an operator between two calls: ``snapshot()``
+completes its state tables and returns its state values (JSON); on a restart the driver binds a
+new operator, fills the state tables from the checkpoint and hands it the values
+(``restore(values)``).
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ class Operator(ABC):
 
     #: The temporary tables the operator keeps in its connection.
     state_tables: tuple[str, ...] = ()
+    #: Its attributes that are state too: saved by a checkpoint beside the tables.
+    state_values: tuple[str, ...] = ()
 
     con: duckdb.DuckDBPyConnection
 
@@ -67,6 +74,15 @@ class Operator(ABC):
     def finish(self, wm: int) -> pa.Table | None:
         """The output still held at the end of the input."""
         return self.on_watermark(wm)
+
+    def snapshot(self) -> dict:
+        """Complete the state tables and return the state values (for a checkpoint)."""
+        return {name: getattr(self, name) for name in self.state_values}
+
+    def restore(self, values: dict) -> None:
+        """Take the values of :meth:`snapshot`; the driver has filled the state tables."""
+        for name in self.state_values:
+            setattr(self, name, values[name])
 
 
 def build(spec) -> Operator:

@@ -36,6 +36,7 @@ class AggregateOperator(Operator):
     """GROUP BY over partial aggregates (see the module docstring)."""
 
     state_tables = ("__state",)
+    state_values = ("min_open_end", "state_rows", "compacted_rows")
 
     def __init__(self, spec: AggregateSpec) -> None:
         self.spec = spec
@@ -96,6 +97,18 @@ class AggregateOperator(Operator):
             return None if self.sql.changes else self._emit(wm)
         self.min_open_end = NEG_INF
         return self.on_watermark(wm)
+
+    def snapshot(self) -> dict:
+        if self.changelog is not None:  # the Arrow-held totals into __state
+            self.changelog.checkpoint()
+            return {**super().snapshot(), "state_rows": self.changelog.state_rows, "compacted_rows": 0}
+        return super().snapshot()
+
+    def restore(self, values: dict) -> None:
+        super().restore(values)
+        if self.changelog is not None:  # the state is read from DuckDB from here on
+            self.changelog.totals = None
+            self.changelog.state_rows = self.state_rows
 
     # ---- partials computed elsewhere (V2 workers, DuckDB's scan) --------------------------------
 

@@ -20,6 +20,8 @@ from . import Operator, concat
 
 
 class GeneralOperator(Operator):
+    state_values = ("rows", "closed_through", "min_open_end")
+
     def __init__(self, spec: GeneralSpec) -> None:
         self.spec = spec
         self.state_tables = spec.buffers

@@ -54,6 +54,7 @@ class JoinOperator(Operator):
     """Two streams joined as they arrive; see the module docstring."""
 
     state_tables = ("__jb0", "__jb1")
+    state_values = ("held", "last_wm")
 
     def __init__(self, spec: JoinSpec) -> None:
         self.spec = spec

@@ -1,0 +1,170 @@
+"""Checkpoints and restart (issue 19): a job with a state location saves its source positions,
+operator state and watermark, and a job started again on the same state location goes on from
+there — no row read twice, none lost, windows in flight carried over."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+
+import duckdb
+import pytest
+
+import velosql
+from velosql.errors import ConfigError
+
+BASE = dt.datetime(2024, 1, 1)
+
+
+def lines(first: int, last: int) -> str:
+    """CSV rows ``first`` … ``last - 1``: three keys, a row every 7 s."""
+    return "".join(
+        f"k{i % 3},{i},{(BASE + dt.timedelta(seconds=7 * i)).isoformat(sep=' ')}\n"
+        for i in range(first, last)
+    )
+
+
+def statement(path, extra: str = "") -> str:
+    return (
+        "CREATE STREAM o AS SELECT k, _window_start AS ws, count(*) AS n, sum(v) AS s FROM t GROUP BY k "
+        f"WINDOW TUMBLING(ts, 60s) EMIT FINAL WITH ('t.type' = 'file_source', 't.path' = '{path}', "
+        "'t.format' = 'csv', 't.watch' = 'true', 't.poll_interval' = '5ms', 'o.type' = 'duckdb_table', "
+        f"'checkpoint.interval' = '0s', max_batch_size = 7{extra})"
+    )
+
+
+def until(condition, seconds: float = 30) -> None:
+    """Wait until ``condition()`` holds; fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    tick = threading.Event()
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        tick.wait(0.01)
+
+
+def epoch(current) -> int:
+    """The epoch a state location's ``CURRENT`` names (0 before the first checkpoint)."""
+    try:
+        return int(current.read_text())
+    except (FileNotFoundError, ValueError):  # not yet, or being replaced
+        return 0
+
+
+def run_until_read(state, sql: str, rows: int) -> list[tuple]:
+    """Deploy ``sql`` on a fresh engine with state location ``state``, stop the job once it has
+    read ``rows`` records; its output rows."""
+    with velosql.connect(state=state) as engine:
+        job = engine.execute(sql)
+        until(lambda: job.metrics()["records_in"] >= rows or job.done)
+        job.stop()
+        job.wait(30)
+        assert job.status == "Stopped" and job.error is None, job.error
+        assert job.metrics()["records_in"] == rows
+        return engine.sql("SELECT * FROM o").fetchall()
+
+
+def test_a_stopped_job_resumes_from_its_checkpoint_with_the_batch_answer(tmp_path):
+    """The first run reads 100 rows and is stopped with windows open; the second run, on the same
+    state location, reads only the 101 rows appended since (the last far ahead, so its watermark
+    closes every earlier window). Together they emit each closed window once, as batch SQL."""
+    src, state = tmp_path / "in.csv", tmp_path / "state"
+    src.write_text("k,v,ts\n" + lines(0, 100))
+    got = run_until_read(state, statement(src), 100)
+    with open(src, "a") as f:
+        f.write(lines(100, 200) + lines(1000, 1001))
+    got += run_until_read(state, statement(src), 101)
+    want = duckdb.sql(
+        f"SELECT k, time_bucket(INTERVAL '60 seconds', ts) AS ws, count(*), sum(v) FROM read_csv('{src}') "
+        f"GROUP BY ALL HAVING ws + INTERVAL '60 seconds' <= (SELECT max(ts) FROM read_csv('{src}'))"
+    ).fetchall()
+    assert len(want) > 60
+    assert sorted(got) == sorted(want)
+
+
+def test_a_checkpoint_is_a_duckdb_file_holding_positions_state_and_the_statement(tmp_path):
+    src, state = tmp_path / "in.csv", tmp_path / "state"
+    src.write_text("k,v,ts\n" + lines(0, 50))
+    run_until_read(state, statement(src), 50)
+    files = sorted(p.name for p in (state / "o").iterdir())
+    current = (state / "o" / "CURRENT").read_text().strip()
+    assert files == ["CURRENT", f"chk-{current}.duckdb"]  # older checkpoints are removed
+    con = duckdb.connect()
+    con.execute(f"ATTACH '{state / 'o' / f'chk-{current}.duckdb'}' AS ck (READ_ONLY)")
+    assert con.sql("SELECT source, partition, next_offset FROM ck.positions").fetchall() == [("t", 0, 50)]
+    (text,) = con.execute("SELECT statement FROM ck.checkpoint").fetchone()
+    assert text.startswith("CREATE STREAM o AS SELECT k")
+    # The open windows' partial rows: every row of the windows the watermark has not closed.
+    held = con.execute("SELECT count(*) FROM ck.state__state").fetchone()[0]
+    assert held > 0
+
+
+def test_a_changed_statement_is_refused_saying_how_to_start_afresh(tmp_path):
+    src, state = tmp_path / "in.csv", tmp_path / "state"
+    src.write_text("k,v,ts\n" + lines(0, 20))
+    run_until_read(state, statement(src), 20)
+    with velosql.connect(state=state) as engine:
+        with pytest.raises(ConfigError, match=r"is not the one its checkpoint .* remove .*state/o"):
+            engine.execute(statement(src, ", 'watermark.max_out_of_orderness' = '1m'"))
+
+
+def test_sources_and_processors_without_checkpoints_are_refused_with_a_state_location(tmp_path):
+    with velosql.connect(state=tmp_path / "state") as engine:
+        engine.push("p", duckdb.sql("SELECT 1 AS v").to_arrow_table())
+        with pytest.raises(ConfigError, match="pushed from Python and cannot be read again"):
+            engine.execute("CREATE STREAM a AS SELECT v FROM p WITH ('p.type' = 'python')")
+        src = tmp_path / "in.csv"
+        src.write_text("k,v,ts\n" + lines(0, 5))
+        with pytest.raises(ConfigError, match="a V2 job takes no checkpoints yet"):
+            engine.execute(
+                f"CREATE STREAM b AS SELECT k FROM t WITH ('t.type' = 'file_source', 't.path' = '{src}', "
+                "processor = 'v2:2')"
+            )
+
+
+def test_a_job_killed_at_random_moments_and_restarted_commits_each_result_once(tmp_path):
+    """``velosql run --database … --state …`` over a CSV file into a ``duckdb_table`` sink, killed
+    with SIGKILL at random moments (each after a checkpoint at least, so that it gets somewhere;
+    most of them amid an epoch's output)
+    and started again until a run ends by itself: the table is the batch answer, no window
+    missing and none twice (the rows of an epoch commit with its checkpoint)."""
+    import random
+    import subprocess
+    import sys
+
+    src, state, db = tmp_path / "in.csv", tmp_path / "state", tmp_path / "out.duckdb"
+    src.write_text("k,v,ts\n" + lines(0, 200_000))
+    app = tmp_path / "app.sql"
+    app.write_text(
+        "CREATE STREAM o AS SELECT k, _window_start AS ws, count(*) AS n, sum(v) AS s FROM t GROUP BY k "
+        f"WINDOW TUMBLING(ts, 60s) EMIT FINAL WITH ('t.type' = 'file_source', 't.path' = '{src}', "
+        "'t.batch_size' = 500, 'o.type' = 'duckdb_table', 'checkpoint.interval' = '50ms', "
+        "max_batch_size = 500);\n"
+    )
+    command = [sys.executable, "-m", "velosql", "run", "--database", str(db), "--state", str(state), str(app)]
+    rng = random.Random(19)
+    current = state / "o" / "CURRENT"
+    kills = 0
+    for attempt in range(8):
+        target = epoch(current) + rng.randint(1, 3)
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if attempt < 7:
+            # Wait for a few checkpoints of this run (or its end), then kill it at a random moment.
+            until(lambda p=proc, t=target: p.poll() is not None or epoch(current) >= t, 60)
+            threading.Event().wait(rng.uniform(0, 0.05))
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+                kills += 1
+                continue
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        break
+    assert kills >= 3
+    con = duckdb.connect(str(db))
+    got = con.execute("SELECT * FROM o").fetchall()
+    want = con.execute(
+        f"SELECT k, time_bucket(INTERVAL '60 seconds', ts) AS ws, count(*), sum(v) FROM read_csv('{src}') "
+        "GROUP BY ALL"
+    ).fetchall()
+    assert sorted(got) == sorted(want)
