@@ -123,27 +123,37 @@ def test_sources_and_processors_without_checkpoints_are_refused_with_a_state_loc
 
 
 def test_a_job_killed_at_random_moments_and_restarted_commits_each_result_once(tmp_path):
-    """``velosql run --database … --state …`` over a CSV file into a ``duckdb_table`` sink, killed
-    with SIGKILL at random moments (each after a checkpoint at least, so that it gets somewhere;
-    most of them amid an epoch's output)
-    and started again until a run ends by itself: the table is the batch answer, no window
-    missing and none twice (the rows of an epoch commit with its checkpoint)."""
+    """``velosql run --database … --state …``: three jobs over a CSV file — a tumbling-window
+    aggregate into a Parquet file and into a ``duckdb_table``, a projection into a CSV file —
+    killed with SIGKILL at random moments (each after a checkpoint at least, so that it gets
+    somewhere; most of them amid an epoch's output) and started again until a run ends by
+    itself: every output is the batch answer, nothing missing and nothing twice, and the Parquet
+    file opens whenever it is looked at."""
     import random
     import subprocess
     import sys
 
     src, state, db = tmp_path / "in.csv", tmp_path / "state", tmp_path / "out.duckdb"
-    src.write_text("k,v,ts\n" + lines(0, 200_000))
+    src.write_text("k,v,ts\n" + lines(0, 100_000))
+    source = (
+        f"'t.type' = 'file_source', 't.path' = '{src}', 't.batch_size' = 500, "
+        "'checkpoint.interval' = '50ms', max_batch_size = 500"
+    )
+    agg = (
+        "SELECT k, _window_start AS ws, count(*) AS n, sum(v) AS s FROM t GROUP BY k WINDOW TUMBLING(ts, 60s)"
+    )
+    pq_out, csv_out = tmp_path / "out" / "agg.parquet", tmp_path / "out" / "proj.csv"
     app = tmp_path / "app.sql"
     app.write_text(
-        "CREATE STREAM o AS SELECT k, _window_start AS ws, count(*) AS n, sum(v) AS s FROM t GROUP BY k "
-        f"WINDOW TUMBLING(ts, 60s) EMIT FINAL WITH ('t.type' = 'file_source', 't.path' = '{src}', "
-        "'t.batch_size' = 500, 'o.type' = 'duckdb_table', 'checkpoint.interval' = '50ms', "
-        "max_batch_size = 500);\n"
+        f"CREATE STREAM agg_db AS {agg} EMIT FINAL WITH ({source}, 'agg_db.type' = 'duckdb_table');\n"
+        f"CREATE STREAM agg_pq AS {agg} EMIT FINAL WITH ({source}, 'agg_pq.type' = 'file_sink', "
+        f"'agg_pq.path' = '{pq_out}');\n"
+        f"CREATE STREAM proj AS SELECT k, v FROM t WHERE v % 7 = 0 WITH ({source}, 'proj.type' = 'file_sink', "
+        f"'proj.path' = '{csv_out}', 'proj.format' = 'csv');\n"
     )
     command = [sys.executable, "-m", "velosql", "run", "--database", str(db), "--state", str(state), str(app)]
     rng = random.Random(19)
-    current = state / "o" / "CURRENT"
+    current = state / "agg_db" / "CURRENT"
     kills = 0
     for attempt in range(8):
         target = epoch(current) + rng.randint(1, 3)
@@ -156,15 +166,21 @@ def test_a_job_killed_at_random_moments_and_restarted_commits_each_result_once(t
                 proc.kill()
                 proc.wait(30)
                 kills += 1
+                if pq_out.exists():  # whole, whenever a reader opens it
+                    duckdb.sql(f"SELECT count(*) FROM '{pq_out}'").fetchall()
                 continue
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         break
     assert kills >= 3
     con = duckdb.connect(str(db))
-    got = con.execute("SELECT * FROM o").fetchall()
-    want = con.execute(
-        f"SELECT k, time_bucket(INTERVAL '60 seconds', ts) AS ws, count(*), sum(v) FROM read_csv('{src}') "
-        "GROUP BY ALL"
-    ).fetchall()
-    assert sorted(got) == sorted(want)
+    want = sorted(
+        con.execute(
+            f"SELECT k, time_bucket(INTERVAL '60 seconds', ts) AS ws, count(*), sum(v) FROM read_csv('{src}') "
+            "GROUP BY ALL"
+        ).fetchall()
+    )
+    assert sorted(con.execute("SELECT * FROM agg_db").fetchall()) == want
+    assert sorted(con.execute(f"SELECT * FROM '{pq_out}'").fetchall()) == want
+    got = sorted(con.execute(f"SELECT * FROM read_csv('{csv_out}')").fetchall())
+    assert got == sorted(con.execute(f"SELECT k, v FROM read_csv('{src}') WHERE v % 7 = 0").fetchall())

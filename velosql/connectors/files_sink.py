@@ -271,6 +271,11 @@ class FileSink(Sink):
         self._writer: _Writer | None = None
         self._lock = lock
         self._temp: str | None = None  # the file an atomic sink writes, renamed at close
+        # A job with a state location (runtime/checkpoint.py): resuming, what its checkpoint
+        # committed (else None); the file of the epoch precommitted and not committed yet.
+        self._resume: dict | None = None
+        self._pending: str | None = None
+        self._schema: pa.Schema | None = None
         self._aborted = threading.Event()
 
     def claim(self) -> None:
@@ -287,8 +292,12 @@ class FileSink(Sink):
             self.discard()
             raise
 
-    def _open_writer(self, schema: pa.Schema) -> _Writer:
-        path, append, special = self._path, self._append, None
+    def _open_writer(self, schema: pa.Schema, base: str | None = None) -> _Writer:
+        """The writer; ``base``: the file whose rows an atomic sink's new file starts with (by
+        default the final path, when appending or resuming from a checkpoint)."""
+        self._schema = schema
+        path, special = self._path, None
+        append = self._append or self._resume is not None
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if is_special(path):
             special = _SpecialFile(path, self._aborted)
@@ -296,12 +305,16 @@ class FileSink(Sink):
             path = self._temp = _beside(self._path, ".velosql-tmp")  # a killed writer's is replaced
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            if append and os.path.isfile(self._path):
+            base = base or (self._path if append else None)
+            if base is not None and os.path.isfile(base) and self._format != "parquet":
                 import shutil  # here: only an atomic append needs it
 
-                shutil.copy2(self._path, path)
+                shutil.copy2(base, path)
         if self._format == "parquet":
-            return _ParquetWriter(special or path, schema, self._compression)
+            writer = _ParquetWriter(special or path, schema, self._compression)
+            if special is None and base is not None and os.path.isfile(base):
+                writer.copy(base)  # the rows committed before, then this run's
+            return writer
         if self._format == "jsonl":
             return _JsonWriter(path, schema, append, special)
         return _CsvWriter(path, schema, append, self._delimiter, self._header, special)
@@ -346,6 +359,54 @@ class FileSink(Sink):
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
+
+    # ---- epochs of a job with a state location (runtime/checkpoint.py) ---------------------------
+
+    def precommit(self, epoch: int) -> dict | None:
+        """Make every row written so far durable in a form :meth:`commit` can publish, and
+        return what :meth:`recover` needs to publish or undo it: an in-place file's size, or an
+        atomic file's whole content so far at ``.<file>.epoch-<epoch>`` (the writer goes on in a
+        new file starting with it)."""
+        if self._writer is None or is_special(self._path):
+            return None
+        if not self._atomic:
+            self._writer.flush()
+            os.fsync(self._writer.file.fileno())
+            return {"size": os.path.getsize(self._path)}
+        writer, self._writer = self._writer, None
+        writer.close()
+        pending = _beside(self._path, f".epoch-{epoch}")
+        _sync(self._temp)
+        os.replace(self._temp, pending)
+        self._pending = pending
+        self._writer = self._open_writer(self._schema, base=pending)
+        return {"pending": pending}
+
+    def commit(self, epoch: int) -> None:
+        """The checkpoint of ``epoch`` is taken: publish its file (atomic sinks)."""
+        if self._pending is not None:
+            os.replace(self._pending, self._path)
+            self._pending = None
+
+    def recover(self, token: dict | None) -> None:
+        """Before :meth:`open`, resuming from a checkpoint whose :meth:`precommit` gave
+        ``token``: the file as that checkpoint committed it — an in-place file cut back to its
+        size then, an atomic one's pending file published if the crash came before — and the
+        rows of later epochs (written, never committed) gone."""
+        self._resume = token or {}
+        if is_special(self._path):
+            return
+        self.claim()  # before the file is touched
+        pending = self._resume.get("pending")
+        if pending is not None and os.path.isfile(pending):
+            os.replace(pending, self._path)
+        folder, name = os.path.split(os.path.abspath(self._path))
+        for leftover in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.epoch-*")):
+            os.unlink(leftover)
+        size = self._resume.get("size")
+        if not self._atomic and os.path.isfile(self._path):
+            if os.path.getsize(self._path) > (size or 0):
+                os.truncate(self._path, size or 0)
 
     def abort(self) -> None:
         """A write blocked on a FIFO or device gives up (raises) soon; files are never blocked."""
@@ -516,6 +577,13 @@ class _ParquetWriter(_Writer):
         import pyarrow.parquet as pq  # here: most jobs write no Parquet
 
         self.writer = pq.ParquetWriter(where, schema, compression=compression or "none")
+
+    def copy(self, path: str) -> None:
+        """Write the rows of the Parquet file ``path`` first (a resumed or continued file)."""
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=262_144):
+            self.write(pa.Table.from_batches([batch]))
 
     def write(self, table: pa.Table) -> None:
         if not table.schema.equals(self.schema):
