@@ -51,7 +51,9 @@ class Checkpoint:
     processor: str
     values: dict
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
-    tables: tuple[str, ...] = ()  # the operator's state tables saved with it
+    tables: tuple[str, ...] = ()  # the operator's state tables saved with it (names in ``con``)
+    # Tables held elsewhere (V2 workers'), saved as ``state<name>``: name -> rows.
+    rows: dict = field(default_factory=dict)
 
 
 class CheckpointStore:
@@ -102,12 +104,12 @@ class CheckpointStore:
                     "INSERT INTO positions VALUES (?, ?, ?)",
                     [[s, p, o] for (s, p), o in sorted(ck.positions.items())],
                 )
-            for table in ck.tables:
-                rows = con.sql(f"SELECT * FROM {table}").to_arrow_table()
+            held = {table: con.sql(f"SELECT * FROM {table}").to_arrow_table() for table in ck.tables}
+            for table, rows in {**held, **ck.rows}.items():
                 out.register("__rows", rows)
-                out.execute(f"CREATE TABLE state{table} AS SELECT * FROM __rows")
+                out.execute(f"CREATE TABLE state{table} AS SELECT * FROM __rows").fetchall()
                 out.unregister("__rows")
-            out.execute("CHECKPOINT")
+            out.execute("CHECKPOINT").fetchall()
         finally:
             out.close()
         _sync(tmp)
@@ -170,3 +172,30 @@ def _replace_text(path: Path, text: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ---- in a V2 worker (Calls: velosql.runtime.checkpoint:…) ---------------------------------------
+
+
+def worker_snapshot(con, state: dict, table: str):
+    """A worker's state for a checkpoint: its hosted operator's values and the rows of its state
+    ``table`` (the running totals of EMIT CHANGES written into it first)."""
+    log = state.get("changelog")
+    if log is not None:
+        log.checkpoint()
+    operator = state.get("operator")
+    values = operator.snapshot() if operator is not None else {}
+    return values, con.sql(f"SELECT * FROM {table}").to_arrow_table()
+
+
+def worker_restore(con, state: dict, arg):
+    """Take back a worker's state (its rows registered as ``__in``): into its state table, bound
+    and empty, keeping the table's types; its hosted operator's values. A running EMIT CHANGES
+    reads its totals from the table from here on."""
+    table, values = arg
+    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM __in").fetchall()
+    operator = state.get("operator")
+    if operator is not None:
+        operator.restore(values)
+    state["restored"] = True
+    return None, None

@@ -313,6 +313,8 @@ def worker_changes(con, state: dict, spec: dict):
     log = state.get("changelog")
     if log is None:
         log = state["changelog"] = Changelog(con, spec["aggregates"], spec["sql"], spec["limits"])
+        if state.get("restored"):  # the state restored from a checkpoint is in __state
+            log.totals = None
     rows = con.sql(spec["input"]).to_arrow_table()
     out = log.changes(rows) if rows.num_rows else None
     if out is None:

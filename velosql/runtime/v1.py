@@ -187,11 +187,12 @@ class V1Executor:
                     f"{self.checkpoints.path(ck.epoch)} was taken with; its state would not fit. "
                     f"To start it afresh, remove {self.checkpoints.dir}"
                 )
-            for table in self.operator.state_tables:
+            for table in self.operator.state_tables:  # bound and empty: their types stay
                 if table in ck.tables:
                     self.con.execute(
-                        f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM __ckpt.state{table}"
+                        f"INSERT INTO {table} BY NAME SELECT * FROM __ckpt.state{table}"
                     ).fetchall()
+            self._restore_more(ck)
         values = ck.values
         self.operator.restore(values["operator"])
         self.seq = values["seq"]
@@ -208,6 +209,21 @@ class V1Executor:
             "%s: resuming from checkpoint %d (%s)", plan.name, ck.epoch, self.checkpoints.path(ck.epoch)
         )
         return values.get("sinks", {})
+
+    def _restore_more(self, ck: Checkpoint) -> None:
+        """What a driver restores beyond the operator (V2: its workers' state), while the
+        checkpoint is attached as ``__ckpt``."""
+        partitions = ck.values.get("partitions")
+        if partitions is not None:
+            raise ConfigError(
+                f"{self.plan.location}: the checkpoint {self.checkpoints.path(ck.epoch)} was taken by a V2 "
+                f"job of {partitions} partitions, this job runs on V1. Run it as before, or remove "
+                f"{self.checkpoints.dir} to start afresh"
+            )
+
+    def _snapshot_more(self) -> tuple[dict, dict]:
+        """What a driver saves beyond the operator: (values, tables of rows by name)."""
+        return {}, {}
 
     def _checkpoint(self) -> None:
         """Take a checkpoint now: everything up to the last micro-batch is in the sinks.
@@ -234,9 +250,11 @@ class V1Executor:
             "partition_maxima": sorted(self.tracker.max_by_partition.items()),
             "sinks": tokens,
         }
+        more, rows = self._snapshot_more()
+        values.update(more)
         ck = Checkpoint(
             epoch, self.plan.text, str(self.job.processor), values, dict(self.positions),
-            self.operator.state_tables,
+            self.operator.state_tables, rows,
         )  # fmt: skip
         self.checkpoints.write(self.con, ck)
         if self.in_transaction:  # the epoch's rows, and the epoch: the point of no return

@@ -50,7 +50,7 @@ from ..plan.operators import AggregateSpec, BufferSpec, SessionSpec
 from ..plan.sqlgen import orderable as _orderable
 from ..plan.sqlgen import referenced_columns as _referenced
 from ..plan.sqlgen import with_arrival_order as _ordered
-from . import direct_parquet, routing, running
+from . import direct_parquet, operators, routing, running
 from .direct import SEQ_PARTITION_SHIFT
 from .job import format_watermark
 from .pool import WorkerPool, worker_identity
@@ -364,11 +364,12 @@ class V2Executor(V1Executor):
         self.closes_due: collections.deque = collections.deque()  # markers reached within one
         # Direct reads answered but not merged yet: (worker, reply, the watermark it was sent with).
         self.answered: collections.deque = collections.deque()
+        # Resuming from a checkpoint: each worker's state (values, rows), until the pool is up.
+        self.restored_workers: list[tuple[dict, pa.Table]] | None = None
 
     # ---- setup ----------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        self._no_checkpoints("a V2 job")
         super().prepare()
         try:
             if self.scan is not None:
@@ -385,6 +386,9 @@ class V2Executor(V1Executor):
                 _referenced((self.sql.partial_all, self.sql.partial)) or {"_offset"}
             )
             self.splits = _direct_splits(self.source, self.n, cut, ranges)
+            if self.checkpoints is not None:
+                # The job reads the source (its positions are the checkpoint's): no direct reads.
+                self.splits = []
             self.route = choose(self.plan, self.n, len(self.splits))
             if self.route.workers and self.route.strategy == "hash":
                 self.route = self._hashable_route(self.route)
@@ -396,11 +400,77 @@ class V2Executor(V1Executor):
             self.pool = WorkerPool(self.n, affinity=self.affinity, max_in_flight=MAX_IN_FLIGHT)
             if self.route.mode == "keyed" or self.combined:
                 self._setup_keyed()
+                if self.restored_workers is not None:
+                    self._restore_workers()
             if self.direct:
                 self._open_direct()
         except BaseException:
             self.close()
             raise
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+
+    def _workers_hold_state(self) -> bool:
+        return self.pool is not None and (self.route.mode == "keyed" or self.combined)
+
+    def _worker_table(self) -> str:
+        """The table a worker keeps its keys' state in."""
+        spec = self.plan.operator
+        return "__state" if isinstance(spec, AggregateSpec) else operators.build(spec).state_tables[0]
+
+    def _checkpoint(self) -> None:
+        """A consistent cut: no request in flight, the partial rows merged (an aligned barrier,
+        taken in the job: every worker has answered everything sent before it)."""
+        if self.pool is not None:
+            self._drain()
+            self._flush_partials()
+            self._drain()
+        super()._checkpoint()
+
+    def _snapshot_more(self) -> tuple[dict, dict]:
+        values: dict = {"partitions": self.n}
+        if not self._workers_hold_state():
+            return values, {}
+        table, call = self._worker_table(), None
+        call = Query(Call("velosql.runtime.checkpoint:worker_snapshot", table))
+        for i in range(self.n):
+            self.pool.send(i, call)
+        rows, held = {}, []
+        for i in range(self.n):
+            (reply,) = self.pool.drain(i)
+            held.append(reply.value)
+            rows[f"{table}_w{i}"] = reply.table
+        values["workers"] = held
+        return values, rows
+
+    def _restore_more(self, ck) -> None:
+        was = ck.values.get("partitions")
+        if was != self.n:
+            from ..errors import ConfigError
+
+            by = "a V1 job" if was is None else f"a V2 job of {was} partitions"
+            raise ConfigError(
+                f"{self.plan.location}: the checkpoint {self.checkpoints.path(ck.epoch)} was taken by {by}, "
+                f"this job has {self.n} partitions and its state is split by key among them. Run it "
+                f"as before, or remove {self.checkpoints.dir} to start afresh"
+            )
+        held = ck.values.get("workers")
+        if held is None:
+            return
+        table = self._worker_table()
+        self.restored_workers = [
+            (values, self.con.sql(f"SELECT * FROM __ckpt.state{table}_w{i}").to_arrow_table())
+            for i, values in enumerate(held)
+        ]
+
+    def _restore_workers(self) -> None:
+        table = self._worker_table()
+        for i, (values, rows) in enumerate(self.restored_workers):
+            call = Call("velosql.runtime.checkpoint:worker_restore", (table, values))
+            self.pool.send(i, Batch(rows, call))
+        for i in range(self.n):
+            self.pool.drain(i)
+        self.restored_workers = None
 
     def _hashable_route(self, route: Routing) -> Routing:
         """``route``, unless the key it hashes has a type without a stable hash (a LIST or STRUCT
