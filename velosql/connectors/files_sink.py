@@ -274,6 +274,7 @@ class FileSink(Sink):
         # A job with a state location (runtime/checkpoint.py): resuming, what its checkpoint
         # committed (else None); the file of the epoch precommitted and not committed yet.
         self._resume: dict | None = None
+        self.epochs = False  # the job has a state location: only commit() publishes
         self._pending: str | None = None
         self._schema: pa.Schema | None = None
         self._aborted = threading.Event()
@@ -331,7 +332,11 @@ class FileSink(Sink):
 
     def close(self) -> None:
         """Flush and close the file (writes the Parquet footer), rename an atomic sink's file into
-        place and release the path. Safe to call twice."""
+        place and release the path. Safe to call twice. A sink of a job with a state location
+        publishes only what a checkpoint committed (:meth:`commit`): the rest is discarded."""
+        if self.epochs:
+            self.discard()
+            return
         try:
             if self._writer is not None:
                 writer, self._writer = self._writer, None

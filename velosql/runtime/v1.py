@@ -126,6 +126,7 @@ class V1Executor:
             for i, sink in enumerate(self.sinks):
                 sink.resume = self.epoch > 0  # keep what the run before committed
                 sink.in_transaction = self.transactional  # its writes are in the epoch's
+                sink.epochs = self.checkpoints is not None  # it publishes what checkpoints commit
                 recover = getattr(sink, "recover", None)
                 if self.epoch and recover is not None:
                     recover(tokens.get(str(i)))  # finish or undo the epoch the crash cut
