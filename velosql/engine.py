@@ -23,6 +23,7 @@ from .plan.explain import explain_text
 from .plan.planner import StreamPlan, plan
 from .runtime.job import DEFAULT_STOP_TIMEOUT, FAILED, FINISHED, STOPPED, Job
 from .runtime.processor import JobProcessorFactory
+from .sandbox import Sandbox
 from .sql import parse_script
 from .sql.duckdb_errors import duckdb_error
 from .sql.statements import (
@@ -43,6 +44,8 @@ def connect(
     processor: str | JobProcessorConfig | None = None,
     threads: int | None = 1,
     state: str | os.PathLike | None = None,
+    sandbox: bool = False,
+    allow_paths: list[str | os.PathLike] | tuple = (),
 ) -> Engine:
     """Open an engine on a new DuckDB database (a path or ``:memory:``) or an existing connection.
 
@@ -50,19 +53,42 @@ def connect(
     connection with one thread); an existing connection keeps its settings. ``processor`` is the
     default processor for statements that do not choose one. ``state``: the state location of
     every job (``'checkpoint.dir'``): each checkpoints there and resumes from its last checkpoint.
+
+    ``sandbox``: run SQL that is not trusted (see :mod:`velosql.sandbox`): DuckDB's external
+    access is off and locked on every connection that runs the statements, and every path a WITH
+    clause names must lie under the working directory or one of ``allow_paths``. A connection
+    given with ``enable_external_access = false`` is a sandbox without asking: the file
+    connectors then use only what its ``allowed_directories`` and ``allowed_paths`` allow.
     """
-    return Engine(database, processor=processor, threads=threads, state=state)
+    return Engine(
+        database, processor=processor, threads=threads, state=state, sandbox=sandbox, allow_paths=allow_paths
+    )
 
 
 class Engine:
     """Deploys streaming statements as jobs and runs DuckDB SQL; a context manager."""
 
-    def __init__(self, database=":memory:", *, processor=None, threads: int | None = 1, state=None) -> None:
+    def __init__(
+        self,
+        database=":memory:",
+        *,
+        processor=None,
+        threads: int | None = 1,
+        state=None,
+        sandbox: bool = False,
+        allow_paths=(),
+    ) -> None:
+        # Checked before a database file is opened (or created) outside it.
+        boundary = Sandbox.create(allow_paths, state) if sandbox else None
         if isinstance(database, duckdb.DuckDBPyConnection):
             self.con, self._owns = database, False
         else:
             config = {"threads": threads} if threads else {}
             self.con, self._owns = duckdb.connect(database, config=config), True
+        # The connection's own boundary wins: velosql cannot widen what the user locked.
+        self.sandbox: Sandbox | None = Sandbox.of_connection(self.con) or boundary
+        if boundary is not None:
+            boundary.lock(self.con, directories=[boundary.state] if boundary.state else [])
         if isinstance(processor, JobProcessorConfig):
             processor = str(processor)
         self.default_processor = processor
@@ -249,9 +275,42 @@ class Engine:
         added.update({f"{name}.type": "python" for name in self._pushed_tables(stmt)})
         if added:
             stmt = dataclasses.replace(stmt, properties={**stmt.properties, **added})
+        if self.sandbox is not None:
+            self._check_config_files(stmt)
         p = plan(stmt)
+        if self.sandbox is not None:
+            self._check_sandbox(p, stmt)
         self._check_file_sinks(p, stmt)
         return p
+
+    def _check_config_files(self, stmt: CreateStream) -> None:
+        """In a sandbox, refuse a ``config_file`` outside it before the planner reads it."""
+        base = os.path.dirname(stmt.location.file) if stmt.location.file else None
+        for key, value in stmt.properties.items():
+            if key.lower() == "config_file" or key.lower().endswith(".config_file"):
+                where = stmt.property_locations.get(key, stmt.location)
+                self.sandbox.check(stmt.name, key, value, where, base)
+
+    def _check_sandbox(self, p: StreamPlan, stmt: CreateStream) -> None:
+        """In a sandbox, refuse every path of a file connector (and a state location) outside it."""
+        places = {k.lower(): loc for k, loc in stmt.property_locations.items()}
+
+        def check(key: str, value) -> None:
+            self.sandbox.check(p.name, key, value, places.get(key.lower(), p.location))
+
+        for src in (p.source, *(i.source for i in p.inputs)):
+            if src.type in ("file_source", "file_source_mmap") and src.options.get("path") is not None:
+                check(f"{src.name}.path", src.options["path"])
+        for spec in p.sinks:
+            if spec.type == "file_sink" and spec.options.get("path") is not None:
+                check(f"{spec.name}.path", spec.options["path"])
+        state = p.job_options.get("checkpoint.dir")
+        if state is not None and (self.sandbox.state is None or not _same_dir(state, self.sandbox.state)):
+            raise OptionError(
+                f"statement {p.name!r}: 'checkpoint.dir' = {state!r} is refused in a sandbox: give the "
+                "state location with --state DIR (connect(state=DIR)), which the sandbox lets DuckDB use",
+                places.get("checkpoint.dir", p.location),
+            )
 
     def _check_file_sinks(self, p: StreamPlan, stmt: CreateStream) -> None:
         """Refuse, before anything runs, a file sink path that holds a NUL byte, is a directory,
@@ -448,7 +507,9 @@ class Engine:
         if stype == "file_source":
             from .connectors.files import FileSource
 
-            return FileSource(spec.name, spec.options, self.con)
+            source = FileSource(spec.name, spec.options, self.con)
+            source.sandbox = self.sandbox  # checks each file it finds; locks the scan pushdown
+            return source
         if stype == "python":
             declared = spec.options.get("schema")
             if declared:
@@ -545,6 +606,10 @@ class Engine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _same_dir(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _discard_sinks(job: Job) -> None:

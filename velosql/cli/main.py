@@ -83,6 +83,25 @@ class _Command(click.Group):
         return super().parse_args(ctx, args)
 
 
+def _sandbox_options(fn):
+    fn = click.option(
+        "--allow-path",
+        "allow_paths",
+        metavar="DIR",
+        multiple=True,
+        type=click.Path(file_okay=False),
+        help="With --sandbox: a directory besides the working directory whose files the "
+        "statements may read and write (repeatable).",
+    )(fn)
+    return click.option(
+        "--sandbox",
+        is_flag=True,
+        help="Run SQL that is not trusted: DuckDB reads and writes no file and installs no "
+        "extension, and the file connectors use only the paths the WITH clauses name, under the "
+        "working directory or an --allow-path.",
+    )(fn)
+
+
 def _mode_flags(fn):
     for mode in reversed(render.MODES):
         fn = click.option(f"-{mode}", "mode", flag_value=mode, help=f"Print results in {mode} mode.")(fn)
@@ -107,8 +126,11 @@ def _mode_flags(fn):
 @click.option("--processor", metavar="STR", callback=lambda c, p, v: _check_processor(c, p, v),
               help="Processor of statements that choose none (v1, v2, v2:N, …).")  # fmt: skip
 @click.option("--config", metavar="YAML", type=click.Path(dir_okay=False), help="YAML config file.")
+@_sandbox_options
 @click.pass_context
-def cli(ctx: click.Context, commands, files, mode, header, bail, database, processor, config) -> None:
+def cli(
+    ctx: click.Context, commands, files, mode, header, bail, database, processor, config, sandbox, allow_paths
+) -> None:
     """velosql: streaming SQL embedded in DuckDB.
 
     On a terminal, opens the shell. With -c, -f or SQL piped on stdin, runs the statements and
@@ -121,9 +143,9 @@ def cli(ctx: click.Context, commands, files, mode, header, bail, database, proce
     if not scripts and sys.stdin.isatty():
         from .shell import Shell
 
-        engine = _open_engine(processor, config, database)
+        engine = _open_engine(processor, config, database, sandbox=sandbox, allow_paths=allow_paths)
         sys.exit(Shell(engine, database, settings).loop())
-    engine = _open_engine(processor, config, database)
+    engine = _open_engine(processor, config, database, sandbox=sandbox, allow_paths=allow_paths)
     try:
         if scripts:
             code = _run_scripts(engine, scripts, settings, bail=True, database=database)
@@ -177,16 +199,30 @@ def _read_script(path: str) -> str:
         raise CliError(f"{path}: cannot read the script: {exc}") from None
 
 
-def _open_engine(processor: str | None, config: str | None, database: str | None = None) -> Engine:
+def _open_engine(
+    processor: str | None,
+    config: str | None,
+    database: str | None = None,
+    *,
+    state: str | None = None,
+    sandbox: bool = False,
+    allow_paths: tuple[str, ...] = (),
+) -> Engine:
     if config is not None:
         try:
             load_settings(config)  # report a bad file now, even if no statement falls back to it
         except ConfigError as exc:
             raise CliError(str(exc)) from None
+    if allow_paths and not sandbox:
+        raise CliError("--allow-path is a setting of the sandbox: give --sandbox too")
     try:
-        engine = connect(database or ":memory:", processor=processor)
+        engine = connect(
+            database or ":memory:", processor=processor, state=state, sandbox=sandbox, allow_paths=allow_paths
+        )
     except duckdb.Error as exc:
         raise CliError(f"{database}: cannot open the database: {exc}") from None
+    except VelosqlError as exc:
+        raise CliError(str(exc)) from None
     engine.config_path = config
     return engine
 
@@ -302,11 +338,14 @@ def _report_kept_tables(engine: Engine, database: str | None) -> None:
 @click.argument("database", required=False, type=click.Path(dir_okay=False))
 @_processor_option
 @_config_option
-def shell(database: str | None, processor: str | None, config: str | None) -> None:
+@_sandbox_options
+def shell(
+    database: str | None, processor: str | None, config: str | None, sandbox: bool, allow_paths: tuple
+) -> None:
     """Open the interactive shell on DATABASE (a DuckDB file, created if missing; default in memory)."""
     from .shell import Shell
 
-    engine = _open_engine(processor, config, database)
+    engine = _open_engine(processor, config, database, sandbox=sandbox, allow_paths=allow_paths)
     sys.exit(Shell(engine, database, render.Settings(width=_width())).loop())
 
 
@@ -339,6 +378,7 @@ def shell(database: str | None, processor: str | None, config: str | None) -> No
     help="State location: every job checkpoints there (each 'checkpoint.interval', 10 s, and when "
     "stopped) and a run with the same DIR resumes from the last checkpoint.",
 )
+@_sandbox_options
 def run(
     app: str,
     processor: str | None,
@@ -347,6 +387,8 @@ def run(
     config: str | None,
     database: str | None,
     state: str | None,
+    sandbox: bool,
+    allow_paths: tuple[str, ...],
 ) -> None:
     """Run APP.sql: deploy its streaming statements and print the results of the others, in order.
 
@@ -354,8 +396,7 @@ def run(
     has finished (a note says when one runs beside a job of unbounded input).
     """
     text = _read_script(app)
-    engine = _open_engine(processor, config, database)
-    engine.state_dir = state
+    engine = _open_engine(processor, config, database, state=state, sandbox=sandbox, allow_paths=allow_paths)
     if stop_timeout is not None:
         engine.stop_timeout = stop_timeout
     try:

@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.json as pjson
+import sqlglot
+from sqlglot import exp
 
 from ..errors import DataError, OptionError
 from ..options import find
@@ -102,17 +104,21 @@ def single_char(value: object, key: str, allow_empty: bool) -> str | None:
 def schema_from_sql(text: str, key: str, database: duckdb.DuckDBPyConnection | None = None) -> pa.Schema:
     """Arrow schema of DuckDB column definitions such as ``'station VARCHAR, temperature DOUBLE'``.
 
-    DuckDB itself parses the text (an empty temporary table), so every DuckDB type name, alias and
-    parameterised type is understood exactly as the engine understands it. The table lives on a
-    new cursor of ``database`` when given (opening a private in-memory database instead costs
-    ~15 ms, a noticeable part of a short ``velosql run``).
+    The text is never run as SQL: sqlglot's DuckDB dialect parses it as the column list of a
+    ``CREATE TABLE``, every node is checked to be a column name, a type or a type's literal
+    parameter (no constraint, default, expression or second statement), and DuckDB then creates
+    an empty temporary table from the statement sqlglot generates out of those checked nodes. So
+    every DuckDB type name, alias and parameterised type is understood as the engine understands
+    it. The table lives on a new cursor of ``database`` when given (opening a private in-memory
+    database instead costs ~15 ms, a noticeable part of a short ``velosql run``).
 
     Raises:
         OptionError: the text is not a list of column definitions; ``key`` names the option.
     """
+    columns = _column_list(text, key)
     con = database.cursor() if database is not None else duckdb.connect()
     try:
-        con.execute(f"CREATE TEMP TABLE velosql_schema ({text})")
+        con.execute(f"CREATE TEMP TABLE velosql_schema ({columns})")
         schema = con.sql("SELECT * FROM velosql_schema").to_arrow_table().schema
     except duckdb.Error as exc:
         raise OptionError(
@@ -122,6 +128,51 @@ def schema_from_sql(text: str, key: str, database: duckdb.DuckDBPyConnection | N
     finally:
         con.close()
     return pa.schema([pa.field(f.name, _readable(f.type)) for f in schema])
+
+
+# The only nodes a column list may hold: names, types (nested ones hold column definitions) and the
+# literal parameters of a type (DECIMAL(10, 2), ENUM('a', 'b'), INT[3]).
+_SCHEMA_NODES = (exp.ColumnDef, exp.Identifier, exp.DataType, exp.DataTypeParam, exp.Literal)
+
+
+def _column_list(text: str, key: str) -> str:
+    """``text`` checked to be column definitions only, as DuckDB SQL generated from its parse.
+
+    Raises:
+        OptionError: anything else (a second statement, a constraint or default, a subquery, a
+            comment): ``key`` names the option.
+    """
+
+    def refuse(why: str) -> OptionError:
+        return OptionError(
+            f"invalid value {text!r} for {key!r}: {why}; expected column names with DuckDB types, "
+            "e.g. 'station VARCHAR, temperature DOUBLE'"
+        )
+
+    if not isinstance(text, str) or not text.strip():
+        raise refuse("no columns")
+    try:
+        parsed = sqlglot.parse(f"CREATE TABLE velosql_schema ({text})", read="duckdb")
+    except sqlglot.errors.SqlglotError as exc:
+        raise refuse(f"not a column list ({str(exc).splitlines()[0]})") from None
+    create = parsed[0] if len(parsed) == 1 else None
+    schema = create.this if isinstance(create, exp.Create) else None
+    extra = create is None or any(create.args.get(k) for k in ("expression", "properties"))
+    if not isinstance(schema, exp.Schema) or create.args.get("kind") != "TABLE" or extra:
+        raise refuse("not a column list")
+    for column in schema.expressions:
+        if not isinstance(column, exp.ColumnDef) or not isinstance(column.args.get("kind"), exp.DataType):
+            raise refuse(f"{column.sql('duckdb')!r} is not a column name and type")
+        for node in column.walk():
+            if not isinstance(node, _SCHEMA_NODES) or node.comments:
+                what = "a comment" if node.comments else node.sql("duckdb")
+                raise refuse(f"{what!r} in column {column.name!r}: only a name and a type are allowed")
+    columns = ", ".join(column.sql("duckdb") for column in schema.expressions)
+    # Nothing around the list either (a trailing AS SELECT, WITH, …): the whole statement must be
+    # the one these columns make.
+    if create.sql("duckdb") != f"CREATE TABLE velosql_schema ({columns})":
+        raise refuse("not a column list")
+    return columns
 
 
 def _readable(t: pa.DataType) -> pa.DataType:

@@ -193,6 +193,10 @@ class FileSource(Source):
             in-memory database does).
     """
 
+    # The engine's sandbox (velosql.sandbox.Sandbox), if any: every file found must lie in it, and
+    # the scan pushdown's DuckDB connection reads only the files found.
+    sandbox = None
+
     def __init__(self, name: str, options: dict, database=None) -> None:
         self.name = name
         self._options = options
@@ -626,6 +630,11 @@ class FileSource(Source):
 
     # ---- files ------------------------------------------------------------------------------------
 
+    @property
+    def file_paths(self) -> list[str]:
+        """The files the open source reads (what a sandboxed DuckDB connection may read)."""
+        return [f.path for f in self._files]
+
     def _find_files(self) -> list[str]:
         """The files to read now; fixes ``self._format``."""
         if not self._path:
@@ -666,6 +675,8 @@ class FileSource(Source):
 
     def _add_file(self, path: str) -> _File:
         """Start reading ``path`` as the next partition."""
+        if self.sandbox is not None:  # once per file: a link in a directory may lead out
+            self.sandbox.check_file(self.name, path)
         f = _File(path, len(self._files), to_skip=self._skip_lines + self._header_lines)
         self._files.append(f)
         self._known.add(path)

@@ -101,6 +101,8 @@ class MultiInputExecutor(V1Executor):
         self.part_out = [0] * n
         self.part_wm: list[int | None] = [None] * n  # the watermark each worker last had
         self.pool = WorkerPool(n, affinity=bool(self.opts.get("enable_affinity")), max_in_flight=2)
+        if getattr(self.job.engine, "sandbox", None) is not None:  # user SQL runs in the workers too
+            self.job.engine.sandbox.lock_workers(self.pool, self.sources)
         empties = [self._stamp(empty_table(s.schema), i, observe=False) for i, s in enumerate(self.sources)]
         self.seq = 0
         self._broadcast(Query(Call("velosql.runtime.operators.hosted:bind", (self.plan.operator, empties))))

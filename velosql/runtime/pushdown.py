@@ -156,6 +156,9 @@ def prepare(plan, source) -> Scan | None:
         return None
     con = duckdb.connect(config={"threads": usable_cpus()})
     try:
+        sandbox = getattr(source, "sandbox", None)
+        if sandbox is not None:  # the statement's SQL runs here: it may read the scanned files only
+            sandbox.lock(con, spec.paths)
         table = _table_sql(con, spec)
         if table is None:
             con.close()

@@ -398,6 +398,8 @@ class V2Executor(V1Executor):
             self.direct = (self.route.strategy == "sticky" or self.combined) and len(self.splits) > 1
             self.operator.arrow = None  # the workers compute the partials
             self.pool = WorkerPool(self.n, affinity=self.affinity, max_in_flight=MAX_IN_FLIGHT)
+            if getattr(self.job.engine, "sandbox", None) is not None:  # user SQL runs in the workers too
+                self.job.engine.sandbox.lock_workers(self.pool, [self.source])
             if self.route.mode == "keyed" or self.combined:
                 self._setup_keyed()
                 if self.restored_workers is not None:
