@@ -182,7 +182,7 @@ def test_a_job_killed_at_random_moments_and_restarted_commits_each_result_once(t
     workers: the job fails), each after a checkpoint at least so that it gets somewhere, most of
     them amid an epoch's output, and started again, until a run ends by itself: every output is
     the batch answer, nothing missing and nothing twice, and the Parquet file opens whenever it
-    is looked at. 10 kills per processor in the long profile (20 in all), 4 in the fast one."""
+    is looked at. 10 kills per processor in the long profile (20 in all), 3 in the fast one."""
     import random
     import subprocess
     import sys
@@ -191,7 +191,7 @@ def test_a_job_killed_at_random_moments_and_restarted_commits_each_result_once(t
     from conftest import LONG
 
     src, state, db = tmp_path / "in.csv", tmp_path / "state", tmp_path / "out.duckdb"
-    src.write_text("k,v,ts\n" + lines(0, 150_000 if LONG else 60_000))
+    src.write_text("k,v,ts\n" + lines(0, 150_000 if LONG else 40_000))
     source = (
         f"'t.type' = 'file_source', 't.path' = '{src}', 't.batch_size' = 500, "
         f"'checkpoint.interval' = '50ms', max_batch_size = 500, processor = '{processor}'"
@@ -211,7 +211,7 @@ def test_a_job_killed_at_random_moments_and_restarted_commits_each_result_once(t
     command = [sys.executable, "-m", "velosql", "run", "--database", str(db), "--state", str(state), str(app)]
     rng = random.Random(19)
     current = state / "agg_db" / "CURRENT"
-    planned = 10 if LONG else 4
+    planned = 10 if LONG else 3
     kills = workers_killed = 0
     while True:
         target = epoch(current) + rng.randint(1, 3)

@@ -91,6 +91,7 @@ class V1Executor:
         self.skip_to: dict[int, int] = {}
         self.next_checkpoint = 0.0
         self.changed = False  # a micro-batch was processed since the last checkpoint
+        self.never_ran = False  # preparing failed: the sinks publish nothing (discard)
         # Exactly-once into the job's database (a file): one transaction per epoch (checkpoint.py).
         self.transactional = False
         self.in_transaction = False
@@ -577,7 +578,7 @@ class V1Executor:
             self.in_transaction = False
         for sink in getattr(self, "sinks", []):
             try:
-                sink.close()
+                sink.discard() if self.never_ran else sink.close()
             except Exception:  # noqa: BLE001 - first error wins; closing the rest matters more
                 pass
         if self.scan is not None:

@@ -407,6 +407,7 @@ class V2Executor(V1Executor):
             if self.direct:
                 self._open_direct()
         except BaseException:
+            self.never_ran = True  # the previous file stays at an atomic sink's path
             self.close()
             raise
 
