@@ -36,9 +36,18 @@ class SourceContext:
 
     stop: threading.Event = field(default_factory=threading.Event)
     reject_fn: object = None  # callable(location: str, error: str, raw: str | None) -> None
+    # callable(location, error, raw, at: (partition, offset)): a record whose place is known goes
+    # here when set (a job resuming from a checkpoint does not report it again)
+    reject_at_fn: object = None
 
-    def reject(self, location: str, error: str, raw: str | None = None) -> None:
-        """Hand over a record that cannot be processed. ``location`` is e.g. ``'data/x.csv:17'``."""
+    def reject(
+        self, location: str, error: str, raw: str | None = None, at: tuple[int, int] | None = None
+    ) -> None:
+        """Hand over a record that cannot be processed. ``location`` is e.g. ``'data/x.csv:17'``;
+        ``at``: its ``(_partition, _offset)`` where the source knows it."""
+        if at is not None and self.reject_at_fn is not None:
+            self.reject_at_fn(location, error, raw, at)
+            return
         if self.reject_fn is None:
             from ..errors import DataError
 

@@ -854,7 +854,7 @@ class FileSource(Source):
             self._count_lines(f, b"", f.pos, 0)
             raw = rest.decode("utf-8", errors="replace").rstrip("\r")
             error = "the last line has no end of line: the job stopped before it was complete"
-            self._ctx.reject(f"{f.path}:{f.line + 1}", error, raw)
+            self._ctx.reject(f"{f.path}:{f.line + 1}", error, raw, (f.partition, f.offset))
             f.offset += 1
             f.pos += len(rest)
 
@@ -941,7 +941,7 @@ class FileSource(Source):
         for item in decode_lines(decoder, data, block.start, block.end, block.buf, failed=True):
             if isinstance(item, BadLine):
                 self._count_lines(f, data, block.pos, item.start)
-                self._ctx.reject(f"{f.path}:{f.line + 1}", item.error, item.raw)
+                self._ctx.reject(f"{f.path}:{f.line + 1}", item.error, item.raw, (f.partition, f.offset))
                 f.offset += 1
             else:
                 yield from self._emit(f, f.conform(item) if f.conform else item)
@@ -1069,7 +1069,7 @@ class FileSource(Source):
                 f.failed_size = size  # may still be being written: look again at the next poll
                 return
             f.done = True
-            self._ctx.reject(f.path, f"cannot read the Parquet file: {exc}", None)
+            self._ctx.reject(f.path, f"cannot read the Parquet file: {exc}", None, (f.partition, 0))
             return
         f.done = True
         meta = pf.metadata
@@ -1079,7 +1079,7 @@ class FileSource(Source):
         first, end = f.row_groups or (0, meta.num_row_groups)
         conform = self._parquet_conform(f, pf.schema_arrow)
         if isinstance(conform, str):
-            self._ctx.reject(f.path, conform, None)
+            self._ctx.reject(f.path, conform, None, (f.partition, f.offset))
             f.offset = starts[end]
             return
         present = [n for n in self._user.names if n in pf.schema_arrow.names]
@@ -1105,7 +1105,10 @@ class FileSource(Source):
             except _PARQUET_ERRORS as exc:
                 error = str(exc) if isinstance(exc, BlockError) else f"cannot read the row group: {exc}"
                 self._ctx.reject(
-                    f"{f.path}, row group {g} (rows {f.offset}-{starts[g + 1] - 1})", error, None
+                    f"{f.path}, row group {g} (rows {f.offset}-{starts[g + 1] - 1})",
+                    error,
+                    None,
+                    (f.partition, f.offset),
                 )
                 f.offset = starts[g + 1]
                 continue

@@ -27,7 +27,7 @@ from . import operators
 from .job import format_watermark
 from .pool import WorkerPool, worker_identity
 from .protocol import Batch, Call, Query
-from .v1 import DLQ_SCHEMA, V1Executor, time_column
+from .v1 import DLQ_SCHEMA, V1Executor, _restore_tracker, time_column
 from .watermark import NEG_INF, NOT_YET, POS_INF, WatermarkTracker, any_late, event_time_us, without_null_time
 
 ALIGN_SLACK_US = 10_000_000  # event time a stream may run ahead beyond what the statement needs
@@ -40,7 +40,6 @@ class MultiInputExecutor(V1Executor):
 
     def prepare(self) -> None:
         plan = self.plan
-        self._no_checkpoints("a statement over several streams")
         self.con = self.job.engine._job_connection()
         self.sources = []
         try:
@@ -51,6 +50,7 @@ class MultiInputExecutor(V1Executor):
                 ctx = SourceContext(
                     stop=self.job.stop_event,
                     reject_fn=lambda loc, err, raw, s=name: self._reject(loc, err, raw, s),
+                    reject_at_fn=lambda loc, err, raw, at, s=name: self._reject(loc, err, raw, s, at),
                 )
                 try:
                     source.open(ctx)
@@ -70,11 +70,11 @@ class MultiInputExecutor(V1Executor):
                 pieces = splits(1, False) if splits is not None else []
                 tracker.expect(p[1] for p in (pieces or [(None, 0)]))
             self.pool = None
+            self._open_checkpoints()
             self._bind()
+            tokens = self._restore() if self.epoch else {}
             self._start_workers()
-            self.sinks = self.job.engine._make_sinks(plan, self.con)
-            for sink in self.sinks:
-                sink.open(self.out_schema)
+            self._open_sinks(tokens)
         except BaseException:
             self.close()
             raise
@@ -91,6 +91,10 @@ class MultiInputExecutor(V1Executor):
             return
         n = self.job.processor.num_partitions()
         self.route = choose(self.plan, n)
+        if self.route.workers and self.checkpoints is not None:
+            self.route = Routing("v1", "", "one partition (the V1 engine) in the job's process: a job with a "
+                                 "state location keeps the join's state where its checkpoints take it")  # fmt: skip
+            return
         self.hashes = self._key_hashes(n) if self.route.workers else None
         if self.hashes is None:
             if self.route.workers:
@@ -327,10 +331,15 @@ class MultiInputExecutor(V1Executor):
             if i == len(pending) or pending[i].side != pending[start].side:
                 side = pending[start].side
                 table = pa.Table.from_batches([t.item for t in pending[start:i]])
+                start = i
+                if self.checkpoints is not None:
+                    table = self._read_past(table, self.plan.inputs[side].source.name)
+                    if not table.num_rows:  # every row was read before the restart
+                        continue
+                    self.changed = True
                 self.metrics.records_in += table.num_rows
                 self.metrics.batches += 1
                 self._step_input(self._stamp(table, side), side)
-                start = i
         wm = self._watermark()
         if wm != NEG_INF:
             self.metrics.watermark = wm
@@ -369,6 +378,14 @@ class MultiInputExecutor(V1Executor):
             self.part_wm = [wm] * len(self.pool)
             call = Call("velosql.runtime.operators.hosted:on_watermark", wm)
             self._write_some(operators.concat([t for t in self._broadcast(Query(call)) if t is not None]))
+
+    def _tracker_values(self) -> dict:
+        return {"trackers": [[t.watermark, sorted(t.max_by_partition.items())] for t in self.trackers]}
+
+    def _restore_trackers(self, values: dict) -> None:
+        for tracker, (watermark, maxima) in zip(self.trackers, values["trackers"]):
+            _restore_tracker(tracker, watermark, maxima)
+        self.metrics.watermark = self._watermark()
 
     def _finish(self) -> None:
         wm = POS_INF

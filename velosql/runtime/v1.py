@@ -88,10 +88,14 @@ class V1Executor:
         self.checkpoints: CheckpointStore | None = None
         self.epoch = 0
         self.positions: dict[tuple[str, int], int] = {}
-        self.skip_to: dict[int, int] = {}
+        self.skip_to: dict[tuple[str, int], int] = {}
         self.next_checkpoint = 0.0
         self.changed = False  # a micro-batch was processed since the last checkpoint
         self.never_ran = False  # preparing failed: the sinks publish nothing (discard)
+        # (source, partition) -> the offset past the last dead letter reported (saved by a
+        # checkpoint), and as the checkpoint resumed from had it (not reported again).
+        self.rejected: dict[tuple[str, int], int] = {}
+        self.rejected_before: dict[tuple[str, int], int] = {}
         # Exactly-once into the job's database (a file): one transaction per epoch (checkpoint.py).
         self.transactional = False
         self.in_transaction = False
@@ -104,7 +108,11 @@ class V1Executor:
         self.con = self.job.engine._job_connection()
         self.source = self.job.engine._make_source(plan)
         self._open_checkpoints()
-        self.ctx = SourceContext(stop=self.job.stop_event, reject_fn=self._reject)
+        self.ctx = SourceContext(
+            stop=self.job.stop_event,
+            reject_fn=self._reject,
+            reject_at_fn=lambda loc, err, raw, at: self._reject(loc, err, raw, at=at),
+        )
         try:
             self.source.open(self.ctx)
         except DataError as exc:
@@ -122,16 +130,7 @@ class V1Executor:
                 self.tracker.expect(piece[1] for piece in pieces)  # each file's partition
         try:
             self._bind()
-            tokens = self._restore() if self.epoch else {}
-            self.sinks = self.job.engine._make_sinks(plan, self.con)
-            for i, sink in enumerate(self.sinks):
-                sink.resume = self.epoch > 0  # keep what the run before committed
-                sink.in_transaction = self.transactional  # its writes are in the epoch's
-                sink.epochs = self.checkpoints is not None  # it publishes what checkpoints commit
-                recover = getattr(sink, "recover", None)
-                if self.epoch and recover is not None:
-                    recover(tokens.get(str(i)))  # finish or undo the epoch the crash cut
-                sink.open(self.out_schema)
+            self._open_sinks(self._restore() if self.epoch else {})
             # Checkpoints are taken between micro-batches: DuckDB's one scan has none.
             self.scan = None if self.checkpoints else pushdown.prepare(plan, self.source)
         except BaseException:
@@ -144,12 +143,15 @@ class V1Executor:
         if not root:
             return
         plan = self.plan
-        if plan.source.type == "python" or type(self.source).__name__ == "PythonSource":
-            raise ConfigError(
-                f"{plan.location}: source {plan.source.name!r} is pushed from Python and cannot be read "
-                "again from a checkpoint's position: a job with a state location reads files (or "
-                "tables); run it without 'checkpoint.dir' / --state"
-            )
+        specs = [i.source for i in plan.inputs] if plan.inputs else [plan.source]
+        sources = getattr(self, "sources", None) or [self.source]
+        for spec, source in zip(specs, sources):
+            if spec.type == "python" or type(source).__name__ == "PythonSource":
+                raise ConfigError(
+                    f"{plan.location}: source {spec.name!r} is pushed from Python and cannot be read "
+                    "again from a checkpoint's position: a job with a state location reads files (or "
+                    "tables); run it without 'checkpoint.dir' / --state"
+                )
         self.checkpoints = CheckpointStore(root, plan.name)
         self.epoch = self.checkpoints.latest() or 0
         ((path,),) = self.con.execute(
@@ -169,6 +171,28 @@ class V1Executor:
                 # Killed after the database committed the epoch, before CURRENT moved: move it.
                 self.checkpoints.commit(committed)
                 self.epoch = committed
+
+    def _tracker_values(self) -> dict:
+        """The watermark tracker's state, for a checkpoint."""
+        tracker = self.tracker
+        return {"watermark": tracker.watermark, "partition_maxima": sorted(tracker.max_by_partition.items())}
+
+    def _restore_trackers(self, values: dict) -> None:
+        _restore_tracker(self.tracker, values["watermark"], values["partition_maxima"])
+        self.metrics.watermark = self.tracker.watermark
+
+    def _open_sinks(self, tokens: dict) -> None:
+        """Make and open the statement's sinks; resuming from a checkpoint, each first gets back
+        what that checkpoint committed (``tokens``: what each sink's precommit gave)."""
+        self.sinks = self.job.engine._make_sinks(self.plan, self.con)
+        for i, sink in enumerate(self.sinks):
+            sink.resume = self.epoch > 0  # keep what the run before committed
+            sink.in_transaction = self.transactional  # its writes are in the epoch's
+            sink.epochs = self.checkpoints is not None  # it publishes what checkpoints commit
+            recover = getattr(sink, "recover", None)
+            if self.epoch and recover is not None:
+                recover(tokens.get(str(i)))  # finish or undo the epoch the crash cut
+            sink.open(self.out_schema)
 
     def _no_checkpoints(self, what: str) -> None:
         """Refuse a state location for a job that takes no checkpoints yet (``what`` it is)."""
@@ -200,13 +224,11 @@ class V1Executor:
         self.seq = values["seq"]
         self.emitted_rows = values["emitted_rows"]
         self.forwarded = values["forwarded"]
-        self.tracker.watermark = values["watermark"]
-        now = time.monotonic()
-        self.tracker.max_by_partition = {p: m for p, m in values["partition_maxima"]}
-        self.tracker.last_seen = {p: now for p in self.tracker.max_by_partition}
-        self.metrics.watermark = self.tracker.watermark
+        self._restore_trackers(values)
         self.positions = dict(ck.positions)
-        self.skip_to = {p: o for (s, p), o in ck.positions.items() if s == plan.source.name}
+        self.rejected = {(s, p): o for s, p, o in values.get("rejected", [])}
+        self.rejected_before = dict(self.rejected)
+        self.skip_to = dict(ck.positions)
         _log.info(
             "%s: resuming from checkpoint %d (%s)", plan.name, ck.epoch, self.checkpoints.path(ck.epoch)
         )
@@ -248,9 +270,9 @@ class V1Executor:
             "seq": self.seq,
             "emitted_rows": self.emitted_rows,
             "forwarded": self.forwarded,
-            "watermark": self.tracker.watermark,
-            "partition_maxima": sorted(self.tracker.max_by_partition.items()),
+            **self._tracker_values(),
             "sinks": tokens,
+            "rejected": sorted([s, p, o] for (s, p), o in self.rejected.items()),
         }
         more, rows = self._snapshot_more()
         values.update(more)
@@ -290,27 +312,29 @@ class V1Executor:
         if self.changed and self.checkpoints is not None and time.monotonic() >= self.next_checkpoint:
             self._checkpoint()
 
-    def _read_past(self, table: pa.Table) -> pa.Table:
-        """Record how far each source partition has been read; after a restart, first drop the
-        rows the checkpoint had read already (the source reads them again)."""
+    def _read_past(self, table: pa.Table, name: str | None = None) -> pa.Table:
+        """Record how far each partition of source ``name`` (the statement's) has been read;
+        after a restart, first drop the rows the checkpoint had read already (the source reads
+        them again)."""
+        name = name or self.plan.source.name
         parts = table[PARTITION_COL]
         offsets = table[OFFSET_COL]
-        if self.skip_to:
-            top = max(self.skip_to)
-            floor = pa.array([self.skip_to.get(p, 0) for p in range(top + 1)], pa.int64())
+        skip = {p: o for (s, p), o in self.skip_to.items() if s == name}
+        if skip:
+            top = max(skip)
+            floor = pa.array([skip.get(p, 0) for p in range(top + 1)], pa.int64())
             known = pc.less_equal(parts, int_scalar(top, parts.type))
             least = pc.if_else(known, pc.take(floor, pc.if_else(known, parts, int_scalar(0, parts.type))), 0)
             keep = pc.greater_equal(offsets, least)
             if not pc.all(keep).as_py():
                 table = table.filter(keep)
                 parts, offsets = table[PARTITION_COL], table[OFFSET_COL]
-            else:
-                self.skip_to = {}  # past every position: read on as usual
         if table.num_rows:
-            name = self.plan.source.name
             last = pa.table({"p": parts, "o": offsets}).group_by("p").aggregate([("o", "max")])
             for p, o in zip(last["p"].to_pylist(), last["o_max"].to_pylist()):
                 self.positions[name, p] = max(self.positions.get((name, p), 0), o + 1)
+                if skip.get(p, 0) and o >= skip[p]:  # read past its position: offsets only grow
+                    del self.skip_to[name, p]
         return table
 
     def _prune_source(self) -> None:
@@ -395,13 +419,24 @@ class V1Executor:
             self._reject(location, error, raw)
         return table, et
 
-    def _reject(self, location: str, error: str, raw: str | None, source: str | None = None) -> None:
-        """A record that cannot be processed, of ``source`` (by default the statement's)."""
+    def _reject(
+        self,
+        location: str,
+        error: str,
+        raw: str | None,
+        source: str | None = None,
+        at: tuple[int, int] | None = None,
+    ) -> None:
+        """A record that cannot be processed, of ``source`` (by default the statement's); ``at``:
+        its partition and offset, where the source knows them."""
+        source = source or self.plan.source.name
+        if at is not None and at[1] < self.rejected_before.get((source, at[0]), 0):
+            return  # the checkpoint this job resumed from has it in the dead letters already
         strategy = self.opts.get("failure_strategy", "SendToDLQ")
         if strategy == "FailBatch":
             raise DataError(f"{location}: {error}")
         with self.rejects_lock:
-            self.rejects.append((source or self.plan.source.name, location, error, raw))
+            self.rejects.append((source, location, error, raw, at))
         if strategy == "LogAndContinue":
             _log.warning("%s: %s", location, error)
 
@@ -423,6 +458,10 @@ class V1Executor:
                 f'INSERT INTO "{self.plan.dlq_table}" SELECT *, now()::TIMESTAMP FROM __rejects'
             ).fetchall()
         self.metrics.dead_letters += len(rows)
+        for source, _, _, _, at in rows:
+            if at is not None:
+                key = (source, at[0])
+                self.rejected[key] = max(self.rejected.get(key, 0), at[1] + 1)
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -754,6 +793,14 @@ class V1Executor:
                 if self.job.stop_event.wait(delay):
                     delay = 0
                 delay *= 2
+
+
+def _restore_tracker(tracker: WatermarkTracker, watermark: int, maxima: list) -> None:
+    """A tracker as a checkpoint saved it (partitions count as just seen: idle from now)."""
+    now = time.monotonic()
+    tracker.watermark = watermark
+    tracker.max_by_partition = {p: m for p, m in maxima}
+    tracker.last_seen = {p: now for p in tracker.max_by_partition}
 
 
 def time_column(table: pa.Table, col: str, source: str, location) -> str:
