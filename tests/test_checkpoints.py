@@ -310,3 +310,14 @@ def test_a_join_of_two_streams_resumes_with_each_sides_rows_and_positions(tmp_pa
     want = con.execute(select).fetchall()
     assert len(want) > 40
     assert sorted(got) == sorted(want)
+
+
+def test_a_pipeline_is_refused_with_a_state_location_saying_what_to_do(tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text("k,v,ts\n" + lines(0, 5))
+    with velosql.connect(state=tmp_path / "state") as engine:
+        with pytest.raises(ConfigError, match="reads the output of statement 'a' as a stream .* file sink"):
+            engine.execute(
+                f"CREATE STREAM a AS SELECT k, v FROM t WITH ('t.type' = 'file_source', 't.path' = '{src}');\n"
+                "CREATE STREAM b AS SELECT k FROM a"
+            )

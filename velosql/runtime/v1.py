@@ -146,6 +146,13 @@ class V1Executor:
         specs = [i.source for i in plan.inputs] if plan.inputs else [plan.source]
         sources = getattr(self, "sources", None) or [self.source]
         for spec, source in zip(specs, sources):
+            if spec.name in getattr(self.job.engine, "_pipes", ()):
+                raise ConfigError(
+                    f"{plan.location}: {plan.name!r} reads the output of statement {spec.name!r} as a "
+                    "stream (a pipeline), which cannot be read again from a checkpoint's position: with "
+                    f"a state location, write {spec.name!r} to a file sink and read that file (watched) "
+                    "in this statement, or run the script without 'checkpoint.dir' / --state"
+                )
             if spec.type == "python" or type(source).__name__ == "PythonSource":
                 raise ConfigError(
                     f"{plan.location}: source {spec.name!r} is pushed from Python and cannot be read "
