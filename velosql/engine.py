@@ -523,6 +523,13 @@ class Engine:
                 declared,
                 carried=self._carried.get(p.name) if spec is p.source else None,
             )
+        if stype == "kafka_source":
+            from .connectors.files_formats import schema_from_sql
+            from .connectors.kafka import KafkaSource
+
+            declared = spec.options.get("schema")
+            declared = declared and schema_from_sql(declared, f"{spec.name}.schema", self.con)
+            return KafkaSource(spec.name, spec.options, declared or None)
         if stype == "table":
             table = spec.options.get("table") or spec.name
             return DuckDBTableSource(

@@ -84,8 +84,9 @@ OPTIONS: tuple[Option, ...] = (
         "enum",
         None,
         "File format; by default taken from the file extension "
-        "(`.csv`, `.json`/`.jsonl`/`.ndjson`, `.parquet`).",
+        "(`.csv`, `.json`/`.jsonl`/`.ndjson`, `.parquet`). A kafka_source reads `json` (its default).",
         FILE_FORMATS,
+        types=("file_source", "file_source_mmap", "kafka_source"),
     ),
     _src("delimiter", "str", ",", "CSV field delimiter (one character)."),
     _src(
@@ -105,7 +106,7 @@ OPTIONS: tuple[Option, ...] = (
         "Column names and DuckDB types, overriding inference, e.g. "
         "`'station VARCHAR, temperature DOUBLE'`. Names the columns of a headerless CSV "
         "(otherwise `column0`, `column1`, …); lets a python source be deployed before any push.",
-        types=("file_source", "file_source_mmap", "python"),
+        types=("file_source", "file_source_mmap", "python", "kafka_source"),
     ),
     _src("batch_size", "int", 65536, "Rows per batch read from the source."),
     _src(
@@ -123,7 +124,13 @@ OPTIONS: tuple[Option, ...] = (
         False,
         "Keep reading rows appended to the file(s) and new files in the directory until the job is stopped.",
     ),
-    _src("poll_interval", "duration", 500_000, "How often a watched source looks for new data."),
+    _src(
+        "poll_interval",
+        "duration",
+        500_000,
+        "How often a watched source looks for new data; how long a kafka_source waits in one poll.",
+        types=("file_source", "file_source_mmap", "kafka_source"),
+    ),
     _src(
         "event.time.field", "str", None, "Column holding the event time of this source's records.", types=None
     ),
@@ -143,7 +150,13 @@ OPTIONS: tuple[Option, ...] = (
         types=None,
     ),
     _src("topic.name", "str", None, "Kafka topic to read.", types=_KAFKA_SRC),
-    _src("bootstrap.servers", "str", None, "Kafka brokers.", types=_KAFKA_SRC),
+    _src(
+        "bootstrap.servers",
+        "str",
+        None,
+        "Kafka brokers (`host:port,…`); default: the environment variable `VELOSQL_KAFKA_BROKERS`.",
+        types=_KAFKA_SRC,
+    ),
     _src(
         "auto.offset.reset",
         "enum",
@@ -152,7 +165,22 @@ OPTIONS: tuple[Option, ...] = (
         ("earliest", "latest"),
         types=_KAFKA_SRC,
     ),
-    _src("group.id", "str", None, "Kafka consumer group.", types=_KAFKA_SRC),
+    _src(
+        "group.id",
+        "str",
+        None,
+        "Kafka consumer group (default: `velosql-<source>`). Partitions are assigned, not "
+        "subscribed: the group's committed offsets, if any, are where reading starts.",
+        types=_KAFKA_SRC,
+    ),
+    _src(
+        "stop.at.end",
+        "bool",
+        False,
+        "Read every partition up to its end offset when the job starts, then end (backfills, "
+        "tests); otherwise a kafka_source is unbounded.",
+        types=_KAFKA_SRC,
+    ),
     _src(
         "table",
         "str",

@@ -448,10 +448,10 @@ def _connector_type(scoped: dict, scope: str, owner: str) -> str | None:
         return None
     value, key, loc = scoped["type"]
     ctype = opts.convert(opts.find(scope, "type"), value, key, loc)
-    if ctype in ("kafka_source", "kafka_sink"):
+    if ctype == "kafka_sink":
         raise OptionError(
-            f"{key!r} = {ctype!r}: Kafka connectors are not available in this release yet; "
-            "use file_source/file_sink, python or duckdb_table",
+            f"{key!r} = {ctype!r}: the Kafka sink is not built yet (kafka_source is); "
+            "write to file_sink, python or duckdb_table",
             loc,
         )
     return ctype
@@ -469,6 +469,8 @@ def _source_spec(name: str, alias: str, scoped: dict, stmt: CreateStream) -> Sou
     converted = _convert_scope("source", scoped, ctype, name)
     if ctype == "file_source" and not converted.get("path"):
         raise OptionError(f"source {name!r} is a file_source but has no '{name}.path'", stmt.location)
+    if ctype == "kafka_source" and not converted.get("topic.name"):
+        raise OptionError(f"source {name!r} is a kafka_source but has no '{name}.topic.name'", stmt.location)
     if converted.get("format") == "csv_no_header":
         converted["has_headers"] = False
     converted.pop("type", None)
