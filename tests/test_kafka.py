@@ -142,3 +142,29 @@ def test_a_bad_message_is_a_dead_letter_naming_its_place_and_the_job_goes_on(kaf
     assert got == sorted(duckdb.sql("SELECT symbol, count(*), sum(qty) FROM t GROUP BY symbol").fetchall())
     assert [loc for loc, _ in dead] == [f"{topic}/{p}@{o}" for p, o in sorted(bad)]
     assert "JSON" in dead[0][1] and "null value" in dead[2][1]
+
+
+def test_velosql_run_ends_a_job_that_reads_a_topic_to_its_end_offsets(kafka_brokers, tmp_path):  # noqa: F811
+    """``'stop.at.end'``: the input ends, so ``velosql run`` waits for the job and exits 0 (it
+    waited forever, taking every Kafka source as unbounded)."""
+    import subprocess
+    import sys
+
+    topic = _topic(kafka_brokers)
+    records = _trades(200)
+    _produce(kafka_brokers, topic, [(i % PARTITIONS, json.dumps(r).encode()) for i, r in enumerate(records)])
+    source = _source(kafka_brokers, topic).replace("'o.type' = 'python'", "'o.type' = 'file_sink'")
+    (tmp_path / "app.sql").write_text(
+        f"CREATE STREAM o AS SELECT symbol, count(*) AS n FROM t GROUP BY symbol EMIT FINAL "
+        f"WITH ({source}, 'o.path' = 'out.csv');\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "velosql", "run", "app.sql"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = sorted(duckdb.sql(f"SELECT symbol, n FROM read_csv('{tmp_path / 'out.csv'}')").fetchall())
+    assert got == sorted((f"S{s}", len(range(s, 200, 7))) for s in range(7))

@@ -249,9 +249,12 @@ class Runner:
 
 
 def bounded(plan: StreamPlan) -> bool:
-    """Whether a job's input ends by itself: files not watched, tables; not Python or Kafka."""
+    """Whether a job's input ends by itself: files not watched, tables, Kafka read to the end
+    offsets seen at its start ('stop.at.end'); not Python or Kafka otherwise."""
     kind = plan.source.type
-    if kind in ("python", "kafka_source"):
+    if kind == "kafka_source":
+        return str(plan.source.options.get("stop.at.end", False)).lower() in ("true", "1")
+    if kind == "python":
         return False
     return str(plan.source.options.get("watch", False)).lower() not in ("true", "1")
 
