@@ -306,3 +306,29 @@ def test_an_unterminated_last_line_of_a_watched_file_is_a_dead_letter_at_stop(tm
     assert dead == [
         (f"{path}:3", "the last line has no end of line: the job stopped before it was complete", '{"v": 3')
     ]
+
+
+@pytest.mark.parametrize("processor", PROCESSORS)
+def test_a_corrupt_row_group_under_duckdbs_own_scan_is_a_dead_letter_too(tmp_path, processor):
+    """A GROUP BY without a window over bounded files is DuckDB's own scan (scan pushdown), which
+    stops at the corrupt row group: the job then reads the files record by record, and the row
+    group is one dead letter while the rest is aggregated (it failed the job)."""
+    pq.write_table(numbers(0, 300), tmp_path / "a.parquet", row_group_size=100, compression="snappy")
+    pq.write_table(numbers(300, 100), tmp_path / "b.parquet")
+    corrupt_row_group(tmp_path / "a.parquet", 1)
+    where = with_clause(tmp_path, processor).replace("scan_pushdown = false", "scan_pushdown = true")
+    assert "scan_pushdown = true" in where
+    with velosql.connect() as engine:
+        job = engine.execute(
+            f"CREATE STREAM o AS SELECT k, count(*) AS n, sum(v) AS s FROM src GROUP BY k EMIT FINAL {where}"
+        )
+        job.wait(120)
+        assert job.error is None, job.error
+        got = sorted(engine.sql("SELECT k, n, s FROM o").fetchall())
+        dead = engine.sql("SELECT location FROM o__dlq").fetchall()
+    kept = [i for i in range(400) if not 100 <= i < 200]
+    want = sorted(
+        (f"k{m}", len([i for i in kept if i % 7 == m]), sum(i for i in kept if i % 7 == m)) for m in range(7)
+    )
+    assert got == want
+    assert dead == [(f"{tmp_path / 'a.parquet'}, row group 1 (rows 100-199)",)]

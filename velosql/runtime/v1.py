@@ -475,10 +475,13 @@ class V1Executor:
     def run(self) -> None:
         if self.scan is not None:
             try:
-                self._run_scan()
-            finally:
+                done = self._run_scan()
+            except BaseException:
                 self.close()
-            return
+                raise
+            if done:
+                self.close()
+                return
         sources = getattr(self, "sources", None) or [self.source]
         max_rows = int(self.opts.get("max_batch_size") or 262144)
         self._begin_epoch()
@@ -631,8 +634,10 @@ class V1Executor:
             self.scan.close()
         self.source.close()
 
-    def _run_scan(self) -> None:
-        """The whole bounded input through DuckDB's reader, then the usual end of input."""
+    def _run_scan(self) -> bool:
+        """The whole bounded input through DuckDB's reader, then the usual end of input; False
+        when DuckDB's reader failed (nothing came of it): the files are then read record by
+        record, where each piece that cannot be read is one dead letter."""
         t0 = time.monotonic()
 
         def progress(percent: float) -> None:  # an estimate for the progress display, until the count
@@ -641,7 +646,16 @@ class V1Executor:
         try:
             result = self.scan.run(self.job.stop_event, progress)
         except duckdb.Error as exc:
-            raise JobError(f"job {self.plan.name!r}: {duckdb_message(exc)}") from None
+            # It stops at the first file or row group it cannot read (a corrupt Parquet page).
+            _log.warning(
+                "%s: DuckDB's scan of the files failed (%s): reading them record by record",
+                self.plan.name,
+                duckdb_message(exc),
+            )
+            self.scan.close()
+            self.scan = None
+            self.metrics.records_in = 0
+            return False
         if result is not None:  # a stopped scan leaves nothing, its bad records included
             for location, error, raw in self.scan.rejects():
                 self._reject(location, error, raw)
@@ -654,6 +668,7 @@ class V1Executor:
             self.metrics.records_in = 0  # what the scan had read is dropped with it
         self.metrics.busy_seconds += time.monotonic() - t0
         self._finish()
+        return True
 
     def _read(self, q: RowQueue, abort: threading.Event, source, side: int) -> None:
         """Put ``source``'s batches and partition ends on ``q``, tagged with its input ``side``,
