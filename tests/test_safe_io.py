@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_cli import env  # the program's environment: this checkout, no ambient config
 
 import velosql
 from velosql.errors import OptionError
@@ -31,13 +32,6 @@ DEADLINE = 60.0  # seconds; generous for a loaded machine, and only reached on f
 
 
 # ---- helpers --------------------------------------------------------------------------------------
-
-
-def env() -> dict[str, str]:
-    """The program's environment: this checkout importable, no ambient processor config."""
-    e = {k: v for k, v in os.environ.items() if k not in ("PROCESSOR_CONFIG", "VELOSQL_CONFIG")}
-    e["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    return e
 
 
 def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:

