@@ -27,7 +27,6 @@ from test_cli import env  # the program's environment: this checkout, no ambient
 import velosql
 from velosql.errors import OptionError
 
-REPO = Path(__file__).resolve().parents[1]
 DEADLINE = 60.0  # seconds; generous for a loaded machine, and only reached on failure
 
 
