@@ -201,14 +201,6 @@ class V1Executor:
                 recover(tokens.get(str(i)))  # finish or undo the epoch the crash cut
             sink.open(self.out_schema)
 
-    def _no_checkpoints(self, what: str) -> None:
-        """Refuse a state location for a job that takes no checkpoints yet (``what`` it is)."""
-        if self.opts.get("checkpoint.dir") or getattr(self.job.engine, "state_dir", None):
-            raise ConfigError(
-                f"{self.plan.location}: {what} takes no checkpoints yet (V1 jobs over one source "
-                "do): run it without a state location ('checkpoint.dir', --state)"
-            )
-
     def _restore(self) -> dict:
         """Take the state of the last checkpoint: the operator's tables and values, the watermark
         tracker, the arrival sequence, and the source positions to skip to; its sinks' tokens."""
