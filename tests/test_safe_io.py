@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from test_cli import env  # the program's environment: this checkout, no ambient config
+from test_cli import velosql as run_cli  # velosql run …, as a subprocess
 
 import velosql
 from velosql.errors import OptionError
@@ -31,17 +32,6 @@ DEADLINE = 60.0  # seconds; generous for a loaded machine, and only reached on f
 
 
 # ---- helpers --------------------------------------------------------------------------------------
-
-
-def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "velosql", *args],
-        cwd=cwd,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE,
-    )
 
 
 def start(cwd: Path, *args: str, **kwargs) -> subprocess.Popen:

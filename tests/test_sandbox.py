@@ -4,33 +4,16 @@ a user's connection without external access, and WITH values that are never run 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_cli import velosql as velosql_cli  # velosql …, as a subprocess
 
 import velosql
 from velosql.errors import OptionError
-
-REPO = Path(__file__).resolve().parent.parent
-TIMEOUT = 120
-
-
-def velosql_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("PROCESSOR_CONFIG", "VELOSQL_CONFIG")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    return subprocess.run(
-        [sys.executable, "-m", "velosql", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
 
 
 def copy_sql(src: str = "in.csv", out: str = "out.csv", select: str = "a, b", extra: str = "") -> str:

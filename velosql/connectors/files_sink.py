@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import DataError, OptionError
-from .base import Sink, text_scalar
+from .base import Sink, sync_file, text_scalar
 from .files_formats import format_of, option, resolve_format, single_char
 
 _TRAILING_ZEROS = r"\.0+$|(\.\d*?[1-9])0+$"  # "10:00:00.120000" → "10:00:00.12", ".000000" → ""
@@ -102,17 +102,6 @@ def is_special(path: str) -> bool:
     if os.path.abspath(path).startswith(("/dev/", "/proc/")):
         return True
     return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
-
-
-def _sync(path: str) -> None:
-    """Make the file's data durable before a rename puts it at the final path: after a power loss
-    the path then holds the previous file or the whole new one, never a new name over lost data.
-    (The directory is not synced: either name is a whole file; a few ms per job saved.)"""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SinkLock:
@@ -342,7 +331,7 @@ class FileSink(Sink):
                 writer, self._writer = self._writer, None
                 writer.close()
                 if self._temp is not None:
-                    _sync(self._temp)
+                    sync_file(self._temp)
                     os.replace(self._temp, self._path)
                     self._temp = None
         finally:
@@ -381,7 +370,7 @@ class FileSink(Sink):
         writer, self._writer = self._writer, None
         writer.close()
         pending = _beside(self._path, f".epoch-{epoch}")
-        _sync(self._temp)
+        sync_file(self._temp)
         os.replace(self._temp, pending)
         self._pending = pending
         self._writer = self._open_writer(self._schema, base=pending)

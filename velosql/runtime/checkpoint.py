@@ -36,6 +36,7 @@ from pathlib import Path
 
 import duckdb
 
+from ..connectors.base import sync_file
 from ..errors import ConfigError
 
 CURRENT = "CURRENT"
@@ -112,7 +113,7 @@ class CheckpointStore:
             out.execute("CHECKPOINT").fetchall()
         finally:
             out.close()
-        _sync(tmp)
+        sync_file(tmp)
         os.replace(tmp, final)
         return final
 
@@ -149,14 +150,6 @@ class CheckpointStore:
 
 def _literal(path: Path) -> str:
     return str(path).replace("'", "''")
-
-
-def _sync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _replace_text(path: Path, text: str) -> None:
