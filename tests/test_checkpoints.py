@@ -55,14 +55,23 @@ def epoch(current) -> int:
         return 0
 
 
-def _children(pid: int) -> list:
-    """The processes ``pid`` started (none once it has ended)."""
+def _workers(pid: int) -> list:
+    """The V2 workers process ``pid`` spawned and that still run (not multiprocessing's resource
+    tracker, not one that has exited)."""
     import psutil
 
+    found = []
     try:
-        return psutil.Process(pid).children()
+        children = psutil.Process(pid).children()
     except psutil.NoSuchProcess:
         return []
+    for child in children:
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # exited meanwhile (a zombie until reaped)
+            continue
+    return found
 
 
 def run_until_read(state, sql: str, rows: int) -> list[tuple]:
@@ -194,10 +203,12 @@ def test_a_job_killed_at_random_moments_and_restarted_commits_each_result_once(t
     them amid an epoch's output, and started again, until a run ends by itself: every output is
     the batch answer, nothing missing and nothing twice, and the Parquet file opens whenever it
     is looked at. 10 kills per processor in the long profile (20 in all), 3 in the fast one."""
+    import contextlib
     import random
     import subprocess
     import sys
 
+    import psutil
     from conftest import LONG
 
     src, state, db = tmp_path / "in.csv", tmp_path / "state", tmp_path / "out.duckdb"
@@ -231,10 +242,11 @@ def test_a_job_killed_at_random_moments_and_restarted_commits_each_result_once(t
             until(lambda p=proc, t=target: p.poll() is not None or epoch(current) >= t, 60)
             threading.Event().wait(rng.uniform(0, 0.05))
             if proc.poll() is None:  # else it ended by itself: the last run
-                workers = [w for w in _children(proc.pid) if "spawn_main" in " ".join(w.cmdline())]
+                workers = _workers(proc.pid)
                 if processor != "v1" and kills % 2 and workers:
-                    rng.choice(workers).kill()  # its job fails; the script's others go on
-                    workers_killed += 1
+                    with contextlib.suppress(psutil.NoSuchProcess):  # it may have just ended
+                        rng.choice(workers).kill()  # its job fails; the script's others go on
+                        workers_killed += 1
                 else:
                     proc.kill()
                 proc.communicate(timeout=120)
