@@ -66,6 +66,7 @@ class KafkaSource(Source):
         self._pending: list = []  # messages polled by open() to infer the schema
         self._ends: dict[int, int | None] = {}  # partition -> end offset (None: not fetched yet)
         self._done: set[int] = set()
+        self._partitions: list[int] = []
 
     def open(self, ctx: SourceContext) -> None:
         from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -86,7 +87,7 @@ class KafkaSource(Source):
                 raise KafkaException(topic.error)
         except KafkaException as exc:
             raise DataError(f"source {self.name!r}: topic {self.topic!r} at {self.brokers}: {exc}") from None
-        partitions = sorted(topic.partitions)
+        partitions = self._partitions = sorted(topic.partitions)
         self._ends = dict.fromkeys(partitions)
         self._consumer.assign([TopicPartition(self.topic, p) for p in partitions])
         user = self.declared if self.declared is not None else self._infer()
@@ -114,6 +115,41 @@ class KafkaSource(Source):
             f"message arrived within {INFER_TIMEOUT:.0f} s; declare the columns with "
             f"'{self.name}.schema' = 'col TYPE, …'"
         )
+
+    def seek(self, positions: dict[int, int]) -> None:
+        """Start partition ``p`` at offset ``positions[p]`` (a checkpoint's positions: the next
+        offset to read); the others where the group's committed offsets, else
+        ``auto.offset.reset``, say. Called after :meth:`open`, before :meth:`read`: what
+        :meth:`open` polled to infer the schema is dropped, and read again where it belongs."""
+        from confluent_kafka import OFFSET_INVALID, TopicPartition
+
+        self._pending = []
+        self._consumer.assign(
+            [TopicPartition(self.topic, p, positions.get(p, OFFSET_INVALID)) for p in self._partitions]
+        )
+
+    def commit_offsets(self, positions: dict[int, int], metadata: str | None = None) -> None:
+        """Commit ``positions`` (partition -> next offset to read) to the consumer group, where
+        monitoring (lag) and a job without a state location resume from. Asynchronous: a
+        commit that fails is retried by the next one."""
+        from confluent_kafka import TopicPartition
+
+        if not positions or self._consumer is None:
+            return
+        offsets = [TopicPartition(self.topic, p, o, metadata=metadata) for p, o in sorted(positions.items())]
+        self._consumer.commit(offsets=offsets, asynchronous=True)
+
+    def consumer_group_metadata(self):
+        """The consumer's group metadata, for a transactional producer's
+        ``send_offsets_to_transaction`` (the kafka_sink)."""
+        return self._consumer.consumer_group_metadata()
+
+    def committed(self, timeout: float = 10.0) -> dict[int, tuple[int, str]]:
+        """The group's committed offset and its metadata per partition (those with one)."""
+        from confluent_kafka import TopicPartition
+
+        found = self._consumer.committed([TopicPartition(self.topic, p) for p in self._partitions], timeout)
+        return {tp.partition: (tp.offset, tp.metadata or "") for tp in found if tp.offset >= 0}
 
     @staticmethod
     def _eofs(messages) -> set[int]:
