@@ -46,6 +46,10 @@ class Metrics:
     busy_seconds: float = 0.0
     waiting_seconds: float = 0.0
     sink_seconds: float = 0.0  # part of busy_seconds: writing to the sinks (a slow sink shows here)
+    # Jobs with a state location: when the checkpoint being taken began, and (begin, end) of the
+    # last one committed, both time.monotonic() (one attribute each: read whole, never torn).
+    checkpoint_started: float | None = None
+    checkpoint: tuple[float, float] | None = None
 
     def as_dict(self) -> dict:
         elapsed = (self.finished or time.monotonic()) - self.started

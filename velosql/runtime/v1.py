@@ -257,6 +257,7 @@ class V1Executor:
         one transaction); then the sinks commit (``commit``). A restart hands a sink the token of
         the checkpoint it resumes from (``recover``), which redoes or undoes what was not done.
         """
+        self.metrics.checkpoint_started = time.monotonic()
         epoch = self.epoch + 1
         tokens = {}
         for i, sink in enumerate(self.sinks):
@@ -294,6 +295,7 @@ class V1Executor:
             commit = getattr(sink, "commit", None)
             if commit is not None:
                 commit(epoch)
+        self.metrics.checkpoint = (self.metrics.checkpoint_started, time.monotonic())
         self.next_checkpoint = time.monotonic() + self._checkpoint_interval()
         self._begin_epoch()
 
