@@ -168,3 +168,45 @@ def test_velosql_run_ends_a_job_that_reads_a_topic_to_its_end_offsets(kafka_brok
     assert proc.returncode == 0, proc.stderr
     got = sorted(duckdb.sql(f"SELECT symbol, n FROM read_csv('{tmp_path / 'out.csv'}')").fetchall())
     assert got == sorted((f"S{s}", len(range(s, 200, 7))) for s in range(7))
+
+
+# ---- librdkafka settings given through ---------------------------------------------------------
+
+
+def test_librdkafka_settings_reach_the_consumer(kafka_brokers):  # noqa: F811
+    """``'t.kafka.<key>'`` goes to librdkafka as it is: a valid one leaves the result the batch
+    result, an unknown one is librdkafka's own refusal, naming the key."""
+    topic = _topic(kafka_brokers)
+    records = _trades(300)
+    _produce(kafka_brokers, topic, [(i % PARTITIONS, json.dumps(r).encode()) for i, r in enumerate(records)])
+    query = "CREATE STREAM o AS SELECT symbol, count(*) AS n FROM t GROUP BY symbol EMIT FINAL"
+    with velosql.connect() as engine:
+        settings = {"t.kafka.fetch.min.bytes": "1", "t.kafka.client.id": "velosql-test"}
+        engine.execute(f"{query} WITH ({_source(kafka_brokers, topic, **settings)})").wait(30)
+        got = _rows(engine.pull("o"))
+        with pytest.raises(velosql.VelosqlError, match=r"no\.such\.setting.*'t\.kafka\.no\.such\.setting'"):
+            engine.execute(
+                f"{query} WITH ({_source(kafka_brokers, topic, **{'t.kafka.no.such.setting': '1'})})"
+            )
+    t = pa.Table.from_pylist(records)  # noqa: F841 - read by the batch SQL
+    assert got == sorted(duckdb.sql("SELECT symbol, count(*) FROM t GROUP BY symbol").fetchall())
+
+
+def test_librdkafka_settings_are_kept_for_kafka_connectors_and_refused_for_others():
+    from velosql.plan import planner
+
+    loc = None
+    scoped = {"kafka.fetch.min.bytes": (1000, "t.kafka.fetch.min.bytes", loc), "topic.name": ("x", "k", loc)}
+    kept = planner._convert_scope("source", scoped, "kafka_source", "t")
+    assert kept["kafka.fetch.min.bytes"] == "1000" and kept["topic.name"] == "x"
+    sink = {"kafka.linger.ms": (5, "o.kafka.linger.ms", loc), "kafka.enable.idempotence": (True, "o.kafka.enable.idempotence", loc)}  # fmt: skip
+    assert planner._convert_scope("sink", sink, "kafka_sink", "o") == {
+        **{k: v for k, v in planner._convert_scope("sink", {}, "kafka_sink", "o").items()},
+        "kafka.linger.ms": "5",
+        "kafka.enable.idempotence": "true",
+    }
+    with velosql.connect() as engine, pytest.raises(velosql.VelosqlError, match=r"'t\.kafka\.linger\.ms' is a librdkafka setting.*kafka_source.*file_source"):  # fmt: skip
+        engine.explain(
+            "CREATE STREAM o AS SELECT * FROM t WITH ('t.type' = 'file_source', 't.path' = 'x.csv', "
+            "'t.kafka.linger.ms' = '5')"
+        )

@@ -61,6 +61,9 @@ def _job(name, kind, default, help, choices=None):
 
 _KAFKA_SRC = ("kafka_source",)
 _KAFKA_SINK = ("kafka_sink",)
+# ``'<name>.kafka.<librdkafka key>'``: any librdkafka setting, handed to the Kafka client as it is
+# (not declared here: librdkafka has hundreds; the planner keeps them, values as strings).
+KAFKA_PASSTHROUGH = "kafka."
 
 OPTIONS: tuple[Option, ...] = (
     # ---- sources --------------------------------------------------------------------------------

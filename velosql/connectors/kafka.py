@@ -25,6 +25,7 @@ from ..errors import DataError, OptionError
 from .base import OFFSET_COL, PARTITION_COL, PartitionEnd, Source, SourceContext, system_schema
 
 BROKERS_ENV = "VELOSQL_KAFKA_BROKERS"
+KAFKA_PASSTHROUGH = "kafka."  # '<src>.kafka.<key>' options (velosql.options.KAFKA_PASSTHROUGH)
 KEY_COL = "_key"
 TIMESTAMP_COL = "_timestamp"
 META_FIELDS = (pa.field(KEY_COL, pa.string()), pa.field(TIMESTAMP_COL, pa.timestamp("ms")))
@@ -61,6 +62,11 @@ class KafkaSource(Source):
         self.bounded = self.stop_at_end
         self.poll = (options.get("poll_interval") or 200_000) / 1e6
         self.declared = declared
+        self.passthrough = {
+            k[len(KAFKA_PASSTHROUGH) :]: str(v)
+            for k, v in options.items()
+            if k.startswith(KAFKA_PASSTHROUGH) and v is not None
+        }
         self._schema: pa.Schema | None = None
         self._consumer = None
         self._pending: list = []  # messages polled by open() to infer the schema
@@ -72,15 +78,14 @@ class KafkaSource(Source):
         from confluent_kafka import Consumer, KafkaException, TopicPartition
 
         self.ctx = ctx
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": self.brokers,
-                "group.id": self.group,
-                "auto.offset.reset": self.reset,
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-            }
-        )
+        try:
+            self._consumer = Consumer(self.consumer_config())
+        except KafkaException as exc:
+            given = ", ".join(f"'{self.name}.kafka.{k}'" for k in sorted(self.passthrough)) or "none"
+            raise OptionError(
+                f"source {self.name!r}: librdkafka refuses the consumer's settings ({exc.args[0].str()}); "
+                f"settings given through: {given}"
+            ) from None
         try:
             topic = self._consumer.list_topics(self.topic, timeout=10).topics[self.topic]
             if topic.error is not None:
@@ -92,6 +97,19 @@ class KafkaSource(Source):
         self._consumer.assign([TopicPartition(self.topic, p) for p in partitions])
         user = self.declared if self.declared is not None else self._infer()
         self._schema = system_schema([*user, *META_FIELDS])
+
+    def consumer_config(self) -> dict:
+        """The librdkafka settings of the consumer: ours, then the ``'<src>.kafka.<key>'`` ones
+        given through (they win), except ``enable.partition.eof``, which the ends rely on."""
+        config = {
+            "bootstrap.servers": self.brokers,
+            "group.id": self.group,
+            "auto.offset.reset": self.reset,
+            "enable.auto.commit": False,
+        }
+        config.update(self.passthrough)
+        config["enable.partition.eof"] = True
+        return config
 
     def _infer(self) -> pa.Schema:
         """The schema pyarrow reads from the first messages (kept for :meth:`read`)."""
@@ -136,7 +154,9 @@ class KafkaSource(Source):
 
         if not positions or self._consumer is None:
             return
-        offsets = [TopicPartition(self.topic, p, o, metadata=metadata) for p, o in sorted(positions.items())]
+        offsets = [
+            TopicPartition(self.topic, p, o, metadata=metadata or "") for p, o in sorted(positions.items())
+        ]
         self._consumer.commit(offsets=offsets, asynchronous=True)
 
     def consumer_group_metadata(self):

@@ -414,9 +414,16 @@ def _flatten(data: dict, prefix: str = "") -> dict:
     return out
 
 
+# Connector types whose ``'<name>.kafka.<librdkafka key>'`` options go to librdkafka as they are.
+_KAFKA_TYPES = {"source": "kafka_source", "sink": "kafka_sink"}
+
+
 def _convert_scope(scope: str, scoped: dict, conn_type: str | None, owner: str) -> dict:
     result = {}
     for name, (value, key, loc) in scoped.items():
+        if name.startswith(opts.KAFKA_PASSTHROUGH) and scope in _KAFKA_TYPES:
+            result[name] = _kafka_passthrough(name, value, key, loc, conn_type, _KAFKA_TYPES[scope])
+            continue
         opt = opts.find(scope, name)
         if opt is None:
             allowed = sorted(
@@ -441,6 +448,23 @@ def _convert_scope(scope: str, scoped: dict, conn_type: str | None, owner: str) 
             if opt.types is None or conn_type is None or conn_type in opt.types:
                 result[opt.name] = opt.default
     return result
+
+
+def _kafka_passthrough(name: str, value, key: str, loc, conn_type: str | None, kafka_type: str) -> str:
+    """A librdkafka setting given through (``kafka.fetch.min.bytes``): kept under its full name,
+    its value as the string librdkafka reads; refused for a connector that is not Kafka's."""
+    if conn_type != kafka_type:
+        kind = f"a {conn_type}" if conn_type else "a connector without a 'type'"
+        raise OptionError(
+            f"WITH key {key!r} is a librdkafka setting, passed through only by a {kafka_type}; "
+            f"it does not apply to {kind}",
+            loc,
+        )
+    if name == opts.KAFKA_PASSTHROUGH or value is None:
+        raise OptionError(f"WITH key {key!r}: give a librdkafka key after 'kafka.' and a value", loc)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _connector_type(scoped: dict, scope: str, owner: str) -> str | None:
