@@ -33,13 +33,16 @@ def _topic(brokers: str, partitions: int = PARTITIONS) -> str:
     return name
 
 
-def _produce(brokers: str, topic: str, messages: list[tuple[int, bytes | None]]) -> None:
-    """``(partition, value)`` pairs, in order; each message's key is its index."""
+def _produce(brokers: str, topic: str, messages: list[tuple], **config) -> None:
+    """``(partition, value)`` or ``(partition, value, timestamp_ms)`` tuples, in order; each
+    message's key is its index."""
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": brokers, "linger.ms": 5})
-    for i, (partition, value) in enumerate(messages):
-        producer.produce(topic, value=value, key=str(i).encode(), partition=partition)
+    producer = Producer({"bootstrap.servers": brokers, "linger.ms": 5, **config})
+    for i, (partition, value, *stamp) in enumerate(messages):
+        producer.produce(
+            topic, value=value, key=str(i).encode(), partition=partition, timestamp=stamp[0] if stamp else 0
+        )
     assert producer.flush(10) == 0
 
 
@@ -210,3 +213,33 @@ def test_librdkafka_settings_are_kept_for_kafka_connectors_and_refused_for_other
             "CREATE STREAM o AS SELECT * FROM t WITH ('t.type' = 'file_source', 't.path' = 'x.csv', "
             "'t.kafka.linger.ms' = '5')"
         )
+
+
+# ---- event time ----------------------------------------------------------------------------------
+
+
+def test_a_window_without_a_time_column_uses_the_message_timestamps(kafka_brokers):  # noqa: F811
+    """Messages produced with explicit timestamps (not in their values): a TUMBLING window that
+    names no column windows by them, as batch SQL over the timestamps does; EXPLAIN says so."""
+    topic = _topic(kafka_brokers)
+    stamps = [int((START + dt.timedelta(seconds=5 * i)).timestamp() * 1000) for i in range(600)]
+    values = [{"symbol": f"S{i % 5}", "qty": i % 11} for i in range(600)]
+    _produce(
+        kafka_brokers,
+        topic,
+        [(i % PARTITIONS, json.dumps(v).encode(), ms) for i, (v, ms) in enumerate(zip(values, stamps))],
+    )
+    query = (
+        "CREATE STREAM o AS SELECT symbol, count(*) AS n, sum(qty) AS q, _window_start FROM t "
+        f"GROUP BY symbol WINDOW TUMBLING(INTERVAL '1' MINUTE) EMIT FINAL WITH ({_source(kafka_brokers, topic, **LATENESS)})"
+    )
+    with velosql.connect() as engine:
+        plan = engine.explain(query)
+        engine.execute(query).wait(30)
+        got = _rows(engine.pull("o"))
+    assert "event time:  _timestamp (the Kafka message timestamp)" in plan
+    assert "processing time" not in plan
+    t = pa.table({**pa.Table.from_pylist(values).to_pydict(), "ts": pa.array(stamps, pa.timestamp("ms"))})  # noqa: F841
+    batch = "SELECT symbol, count(*), sum(qty), time_bucket(INTERVAL '1 minute', ts) FROM t GROUP BY ALL"
+    assert got == sorted(duckdb.sql(batch).fetchall())
+    assert len(got) == 5 * 50  # 50 minutes, 5 symbols: no row was late

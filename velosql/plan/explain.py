@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import options
-from .planner import StreamPlan
+from .planner import KAFKA_TIMESTAMP, StreamPlan
 
 
 def _duration(us: int | None) -> str:
@@ -92,6 +92,8 @@ def explain_text(plan: StreamPlan, processor, job=None) -> str:
     t = plan.time
     if plan.window is not None:
         et = t.column or "processing time (no event-time column named)"
+        if t.column == KAFKA_TIMESTAMP and src.type == "kafka_source":
+            et += " (the Kafka message timestamp)"
         idle = _duration(t.idle_timeout_us) if t.idle_timeout_us else "none"
         lines.append(
             f"  event time:  {et}; watermark = max event time per source partition - "

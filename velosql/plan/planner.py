@@ -37,6 +37,9 @@ from .operators import (
     UnionSpec,
 )
 
+# The message timestamp column of a kafka_source: its event time when no column is named.
+KAFKA_TIMESTAMP = "_timestamp"
+
 
 @dataclass(frozen=True)
 class SourceSpec:
@@ -524,6 +527,8 @@ def _processor(stmt: CreateStream) -> JobProcessorConfig | None:
 
 
 def _time_spec(window: WindowSpec | None, source: SourceSpec, job: dict) -> TimeSpec:
+    if column is None and window is not None and source.type == "kafka_source":
+        column = KAFKA_TIMESTAMP  # a window over Kafka messages: their own timestamps
     column = (window.time_column if window else None) or source.options.get("event.time.field")
     column = column or job.get("event.time.field")
     fmt = source.options.get("event.time.format") or job.get("event.time.format")
