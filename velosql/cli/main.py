@@ -1,4 +1,4 @@
-"""The ``velosql`` command: the shell, DuckDB's ``-c``/``-f``/stdin habits, ``run`` and ``explain``.
+"""The ``velosql`` command: the shell, DuckDB's ``-c``/``-f``/stdin habits, ``run``, ``serve`` and ``explain``.
 
 ``velosql`` on a terminal opens the shell (``shell.py``); with ``-c SQL`` (repeatable), ``-f FILE``
 or SQL piped on stdin it runs the statements and prints their results as DuckDB's CLI does
@@ -9,16 +9,19 @@ Exit codes: 0 every statement ran and every job finished (or was stopped by ``--
 stdin goes on unless ``-bail``, as DuckDB's CLI does), or a stop timed out with rows unwritten;
 2 the script, an option, the configuration or the command line is wrong, or a sink's file is
 refused (nothing ran); 130 / 143 stopped by SIGINT / SIGTERM (the jobs were stopped and flushed,
-each within its stop timeout).
+each within its stop timeout). ``serve`` runs until SIGINT / SIGTERM, which is its normal end: 0,
+or 1 if a stop timed out with rows unwritten (a job that failed meanwhile was reported then).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 import click
 import duckdb
@@ -267,10 +270,15 @@ def _run_scripts(
     database: str | None,
     until_idle: float | None = None,
     invalid_code: int = JOB_FAILED,
+    serving: Callable[[Engine], contextlib.AbstractContextManager] | None = None,
 ) -> int:
     """Run scripts in order (stopping at the first failure when ``bail``), wait for the jobs to
     finish, report them; the exit code. ``invalid_code`` is the code of a script that did not
-    validate (nothing of it ran)."""
+    validate (nothing of it ran).
+
+    With ``serving`` (``velosql serve``), once every statement has run the jobs are served (inside
+    ``serving(engine)``) until a signal, whether they end or fail meanwhile, and that signal is a
+    clean end (see :func:`_supervise`)."""
     with _StopSignals() as signals:
         runner = Runner(
             engine,
@@ -292,8 +300,12 @@ def _run_scripts(
                 break
         if outcomes and outcomes[-1] != OK and bail:
             engine.stop()
-        code = _supervise(engine, until_idle, signals)
+        serve = serving is not None and all(o == OK for o in outcomes)
+        with serving(engine) if serve else contextlib.nullcontext():
+            code = _supervise(engine, until_idle, signals, serving=serve)
         _report_kept_tables(engine, database)
+    if serve:
+        return code
     if signals.exit_code is not None:
         return signals.exit_code
     if any(o != OK for o in outcomes):
@@ -352,6 +364,38 @@ def shell(
 # ---- velosql run ---------------------------------------------------------------------------------
 
 
+_stop_timeout_option = click.option(
+    "--stop-timeout",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="How long a stopped job may take to flush before a sink still blocked is abandoned "
+    "(what was not written is reported); for statements without 'stop.timeout'. Default 10.",
+)
+_state_option = click.option(
+    "--state",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="State location: every job checkpoints there (each 'checkpoint.interval', 10 s, and when "
+    "stopped) and a run with the same DIR resumes from the last checkpoint.",
+)
+
+
+def _open_app_engine(
+    processor: str | None,
+    config: str | None,
+    database: str | None,
+    state: str | None,
+    stop_timeout: float | None,
+    sandbox: bool,
+    allow_paths: tuple[str, ...],
+) -> Engine:
+    """The engine of ``run`` and ``serve``."""
+    engine = _open_engine(processor, config, database, state=state, sandbox=sandbox, allow_paths=allow_paths)
+    if stop_timeout is not None:
+        engine.stop_timeout = stop_timeout
+    return engine
+
+
 @cli.command()
 @_app_argument
 @_processor_option
@@ -362,22 +406,10 @@ def shell(
     help="Stop the jobs (they flush) once no job has read a record for SECONDS; "
     "ends jobs of watched sources.",
 )
-@click.option(
-    "--stop-timeout",
-    type=click.FloatRange(min=0),
-    metavar="SECONDS",
-    help="How long a stopped job may take to flush before a sink still blocked is abandoned "
-    "(what was not written is reported); for statements without 'stop.timeout'. Default 10.",
-)
+@_stop_timeout_option
 @_config_option
 @_database_option
-@click.option(
-    "--state",
-    metavar="DIR",
-    type=click.Path(file_okay=False),
-    help="State location: every job checkpoints there (each 'checkpoint.interval', 10 s, and when "
-    "stopped) and a run with the same DIR resumes from the last checkpoint.",
-)
+@_state_option
 @_sandbox_options
 def run(
     app: str,
@@ -396,9 +428,7 @@ def run(
     has finished (a note says when one runs beside a job of unbounded input).
     """
     text = _read_script(app)
-    engine = _open_engine(processor, config, database, state=state, sandbox=sandbox, allow_paths=allow_paths)
-    if stop_timeout is not None:
-        engine.stop_timeout = stop_timeout
+    engine = _open_app_engine(processor, config, database, state, stop_timeout, sandbox, allow_paths)
     try:
         code = _run_scripts(
             engine,
@@ -412,6 +442,101 @@ def run(
     finally:
         engine.close()
     sys.exit(code)
+
+
+# ---- velosql serve -------------------------------------------------------------------------------
+
+DEFAULT_HTTP = "127.0.0.1:8123"
+
+
+def _check_address(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
+    """``PORT`` (on 127.0.0.1), ``HOST:PORT`` or ``[IPv6]:PORT`` as (host, port)."""
+    host, _, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]") or "127.0.0.1"
+    if not port.isdigit() or int(port) > 65535:
+        raise click.BadParameter(f"{value!r} is not [HOST:]PORT: a port from 0 to 65535 (0 picks a free one)")
+    return host, int(port)
+
+
+@cli.command()
+@click.argument(
+    "apps", metavar="APP.sql...", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False)
+)
+@_processor_option
+@click.option(
+    "--http",
+    "address",
+    metavar="[HOST:]PORT",
+    default=DEFAULT_HTTP,
+    show_default=True,
+    callback=_check_address,
+    help="Where to answer GET /health, /jobs and /metrics: a port on 127.0.0.1, or HOST:PORT "
+    "(no authentication: another host than the loopback exposes the jobs' state). Port 0 picks a "
+    "free port; the URL is printed on stderr.",
+)
+@_stop_timeout_option
+@_config_option
+@_database_option
+@_state_option
+@_sandbox_options
+def serve(
+    apps: tuple[str, ...],
+    processor: str | None,
+    address: tuple[str, int],
+    stop_timeout: float | None,
+    config: str | None,
+    database: str | None,
+    state: str | None,
+    sandbox: bool,
+    allow_paths: tuple[str, ...],
+) -> None:
+    """Serve APP.sql...: deploy their statements, as run does, and keep the jobs running until
+    SIGTERM or SIGINT, answering GET /health, /jobs and /metrics over HTTP.
+
+    Jobs that end (bounded input) or fail stay listed with their status; a failure is reported on
+    stderr and the other jobs go on. SIGTERM or SIGINT stops every job (with --state each takes
+    its checkpoint) and ends with 0, or 1 if a stop timed out with rows unwritten.
+    """
+    from ..monitor import MonitorServer
+
+    scripts = [(_read_script(app), app) for app in apps]
+    engine = _open_app_engine(processor, config, database, state, stop_timeout, sandbox, allow_paths)
+    monitor = None
+    try:
+        host, port = address
+        try:
+            monitor = MonitorServer(engine, host, port)
+        except OSError as exc:
+            raise CliError(
+                f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}; choose another address "
+                "with --http [HOST:]PORT (port 0 picks a free one)"
+            ) from None
+        code = _run_scripts(
+            engine,
+            scripts,
+            render.Settings(width=_width()),
+            bail=True,
+            database=database,
+            invalid_code=USAGE_ERROR,
+            serving=lambda e: _serving(monitor, e),
+        )
+    finally:
+        if monitor is not None:
+            monitor.close()
+        engine.close()
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def _serving(monitor, engine: Engine):
+    """Answer HTTP requests while the jobs are served; say where on stderr."""
+    monitor.start()
+    n = len(engine.jobs())
+    click.echo(f"velosql: serving {monitor.url} ({n} job{'' if n == 1 else 's'})", err=True)
+    try:
+        yield
+    finally:
+        monitor.close()
 
 
 class _StopSignals:
@@ -460,33 +585,63 @@ class _IdleClock:
         return now - self._since >= self.seconds
 
 
-def _supervise(engine: Engine, until_idle: float | None, signals: _StopSignals) -> int:
-    """Wait for the jobs (showing progress), stop them when asked, report them; the exit code."""
+def _supervise(
+    engine: Engine, until_idle: float | None, signals: _StopSignals, *, serving: bool = False
+) -> int:
+    """Wait for the jobs (showing progress), stop them when asked, report them; the exit code.
+
+    ``run`` waits until every job has ended, stopping them all at a signal, once idle or once one
+    has failed. ``serve`` (``serving``) waits for a signal only: a job that fails is reported
+    at once and the others go on; the signal stops them all and is a clean end (0) unless a stop
+    left rows unwritten.
+    """
     jobs = engine.jobs()
     idle = _IdleClock(until_idle)
     progress = open_progress(sys.stderr)
+    reported: set[int] = set()
     try:
         while True:
             running = [j for j in jobs if not j.done]
-            if not running:
+            if not running and not serving:
                 break
-            if signals.received or idle.expired(jobs) or any(j.status == FAILED for j in jobs):
+            failed = any(j.status == FAILED for j in jobs) and not serving
+            if signals.received or idle.expired(jobs) or failed:
                 engine.stop()
                 break
-            _wait(running[0], POLL_SECONDS)
+            if serving:
+                _report_failures(jobs, reported)
+            if running:
+                _wait(running[0], POLL_SECONDS)
+            else:
+                time.sleep(POLL_SECONDS)  # every job has ended: a server waits for its signal
             progress.update(jobs)
     finally:
         progress.close()
     for job in jobs:
         click.echo(summary_line(job), err=True)
-    errors = [err for err in map(_job_error, jobs) if err is not None]
-    for err in errors:
-        click.echo(f"velosql: error: {err}", err=True)
-    if signals.exit_code is not None:
-        return signals.exit_code
+    errors = []
+    for job in jobs:
+        err = _job_error(job)
+        if err is not None:
+            errors.append(err)
+            if id(job) not in reported:
+                click.echo(f"velosql: error: {err}", err=True)
     # A stop that timed out left rows unwritten (the warning said which): not a clean end.
     lost = any(getattr(job, "unflushed", None) for job in jobs)
+    if serving:
+        return JOB_FAILED if lost else 0
+    if signals.exit_code is not None:
+        return signals.exit_code
     return JOB_FAILED if errors or lost else 0
+
+
+def _report_failures(jobs: list[Job], reported: set[int]) -> None:
+    """``serve``: say on stderr which job has just failed (once; the server goes on)."""
+    for job in jobs:
+        err = _job_error(job)
+        if err is not None and id(job) not in reported:
+            reported.add(id(job))
+            click.echo(f"velosql: error: {err}; the other jobs go on", err=True)
 
 
 def _wait(job: Job, timeout: float) -> None:
