@@ -33,6 +33,7 @@ def _load(path: Path, name: str):
 
 
 gen_options = _load(ROOT / "docs" / "gen_options.py", "gen_options")
+gen_metrics = _load(ROOT / "docs" / "gen_metrics.py", "gen_metrics")
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,14 @@ def test_options_table_is_generated_from_options():
     text = GUIDE.read_text(encoding="utf-8")
     assert gen_options.splice(text, gen_options.render()) == text, (
         "docs/guide.md is out of date with velosql/options.py: run python docs/gen_options.py"
+    )
+
+
+def test_metrics_list_is_generated_from_metrics():
+    """docs/serve.md lists every metric ``/metrics`` serves, from ``velosql.metrics.METRICS``."""
+    page = (ROOT / "docs" / "serve.md").read_text(encoding="utf-8")
+    assert gen_metrics.splice(page, gen_metrics.render()) == page, (
+        "docs/serve.md is out of date with velosql/metrics.py: run python docs/gen_metrics.py"
     )
 
 
