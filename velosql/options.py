@@ -87,18 +87,28 @@ OPTIONS: tuple[Option, ...] = (
         "enum",
         None,
         "File format; by default taken from the file extension "
-        "(`.csv`, `.json`/`.jsonl`/`.ndjson`, `.parquet`). A kafka_source reads `json` (its default).",
-        FILE_FORMATS,
+        "(`.csv`, `.json`/`.jsonl`/`.ndjson`, `.parquet`). A kafka_source reads `json` (its "
+        "default: one JSON object per message), `csv` (one CSV record per message, no header) or "
+        "`raw` (each message as one column `value`); `avro` is refused (see docs/kafka.md).",
+        (*FILE_FORMATS, "raw", "avro"),
         types=("file_source", "file_source_mmap", "kafka_source"),
     ),
-    _src("delimiter", "str", ",", "CSV field delimiter (one character)."),
+    _src(
+        "delimiter",
+        "str",
+        ",",
+        "CSV field delimiter (one character).",
+        types=("file_source", "file_source_mmap", "kafka_source"),
+    ),
     _src(
         "has_headers",
         "bool",
         True,
         "Whether the CSV's first line names the columns. `format = 'csv_no_header'` sets it to false.",
     ),
-    _src("quote", "str", '"', "CSV quote character."),
+    _src(
+        "quote", "str", '"', "CSV quote character.", types=("file_source", "file_source_mmap", "kafka_source")
+    ),
     _src("escape", "str", None, "CSV escape character (default: quotes are escaped by doubling)."),
     _src("skip_lines", "int", 0, "Lines to skip at the start of every file, before the header."),
     _src("max_records", "int", None, "Stop after this many records (the source is then exhausted)."),
@@ -152,7 +162,14 @@ OPTIONS: tuple[Option, ...] = (
         "YAML file (relative to the SQL file) holding more `<key>: value` options for this connector.",
         types=None,
     ),
-    _src("topic.name", "str", None, "Kafka topic to read.", types=_KAFKA_SRC),
+    _src(
+        "topic.name",
+        "str",
+        None,
+        "Kafka topic to read, or several, comma-separated (`'a, b'`): every partition of each; "
+        "`_topic` tells them apart.",
+        types=_KAFKA_SRC,
+    ),
     _src(
         "bootstrap.servers",
         "str",
@@ -182,6 +199,22 @@ OPTIONS: tuple[Option, ...] = (
         False,
         "Read every partition up to its end offset when the job starts, then end (backfills, "
         "tests); otherwise a kafka_source is unbounded.",
+        types=_KAFKA_SRC,
+    ),
+    _src(
+        "max.message.bytes",
+        "int",
+        1 << 20,
+        "Largest message value decoded; a larger one is a dead letter saying its size (the "
+        "consumer's fetch limits are set above it, so it never stalls a partition).",
+        types=_KAFKA_SRC,
+    ),
+    _src(
+        "topic.metadata.refresh",
+        "duration",
+        5_000_000,
+        "How often an unbounded kafka_source looks for partitions added to its topics; a new one "
+        "is read from its beginning.",
         types=_KAFKA_SRC,
     ),
     _src(
@@ -255,6 +288,19 @@ OPTIONS: tuple[Option, ...] = (
         "write `max_retries` times before failing the job. An error in the query itself (e.g. a "
         "failing CAST) fails the job under every strategy.",
         FAILURE_STRATEGIES,
+    ),
+    _job(
+        "dlq.topic",
+        "str",
+        None,
+        "Kafka topic that also receives every dead letter, as a JSON object (`source`, "
+        "`location`, `error`, `raw`, `topic`, `partition`, `offset`) keyed by the source name.",
+    ),
+    _job(
+        "dlq.bootstrap.servers",
+        "str",
+        None,
+        "Brokers of `dlq.topic`; default: the kafka_source's, else `VELOSQL_KAFKA_BROKERS`.",
     ),
     _job(
         "stop.timeout",

@@ -498,10 +498,31 @@ def _source_spec(name: str, alias: str, scoped: dict, stmt: CreateStream) -> Sou
         raise OptionError(f"source {name!r} is a file_source but has no '{name}.path'", stmt.location)
     if ctype == "kafka_source" and not converted.get("topic.name"):
         raise OptionError(f"source {name!r} is a kafka_source but has no '{name}.topic.name'", stmt.location)
+    _check_format(name, ctype, converted.get("format"), scoped)
     if converted.get("format") == "csv_no_header":
         converted["has_headers"] = False
     converted.pop("type", None)
     return SourceSpec(name=name, alias=alias.lower(), type=ctype, options=converted)
+
+
+def _check_format(name: str, ctype: str | None, fmt: str | None, scoped: dict) -> None:
+    """Formats of one connector only: ``raw`` is Kafka's, ``parquet`` a file's; ``avro`` is refused."""
+    if fmt is None:
+        return
+    _, key, loc = scoped["format"]
+    if fmt == "avro":
+        raise OptionError(
+            f"{key!r} = 'avro' is not supported: Avro needs a schema registry, which this release "
+            "is not tested against; produce JSON (format 'json', the default), or read each message "
+            "with format 'raw' and decode it in SQL",
+            loc,
+        )
+    if ctype == "kafka_source" and fmt == "parquet":
+        raise OptionError(f"{key!r} = 'parquet': a kafka_source reads 'json', 'csv' or 'raw'", loc)
+    if ctype != "kafka_source" and fmt == "raw":
+        raise OptionError(
+            f"{key!r} = 'raw' is a kafka_source format: files are csv, json, jsonl or parquet", loc
+        )
 
 
 def _sink_specs(name, kind, scoped, stmt, primary_key, query) -> tuple[SinkSpec, ...]:
@@ -527,10 +548,10 @@ def _processor(stmt: CreateStream) -> JobProcessorConfig | None:
 
 
 def _time_spec(window: WindowSpec | None, source: SourceSpec, job: dict) -> TimeSpec:
-    if column is None and window is not None and source.type == "kafka_source":
-        column = KAFKA_TIMESTAMP  # a window over Kafka messages: their own timestamps
     column = (window.time_column if window else None) or source.options.get("event.time.field")
     column = column or job.get("event.time.field")
+    if column is None and window is not None and source.type == "kafka_source":
+        column = KAFKA_TIMESTAMP  # a window over Kafka messages: their own timestamps
     fmt = source.options.get("event.time.format") or job.get("event.time.format")
     lateness = 0 if job.get("watermark.strategy") == "ascending" else job["watermark.max_out_of_orderness"]
     return TimeSpec(column, fmt, lateness or 0, job.get("watermark.idle_timeout"))
