@@ -347,3 +347,119 @@ def test_partitions_added_while_the_job_runs_are_read_from_their_beginning(kafka
     batch = "SELECT symbol, count(*), sum(qty), time_bucket(INTERVAL '1 minute', ts::TIMESTAMP) FROM t GROUP BY ALL"
     assert got == sorted(duckdb.sql(batch).fetchall())
     assert late_rows == 0
+
+
+# ---- formats ---------------------------------------------------------------------------------------
+
+
+def test_csv_and_raw_messages_decode_a_poll_at_a_time(kafka_brokers):  # noqa: F811
+    """``csv``: one record per message, the declared columns; ``raw``: each message as ``value``
+    (VARCHAR: a message that is not UTF-8 is a dead letter). Bad ones are dead letters."""
+    topic = _topic(kafka_brokers, 2)
+    records = _trades(300)
+    lines = [f"{r['symbol']},{r['price']},{r['qty']}".encode() for r in records]
+    _produce(
+        kafka_brokers,
+        topic,
+        [(i % 2, v) for i, v in enumerate(lines)] + [(0, b"S1,cheap,3"), (1, b"\xff\xfe")],
+    )
+    csv = _source(
+        kafka_brokers, topic, **{"t.format": "csv", "t.schema": "symbol VARCHAR, price DOUBLE, qty BIGINT"}
+    )
+    raw = _source(kafka_brokers, topic, **{"t.format": "raw", "t.group.id": f"raw-{topic}"})  # own offsets
+    with velosql.connect() as engine:
+        engine.execute(
+            f"CREATE STREAM o AS SELECT symbol, count(*) AS n, sum(qty) AS q, round(sum(price), 6) AS p FROM t GROUP BY symbol EMIT FINAL WITH ({csv})"
+        ).wait(30)
+        got_csv = _rows(engine.pull("o"))
+        dead_csv = engine.sql("SELECT location FROM o__dlq ORDER BY location").fetchall()
+        engine.execute(
+            f"CREATE STREAM r AS SELECT split_part(value, ',', 1) AS symbol, count(*) AS n FROM t GROUP BY 1 EMIT FINAL WITH ({raw.replace('o.type', 'r.type')})"
+        ).wait(30)
+        got_raw = _rows(engine.pull("r"))
+        dead_raw = engine.sql("SELECT location, error FROM r__dlq").fetchall()
+    t = pa.Table.from_pylist(records)  # noqa: F841 - read by the batch SQL
+    batch = "SELECT symbol, count(*), sum(qty), round(sum(price), 6) FROM t GROUP BY symbol"
+    assert got_csv == sorted(duckdb.sql(batch).fetchall())
+    # The 'cheap' price fails as CSV; the bytes that are not UTF-8 fail too (one field, not three).
+    assert dead_csv == sorted([(f"{topic}/0@150",), (f"{topic}/1@150",)])
+    n = {s: sum(1 for r in records if r["symbol"] == s) for s in {r["symbol"] for r in records}}
+    assert got_raw == sorted((s, c + (s == "S1")) for s, c in n.items())  # 'S1,cheap,3' is text
+    assert [loc for loc, _ in dead_raw] == [f"{topic}/1@150"] and "UTF-8" in dead_raw[0][1]
+
+
+def test_avro_is_refused_naming_what_to_use_instead():
+    with (
+        velosql.connect() as engine,
+        pytest.raises(velosql.VelosqlError, match=r"'avro' is not supported.*'json'.*'raw'"),
+    ):
+        engine.explain(
+            "CREATE STREAM o AS SELECT * FROM t WITH ('t.type' = 'kafka_source', 't.topic.name' = 'x', 't.format' = 'avro')"
+        )
+
+
+def test_an_empty_topic_without_a_schema_is_a_clear_error_at_once(kafka_brokers):  # noqa: F811
+    topic = _topic(kafka_brokers, 2)
+    started = time.monotonic()
+    with velosql.connect() as engine, pytest.raises(velosql.VelosqlError) as err:
+        engine.execute(f"CREATE STREAM o AS SELECT * FROM t WITH ({_source(kafka_brokers, topic)})").wait(30)
+    assert topic in str(err.value) and "'t.schema'" in str(err.value) and "at its end" in str(err.value)
+    assert time.monotonic() - started < 5  # not the 10 s a live topic is given
+
+
+# ---- lag and the dead-letter topic -----------------------------------------------------------------
+
+
+def test_lag_is_the_high_watermark_minus_the_position(kafka_brokers, monkeypatch):  # noqa: F811
+    from velosql.connectors import kafka
+    from velosql.connectors.base import SourceContext
+
+    topic = _topic(kafka_brokers, 2)
+    produced = {0: 120, 1: 80}
+    _produce(kafka_brokers, topic, [(p, b'{"a": 1}') for p, n in produced.items() for _ in range(n)])
+    monkeypatch.setattr(kafka, "MAX_POLL", 16)  # a few messages per poll: some are still to read
+    source = kafka.KafkaSource("t", {"topic.name": topic, "bootstrap.servers": kafka_brokers, "stop.at.end": True, "batch_size": 16}, pa.schema([("a", pa.int64())]))  # fmt: skip
+    source.open(SourceContext(reject_fn=lambda *a: None))
+    try:
+        read = {0: 0, 1: 0}
+        for item in source.read():
+            if isinstance(item, pa.RecordBatch):
+                for p in item.column("_partition").to_pylist():
+                    read[p] += 1
+                lag = source.lag()
+                assert all(lag[p] == produced[p] - read[p] for p in lag), (lag, read)
+        assert source.lag() == {0: 0, 1: 0}
+    finally:
+        source.close()
+
+
+def test_the_dead_letter_topic_receives_each_dead_letter_as_json(kafka_brokers):  # noqa: F811
+    from confluent_kafka import Consumer, TopicPartition
+
+    from velosql.connectors.kafka import DeadLetterTopic
+
+    topic = _topic(kafka_brokers, 1)
+    dlq = DeadLetterTopic(topic, kafka_brokers)
+    dlq.write(
+        [
+            ("t", "trades/3@17", "cannot decode the message as JSON: …", "not json {", (5, 17)),
+            ("f", "data/x.csv:4", "wrong type", "a,b", (0, 3)),
+        ]
+    )
+    dlq.close()
+    consumer = Consumer(
+        {"bootstrap.servers": kafka_brokers, "group.id": f"g-{topic}", "enable.partition.eof": True}
+    )
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    got = []
+    while True:
+        (m,) = consumer.consume(1, 10) or (None,)
+        assert m is not None, "the dead letters did not arrive"
+        if m.error() is not None:
+            break
+        got.append((m.key(), json.loads(m.value())))
+    consumer.close()
+    assert got == [
+        (b"t", {"source": "t", "location": "trades/3@17", "error": "cannot decode the message as JSON: …", "raw": "not json {", "topic": "trades", "partition": 3, "offset": 17}),
+        (b"f", {"source": "f", "location": "data/x.csv:4", "error": "wrong type", "raw": "a,b", "topic": None, "partition": 0, "offset": 3}),
+    ]  # fmt: skip
