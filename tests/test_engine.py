@@ -232,7 +232,7 @@ def test_nothing_starts_when_a_later_statement_fails(engine):
         ("CREATE STREAM o AS SELECT v FROM t WITH ('x.type' = 'file_source')", "names 'x', which is neither"),
         (
             "CREATE STREAM o AS SELECT v FROM t WITH ('o.type' = 'kafka_sink')",
-            "the Kafka sink is not built yet",
+            "is a kafka_sink but has no 'o.topic.name'",
         ),
         ("CREATE STREAM o AS SELECT v, count(*) FROM t GROUP BY 1 + 1", "must appear in the GROUP BY"),
         ("CREATE STREAM o AS SELECT approx_count_distinct(v) FROM t", "approximate"),

@@ -576,6 +576,10 @@ class Engine:
                         if lock is not None:
                             lock.release()
                         raise
+                elif spec.type == "kafka_sink":
+                    from .connectors.kafka_sink import KafkaSink
+
+                    sinks.append(KafkaSink(spec.name, spec.options, spec.key, p.name))
                 else:
                     raise SqlError(f"sink {spec.name!r}: unsupported type {spec.type!r}", p.location)
         except BaseException:

@@ -121,7 +121,13 @@ OPTIONS: tuple[Option, ...] = (
         "(otherwise `column0`, `column1`, …); lets a python source be deployed before any push.",
         types=("file_source", "file_source_mmap", "python", "kafka_source"),
     ),
-    _src("batch_size", "int", 65536, "Rows per batch read from the source."),
+    _src(
+        "batch_size",
+        "int",
+        65536,
+        "Rows per batch read from the source (a kafka_source: messages per poll, at most 65536).",
+        types=("file_source", "file_source_mmap", "kafka_source"),
+    ),
     _src(
         "partition_key",
         "str",
@@ -236,7 +242,14 @@ OPTIONS: tuple[Option, ...] = (
         None,
     ),
     _sink("path", "str", None, "File to write; relative to the working directory; its directory is created."),
-    _sink("format", "enum", None, "File format; by default taken from the extension.", FILE_FORMATS),
+    _sink(
+        "format",
+        "enum",
+        None,
+        "File format; by default taken from the extension. A kafka_sink writes `json` (its default).",
+        FILE_FORMATS,
+        types=("file_sink", "kafka_sink"),
+    ),
     _sink("delimiter", "str", ",", "CSV field delimiter."),
     _sink("has_headers", "bool", True, "Write a CSV header line."),
     _sink(
@@ -256,8 +269,28 @@ OPTIONS: tuple[Option, ...] = (
     ),
     _sink("compression", "enum", None, "Parquet compression codec.", ("snappy", "zstd", "gzip", "none")),
     _sink("table", "str", None, "DuckDB table to write (default: the stream name).", types=("duckdb_table",)),
-    _sink("topic.name", "str", None, "Kafka topic to write.", types=_KAFKA_SINK),
-    _sink("bootstrap.servers", "str", None, "Kafka brokers.", types=_KAFKA_SINK),
+    _sink(
+        "topic.name",
+        "str",
+        None,
+        "Kafka topic to write. Each row is a JSON message keyed by the PRIMARY KEY or GROUP BY "
+        "columns (several joined with `|`).",
+        types=_KAFKA_SINK,
+    ),
+    _sink(
+        "bootstrap.servers",
+        "str",
+        None,
+        "Kafka brokers (`host:port,…`); default: the environment variable `VELOSQL_KAFKA_BROKERS`.",
+        types=_KAFKA_SINK,
+    ),
+    _sink(
+        "headers",
+        "str",
+        None,
+        "Headers put on every message, `'name=value, …'`.",
+        types=_KAFKA_SINK,
+    ),
     # ---- job ------------------------------------------------------------------------------------
     _job(
         "processor",

@@ -475,12 +475,6 @@ def _connector_type(scoped: dict, scope: str, owner: str) -> str | None:
         return None
     value, key, loc = scoped["type"]
     ctype = opts.convert(opts.find(scope, "type"), value, key, loc)
-    if ctype == "kafka_sink":
-        raise OptionError(
-            f"{key!r} = {ctype!r}: the Kafka sink is not built yet (kafka_source is); "
-            "write to file_sink, python or duckdb_table",
-            loc,
-        )
     return ctype
 
 
@@ -532,8 +526,12 @@ def _sink_specs(name, kind, scoped, stmt, primary_key, query) -> tuple[SinkSpec,
     converted.pop("type", None)
     if ctype == "file_sink" and not converted.get("path"):
         raise OptionError(f"sink {name!r} is a file_sink but has no '{name}.path'", stmt.location)
+    if ctype == "kafka_sink" and not converted.get("topic.name"):
+        raise OptionError(f"sink {name!r} is a kafka_sink but has no '{name}.topic.name'", stmt.location)
     key = primary_key or (query.key_names if query is not None else ())
-    sinks = [SinkSpec(name=name, type=ctype, options=converted, key=key if kind == "table" else ())]
+    # A table's rows are upserted by key; a Kafka sink's messages are keyed by it.
+    keyed = kind == "table" or ctype == "kafka_sink"
+    sinks = [SinkSpec(name=name, type=ctype, options=converted, key=key if keyed else ())]
     if kind == "table" and ctype not in ("duckdb_table", "python"):
         # A CREATE TABLE result is also kept as a DuckDB table with the latest row per key.
         sinks.append(SinkSpec(name=name, type="duckdb_table", options={"table": None}, key=key))

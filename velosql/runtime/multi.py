@@ -69,8 +69,12 @@ class MultiInputExecutor(V1Executor):
                 splits = getattr(source, "splits", None)
                 pieces = splits(1, False) if splits is not None else []
                 tracker.expect(p[1] for p in (pieces or [(None, 0)]))
+                known = getattr(source, "partition_ids", None)
+                if known is not None:
+                    tracker.expect(known())
             self.pool = None
             self._open_checkpoints()
+            self._track_positions()
             self._bind()
             tokens = self._restore() if self.epoch else {}
             self._start_workers()
@@ -332,7 +336,7 @@ class MultiInputExecutor(V1Executor):
                 side = pending[start].side
                 table = pa.Table.from_batches([t.item for t in pending[start:i]])
                 start = i
-                if self.checkpoints is not None:
+                if self.tracking:
                     table = self._read_past(table, self.plan.inputs[side].source.name)
                     if not table.num_rows:  # every row was read before the restart
                         continue

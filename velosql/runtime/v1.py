@@ -14,6 +14,7 @@ import collections
 import contextlib
 import logging
 import queue
+import random
 import threading
 import time
 
@@ -50,6 +51,10 @@ DLQ_SCHEMA = pa.schema(
         ("recorded_at", pa.timestamp("us")),
     ]
 )
+
+
+# Without a state location, a stateless job commits its Kafka offsets at most this often.
+OFFSET_COMMIT_SECONDS = 1.0
 
 
 def run_job(processor, job) -> None:
@@ -99,6 +104,13 @@ class V1Executor:
         # Exactly-once into the job's database (a file): one transaction per epoch (checkpoint.py).
         self.transactional = False
         self.in_transaction = False
+        # Positions are kept (``_read_past``) with a state location, and for sources that commit
+        # offsets (Kafka: at-least-once without a state location).
+        self.tracking = False
+        self.offsets_committed_at = 0.0
+        # Tells a Kafka sink's epoch markers of this job's checkpoints from those of an earlier
+        # run of the same job whose state location was removed (kafka_sink.marker_offset).
+        self.lineage = 0
 
     # ---- setup ----------------------------------------------------------------------------------
 
@@ -128,6 +140,10 @@ class V1Executor:
             pieces = splits(1, False) if splits is not None else []
             if len(pieces) > 1:
                 self.tracker.expect(piece[1] for piece in pieces)  # each file's partition
+            known = getattr(self.source, "partition_ids", None)
+            if known is not None:  # a Kafka topic's partitions: each holds the watermark from the start
+                self.tracker.expect(known())
+        self._track_positions()
         try:
             self._bind()
             self._open_sinks(self._restore() if self.epoch else {})
@@ -164,7 +180,19 @@ class V1Executor:
         ((path,),) = self.con.execute(
             "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
         ).fetchall()
-        self.transactional = bool(path)
+        kafka = any(s.type == "kafka_sink" for s in plan.sinks)
+        tables = any(s.type == "duckdb_table" for s in plan.sinks)
+        if path and kafka and tables:
+            raise ConfigError(
+                f"{plan.location}: with a state location, {plan.name!r} writes exactly-once to a "
+                "kafka_sink and to a duckdb_table in a database file: each commits on its own, so a "
+                "crash between the two commits would leave them apart. Write each from a statement "
+                "of its own, or run without a state location (at-least-once)"
+            )
+        # Exactly-once into the database: its transaction is the epoch's point of no return.
+        # A job writing to Kafka has Kafka's instead; its late rows and dead letters then go to
+        # the database as they come (at-least-once: a restart may store an epoch's again).
+        self.transactional = bool(path) and not kafka
         if self.transactional:
             self.con.execute(
                 "CREATE SCHEMA IF NOT EXISTS velosql_state; CREATE TABLE IF NOT EXISTS velosql_state.commits "
@@ -178,6 +206,76 @@ class V1Executor:
                 # Killed after the database committed the epoch, before CURRENT moved: move it.
                 self.checkpoints.commit(committed)
                 self.epoch = committed
+        self._open_kafka_sinks()
+        if not self.epoch:
+            self.lineage = random.getrandbits(30)
+
+    def _track_positions(self) -> None:
+        """Keep each source partition's position (the sources are open). A job starting with a
+        state location and no checkpoint yet starts each Kafka partition at an offset it records,
+        so that every checkpoint names every partition's position: a restart must not take a
+        partition it had not read from yet from the group's offsets, which another job of the
+        same group may have moved on."""
+        sources = getattr(self, "sources", None) or [self.source]
+        self.tracking = self.checkpoints is not None or any(hasattr(s, "commit_offsets") for s in sources)
+        if self.checkpoints is None or self.epoch:
+            return
+        for name, source in self._named_sources():
+            starts = getattr(source, "start_offsets", None)
+            if starts is not None:
+                offsets = starts()
+                source.seek(offsets)
+                self.positions.update({(name, p): o for p, o in offsets.items()})
+
+    def _named_sources(self) -> list:
+        """``(name, source)`` of each input."""
+        plan = self.plan
+        specs = [i.source for i in plan.inputs] if plan.inputs else [plan.source]
+        sources = getattr(self, "sources", None) or [self.source]
+        return [(spec.name, source) for spec, source in zip(specs, sources)]
+
+    def _offsets(self) -> list:
+        """``(source, {partition: next offset})`` of each source that commits offsets (Kafka)."""
+        return [
+            (source, {p: o for (s, p), o in self.positions.items() if s == name})
+            for name, source in self._named_sources()
+            if hasattr(source, "commit_offsets")
+        ]
+
+    def _commit_offsets(self) -> None:
+        """Commit the Kafka sources' offsets of everything the sinks have (monitoring, and where
+        a job without a state location resumes)."""
+        for source, positions in self._offsets():
+            source.commit_offsets(positions)
+        self.offsets_committed_at = time.monotonic()
+
+    def _open_kafka_sinks(self) -> None:
+        """With a state location, a kafka_sink commits a transaction per epoch, the point of no
+        return of its checkpoint: killed after it, the job rolls forward to that checkpoint."""
+        plan = self.plan
+        kafka = [s for s in plan.sinks if s.type == "kafka_sink"]
+        if not kafka:
+            return
+        if len(kafka) > 1:
+            raise ConfigError(
+                f"{plan.location}: with a state location, {plan.name!r} writes exactly-once to "
+                f"{len(kafka)} kafka_sinks: each commits its own transaction, so a crash between two "
+                "commits would leave them apart. Write each from a statement of its own, or run "
+                "without a state location (at-least-once)"
+            )
+        from ..connectors.kafka_sink import committed_epoch, marker_offset
+
+        (spec,) = kafka
+        marker = committed_epoch(plan.name, spec.name, spec.options)
+        ahead = self.epoch + 1
+        if marker is None or not self.checkpoints.path(ahead).is_file():
+            return
+        with self.checkpoints.read(self.con, ahead) as ck:
+            lineage = ck.values.get("lineage", 0)
+        if marker == marker_offset(lineage, ahead):
+            # Killed after Kafka committed the epoch's transaction, before CURRENT moved: move it.
+            self.checkpoints.commit(ahead)
+            self.epoch = ahead
 
     def _tracker_values(self) -> dict:
         """The watermark tracker's state, for a checkpoint."""
@@ -196,6 +294,7 @@ class V1Executor:
             sink.resume = self.epoch > 0  # keep what the run before committed
             sink.in_transaction = self.transactional  # its writes are in the epoch's
             sink.epochs = self.checkpoints is not None  # it publishes what checkpoints commit
+            sink.lineage = self.lineage
             recover = getattr(sink, "recover", None)
             if self.epoch and recover is not None:
                 recover(tokens.get(str(i)))  # finish or undo the epoch the crash cut
@@ -228,6 +327,11 @@ class V1Executor:
         self.rejected = {(s, p): o for s, p, o in values.get("rejected", [])}
         self.rejected_before = dict(self.rejected)
         self.skip_to = dict(ck.positions)
+        self.lineage = values.get("lineage", 0)
+        for name, source in self._named_sources():
+            seek = getattr(source, "seek", None)
+            if seek is not None:  # read on from the checkpoint's positions (no re-read to skip)
+                seek({p: o for (s, p), o in ck.positions.items() if s == name})
         _log.info(
             "%s: resuming from checkpoint %d (%s)", plan.name, ck.epoch, self.checkpoints.path(ck.epoch)
         )
@@ -260,7 +364,10 @@ class V1Executor:
         self.metrics.checkpoint_started = time.monotonic()
         epoch = self.epoch + 1
         tokens = {}
+        offsets = self._offsets()
         for i, sink in enumerate(self.sinks):
+            if hasattr(sink, "offsets"):
+                sink.offsets = offsets  # a Kafka sink commits them in its transaction
             sink.flush()
             precommit = getattr(sink, "precommit", None)
             if precommit is not None:
@@ -273,6 +380,7 @@ class V1Executor:
             **self._tracker_values(),
             "sinks": tokens,
             "rejected": sorted([s, p, o] for (s, p), o in self.rejected.items()),
+            "lineage": self.lineage,
         }
         more, rows = self._snapshot_more()
         values.update(more)
@@ -288,6 +396,10 @@ class V1Executor:
             ).fetchall()
             self.con.execute("COMMIT").fetchall()
             self.in_transaction = False
+        for sink in self.sinks:
+            commit_point = getattr(sink, "commit_point", None)
+            if commit_point is not None:  # Kafka's transaction: the point of no return
+                commit_point(epoch)
         self.checkpoints.commit(ck.epoch)
         self.epoch = ck.epoch
         self.changed = False
@@ -295,6 +407,7 @@ class V1Executor:
             commit = getattr(sink, "commit", None)
             if commit is not None:
                 commit(epoch)
+        self._commit_offsets()
         self.metrics.checkpoint = (self.metrics.checkpoint_started, time.monotonic())
         self.next_checkpoint = time.monotonic() + self._checkpoint_interval()
         self._begin_epoch()
@@ -548,6 +661,8 @@ class V1Executor:
             self._finish()
             if self.checkpoints is not None:
                 self._checkpoint()
+            elif self.tracking:
+                self._commit_offsets()  # every row is in the sinks now
         finally:
             abort.set()
             if self.stopped_by_limit:
@@ -695,7 +810,7 @@ class V1Executor:
     def _process(self, batches: list[pa.RecordBatch]) -> None:
         t0 = time.monotonic()
         table = pa.Table.from_batches(batches)
-        if self.checkpoints is not None:
+        if self.tracking:
             table = self._read_past(table)
             if not table.num_rows:  # every row was read before the restart
                 return
@@ -711,7 +826,15 @@ class V1Executor:
             self.metrics.watermark = self.tracker.watermark
             self._after_watermark(self.tracker.watermark)
             self._forward_watermark()
+        if self.tracking and self.checkpoints is None and self._rows_all_out():
+            if time.monotonic() - self.offsets_committed_at >= OFFSET_COMMIT_SECONDS:
+                self._commit_offsets()  # at-least-once: the rows these offsets led to are flushed
         self.metrics.busy_seconds += time.monotonic() - t0
+
+    def _rows_all_out(self) -> bool:
+        """Every row read so far has its output written and flushed (a stateless operator here:
+        ``_deliver`` flushes each micro-batch's rows)."""
+        return self.operator.stateless
 
     def _step(self, table: pa.Table) -> None:
         """What one micro-batch (with ``__seq``, ``__et``, ``__wm``) does to the state and sinks."""

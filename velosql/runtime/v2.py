@@ -654,6 +654,9 @@ class V2Executor(V1Executor):
 
     # ---- routed micro-batches -------------------------------------------------------------------
 
+    def _rows_all_out(self) -> bool:
+        return self.pool is None and super()._rows_all_out()  # workers answer later
+
     def _idle(self) -> None:
         """While the source is idle: fail on a dead worker, and deliver the replies in flight (a
         micro-batch's results must not wait for the next one to arrive)."""

@@ -54,6 +54,8 @@ class Operator(ABC):
     state_tables: tuple[str, ...] = ()
     #: Its attributes that are state too: saved by a checkpoint beside the tables.
     state_values: tuple[str, ...] = ()
+    #: Each micro-batch's output depends on that micro-batch only (nothing is held back).
+    stateless: bool = False
 
     con: duckdb.DuckDBPyConnection
 

@@ -14,6 +14,8 @@ from . import Operator
 class ProjectOperator(Operator):
     """Stateless: each micro-batch's output is the projection over it."""
 
+    stateless = True
+
     def __init__(self, spec: ProjectSpec) -> None:
         self.spec = spec
 

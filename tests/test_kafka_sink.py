@@ -1,0 +1,121 @@
+"""kafka_sink, and Kafka end to end, against a real broker (Tansu, or ``$VELOSQL_KAFKA_BROKERS``).
+
+JSON trades are produced to a 4-partition topic; statements read it (to its end offsets) and write
+a tumbling aggregate and a projection to Kafka topics and to DuckDB tables. Every output is compared
+with DuckDB batch SQL over the messages produced.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import duckdb
+import pyarrow as pa
+import pytest
+from kafka_broker import kafka_brokers  # noqa: F401 - the session fixture
+from test_kafka import PARTITIONS, _produce, _topic, _trades
+
+import velosql
+
+AGGREGATE = (
+    "SELECT symbol, count(*) AS n, sum(qty) AS volume, round(avg(price), 6) AS avg_price, "
+    "_window_start AS w FROM t GROUP BY symbol WINDOW TUMBLING(ts, INTERVAL '1' MINUTE) EMIT FINAL"
+)
+AGGREGATE_BATCH = (
+    "SELECT symbol, count(*), sum(qty), round(avg(price), 6), "
+    "time_bucket(INTERVAL '1 minute', ts::TIMESTAMP) AS w FROM t GROUP BY symbol, w"
+)
+PROJECTION = "SELECT symbol, price, qty, ts FROM t WHERE qty > 6"
+PROJECTION_BATCH = "SELECT symbol, price, qty, ts FROM t WHERE qty > 6"
+
+
+def consume(brokers: str, topic: str) -> list[tuple[str | None, dict]]:
+    """Every message of ``topic`` as ``(key, value)``, reading each partition to its end."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": brokers,
+            "group.id": f"read-{uuid.uuid4().hex[:8]}",
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        parts = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        ended, out = set(), []
+        while len(ended) < len(parts):
+            m = consumer.poll(10)
+            assert m is not None, f"no message nor end of partition from {topic} within 10 s"
+            if m.error():
+                ended.add(m.partition())
+                continue
+            key = None if m.key() is None else m.key().decode()
+            out.append((key, json.loads(m.value())))
+        return out
+    finally:
+        consumer.close()
+
+
+def _with(brokers: str, topic: str, sink: str, sink_options: dict, **job: str) -> str:
+    options = {
+        "t.type": "kafka_source", "t.topic.name": topic, "t.bootstrap.servers": brokers,
+        "t.stop.at.end": "true", "t.group.id": f"g-{uuid.uuid4().hex[:8]}",
+        "watermark.max_out_of_orderness": "1h", **{f"{sink}.{k}": v for k, v in sink_options.items()}, **job,
+    }  # fmt: skip
+    return ", ".join(f"'{k}' = '{v}'" for k, v in options.items())
+
+
+def _kafka_sink(brokers: str) -> dict:
+    return {"type": "kafka_sink", "topic.name": _topic(brokers), "bootstrap.servers": brokers}
+
+
+def _values(messages: list, columns: list[str]) -> list[tuple]:
+    return sorted(tuple(v[c] for c in columns) for _, v in messages)
+
+
+def _texts(rows: list[tuple]) -> list[tuple]:
+    """Sorted rows, timestamps as JSON has them."""
+    return sorted(tuple(str(x) if hasattr(x, "isoformat") else x for x in row) for row in rows)
+
+
+def _batch(sql: str, records: list[dict]) -> list[tuple]:
+    t = pa.Table.from_pylist(records)  # noqa: F841 - read by the batch SQL
+    return _texts(duckdb.sql(sql).fetchall())
+
+
+@pytest.mark.parametrize("processor", ["v1", "v2:2"])
+def test_trades_from_a_topic_to_kafka_and_tables_equal_batch_sql(kafka_brokers, processor):  # noqa: F811
+    """Both statements write to Kafka and to a DuckDB table; the aggregate's messages are keyed
+    by its GROUP BY column."""
+    topic = _topic(kafka_brokers)
+    records = _trades(4000)
+    _produce(kafka_brokers, topic, [(i % PARTITIONS, json.dumps(r).encode()) for i, r in enumerate(records)])
+    agg_kafka, proj_kafka = _kafka_sink(kafka_brokers), _kafka_sink(kafka_brokers)
+    table = {"type": "duckdb_table"}
+    script = ";\n".join(
+        f"CREATE STREAM {name} AS {query} WITH ({_with(kafka_brokers, topic, name, sink, processor=processor)})"
+        for name, query, sink in [
+            ("agg_k", AGGREGATE, agg_kafka),
+            ("agg_t", AGGREGATE, table),
+            ("proj_k", PROJECTION, proj_kafka),
+            ("proj_t", PROJECTION, table),
+        ]
+    )
+    with velosql.connect() as engine:
+        engine.execute(script)
+        for job in engine.jobs():
+            job.wait(60)
+        agg_t = _texts(engine.sql("SELECT * FROM agg_t").fetchall())
+        proj_t = _texts(engine.sql("SELECT * FROM proj_t").fetchall())
+    want_agg, want_proj = _batch(AGGREGATE_BATCH, records), _batch(PROJECTION_BATCH, records)
+    agg = consume(kafka_brokers, agg_kafka["topic.name"])
+    assert _values(agg, ["symbol", "n", "volume", "avg_price", "w"]) == want_agg
+    assert all(key == value["symbol"] for key, value in agg)
+    proj = consume(kafka_brokers, proj_kafka["topic.name"])
+    assert _values(proj, ["symbol", "price", "qty", "ts"]) == want_proj
+    assert all(key is None for key, _ in proj)
+    assert agg_t == want_agg and proj_t == want_proj
+    assert len(want_agg) > 100 and len(want_proj) > 1000
