@@ -70,8 +70,12 @@ class KafkaSource(Source):
     test broker) answers ListOffsets ``latest`` with 1 whatever the partition holds.
     """
 
-    def __init__(self, name: str, options: dict, declared: pa.Schema | None = None) -> None:
+    def __init__(
+        self, name: str, options: dict, declared: pa.Schema | None = None, only: set[int] | None = None
+    ) -> None:
         self.name = name
+        # Read only these source partitions (a V2 worker's, a group member's task); None: all.
+        self.only = None if only is None else set(only)
         self.topics = topic_list(options.get("topic.name"))
         if not self.topics:
             raise OptionError(f"source {name!r} is a kafka_source but has no '{name}.topic.name'")
@@ -129,7 +133,7 @@ class KafkaSource(Source):
         found = self._metadata(10.0, strict=True)
         self._add_pairs(sorted((t, p) for t in self.topics for p in found[t]))
         self._assign()
-        self._ends = dict.fromkeys(range(len(self._pairs)))
+        self._ends = dict.fromkeys(self._mine())
         user = self.declared if self.declared is not None else self._infer()
         if self.format == "raw":
             user = _raw_schema(self.name, user)
@@ -198,6 +202,10 @@ class KafkaSource(Source):
         self._identity = len(self.topics) == 1 and all(p == i for i, (_, p) in enumerate(self._pairs))
         return new
 
+    def _mine(self) -> list[int]:
+        """The source partitions this source reads."""
+        return [i for i in range(len(self._pairs)) if self.only is None or i in self.only]
+
     def _tp(self, source_partition: int, offset: int | None = None, **kw):
         from confluent_kafka import TopicPartition
 
@@ -213,7 +221,7 @@ class KafkaSource(Source):
 
         positions = positions or {}
         self._consumer.assign(
-            [self._tp(i, positions.get(i, OFFSET_INVALID)) for i in range(len(self._pairs))]
+            [self._tp(i, positions.get(i, OFFSET_INVALID)) for i in self._mine()]
         )
 
     def _infer(self) -> pa.Schema:
@@ -225,7 +233,7 @@ class KafkaSource(Source):
         found = self._infer_here()
         if found is not None:
             return found
-        self._consumer.assign([self._tp(i, OFFSET_BEGINNING) for i in range(len(self._pairs))])
+        self._consumer.assign([self._tp(i, OFFSET_BEGINNING) for i in self._mine()])
         self._pending = []
         found = self._infer_here()
         self._pending = []  # read again where the group's offsets say
@@ -260,14 +268,14 @@ class KafkaSource(Source):
                     return self._parse(sample, None).schema
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                     continue  # a bad one among them: infer from the first only
-            if self.stop_at_end and len(self._eofs(self._pending)) == len(self._pairs):
+            if self.stop_at_end and len(self._eofs(self._pending)) == len(self._mine()):
                 break
         return None
 
     def partition_ids(self) -> list[int]:
         """The source partitions read (known once :meth:`open` returned): the job's watermark
         waits for each of them from the start, not only for those that delivered first."""
-        return list(range(len(self._pairs)))
+        return self._mine()
 
     # ---- positions (the runtime's checkpoints and commits) --------------------------------------
 
@@ -295,7 +303,7 @@ class KafkaSource(Source):
 
     def committed(self, timeout: float = 10.0) -> dict[int, tuple[int, str]]:
         """The group's committed offset and its metadata per source partition (those with one)."""
-        found = self._consumer.committed([self._tp(i) for i in range(len(self._pairs))], timeout)
+        found = self._consumer.committed([self._tp(i) for i in self._mine()], timeout)
         return {
             self._index[tp.topic, tp.partition]: (tp.offset, tp.metadata or "")
             for tp in found
@@ -311,7 +319,7 @@ class KafkaSource(Source):
 
         try:
             found = {p: o for p, (o, _) in self.committed(timeout).items()}
-            for i in range(len(self._pairs)):
+            for i in self._mine():
                 if i not in found:
                     low, high = self._consumer.get_watermark_offsets(self._tp(i), timeout, cached=False)
                     found[i] = high if self.reset == "latest" else low
@@ -326,10 +334,11 @@ class KafkaSource(Source):
         if self._consumer is None:
             return {}
         out = {}
-        tps = [self._tp(i) for i in range(len(self._pairs))]
-        for i, tp in enumerate(self._consumer.position(tps)):
-            low, high = self._consumer.get_watermark_offsets(tps[i], cached=True)
-            position = tp.offset if tp.offset >= 0 else low
+        mine = self._mine()
+        tps = [self._tp(i) for i in mine]
+        for i, tp, at in zip(mine, tps, self._consumer.position(tps)):
+            low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            position = at.offset if at.offset >= 0 else low
             if high >= 0 and position >= 0:
                 out[i] = max(high - position, 0)
         return out
@@ -366,7 +375,7 @@ class KafkaSource(Source):
                 yield None  # idle tick
             for p in ended:
                 yield PartitionEnd(p)
-            if self.stop_at_end and len(self._done) == len(self._pairs):
+            if self.stop_at_end and len(self._done) == len(self._ends):
                 return
 
     def _refresh(self) -> None:
@@ -377,6 +386,8 @@ class KafkaSource(Source):
         self._next_refresh = time.monotonic() + self.refresh
         found = self._metadata(1.0, strict=False)
         new = self._add_pairs(sorted((t, p) for t, parts in found.items() for p in parts))
+        if self.only is not None:  # another reader's (a V2 worker's, a group member's)
+            new = []
         if not new:
             return
         try:
