@@ -119,3 +119,27 @@ def test_trades_from_a_topic_to_kafka_and_tables_equal_batch_sql(kafka_brokers, 
     assert all(key is None for key, _ in proj)
     assert agg_t == want_agg and proj_t == want_proj
     assert len(want_agg) > 100 and len(want_proj) > 1000
+
+
+@pytest.mark.parametrize("processor", ["v1", "v2:2"])
+def test_dead_letters_also_go_to_the_dlq_topic_with_their_offsets(kafka_brokers, processor):  # noqa: F811
+    topic, dlq = _topic(kafka_brokers), _topic(kafka_brokers)
+    records = _trades(300)
+    messages = [(i % PARTITIONS, json.dumps(r).encode()) for i, r in enumerate(records)]
+    bad = [(2, b"{oops"), (1, b'{"symbol": "S1", "price": "cheap", "qty": 1, "ts": "2024-01-01"}')]
+    _produce(kafka_brokers, topic, messages + bad)
+    with velosql.connect() as engine:
+        engine.execute(
+            f"CREATE STREAM o AS {PROJECTION} WITH ({_with(kafka_brokers, topic, 'o', {}, processor=processor)}, "
+            f"'dlq.topic' = '{dlq}')"
+        ).wait(60)
+        table = sorted(engine.sql("SELECT location, error FROM o__dlq").fetchall())
+    sent = sorted(
+        (v["location"], v["error"], v["topic"], v["partition"], v["offset"])
+        for _, v in consume(kafka_brokers, dlq)
+    )
+    places = sorted((f"{topic}/{p}@{len([m for m in messages if m[0] == p])}", p) for p, _ in bad)
+    assert [(loc, err) for loc, err, *_ in sent] == table
+    assert [(loc, topic, p, int(loc.rsplit("@", 1)[1])) for loc, p in places] == [
+        (s[0], s[2], s[3], s[4]) for s in sent
+    ]

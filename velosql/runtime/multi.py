@@ -74,7 +74,7 @@ class MultiInputExecutor(V1Executor):
                     tracker.expect(known())
             self.pool = None
             self._open_checkpoints()
-            self._track_positions()
+            self._sources_opened()
             self._bind()
             tokens = self._restore() if self.epoch else {}
             self._start_workers()

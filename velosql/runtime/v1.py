@@ -111,6 +111,7 @@ class V1Executor:
         # Tells a Kafka sink's epoch markers of this job's checkpoints from those of an earlier
         # run of the same job whose state location was removed (kafka_sink.marker_offset).
         self.lineage = 0
+        self.dlq_topic = None  # 'dlq.topic': dead letters also go to this Kafka topic
 
     # ---- setup ----------------------------------------------------------------------------------
 
@@ -143,7 +144,7 @@ class V1Executor:
             known = getattr(self.source, "partition_ids", None)
             if known is not None:  # a Kafka topic's partitions: each holds the watermark from the start
                 self.tracker.expect(known())
-        self._track_positions()
+        self._sources_opened()
         try:
             self._bind()
             self._open_sinks(self._restore() if self.epoch else {})
@@ -209,6 +210,17 @@ class V1Executor:
         self._open_kafka_sinks()
         if not self.epoch:
             self.lineage = random.getrandbits(30)
+
+    def _sources_opened(self) -> None:
+        self._track_positions()
+        topic = self.opts.get("dlq.topic")
+        if topic:
+            from ..connectors.kafka import DeadLetterTopic
+
+            brokers = self.opts.get("dlq.bootstrap.servers") or next(
+                (s.brokers for _, s in self._named_sources() if getattr(s, "brokers", None)), None
+            )
+            self.dlq_topic = DeadLetterTopic(topic, brokers)
 
     def _track_positions(self) -> None:
         """Keep each source partition's position (the sources are open). A job starting with a
@@ -365,6 +377,8 @@ class V1Executor:
         epoch = self.epoch + 1
         tokens = {}
         offsets = self._offsets()
+        if self.dlq_topic is not None:
+            self.dlq_topic.flush()  # the epoch's dead letters are at the broker (at-least-once)
         for i, sink in enumerate(self.sinks):
             if hasattr(sink, "offsets"):
                 sink.offsets = offsets  # a Kafka sink commits them in its transaction
@@ -571,6 +585,8 @@ class V1Executor:
             self.con.execute(
                 f'INSERT INTO "{self.plan.dlq_table}" SELECT *, now()::TIMESTAMP FROM __rejects'
             ).fetchall()
+        if self.dlq_topic is not None:
+            self.dlq_topic.write(rows)
         self.metrics.dead_letters += len(rows)
         for source, _, _, _, at in rows:
             if at is not None:
@@ -739,6 +755,10 @@ class V1Executor:
                 sink.discard() if self.never_ran else sink.close()
             except Exception:  # noqa: BLE001 - first error wins; closing the rest matters more
                 pass
+        if self.dlq_topic is not None:
+            with contextlib.suppress(Exception):
+                self.dlq_topic.close()
+            self.dlq_topic = None
         if self.scan is not None:
             self.scan.close()
         self.source.close()
