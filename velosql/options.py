@@ -136,6 +136,7 @@ OPTIONS: tuple[Option, ...] = (
         "files. With a GROUP BY holding them, `smart` and an unset `partitioning_strategy` let "
         "each V2 worker read its own files (sticky) instead of hashing every row. Only speed "
         "depends on it: workers still merge partial aggregates.",
+        types=("file_source", "file_source_mmap", "kafka_source"),
     ),
     _src(
         "watch",

@@ -296,6 +296,14 @@ class KafkaSource(Source):
         offsets = [self._tp(p, o, metadata=metadata or "") for p, o in sorted(positions.items())]
         self._consumer.commit(offsets=offsets, asynchronous=True)
 
+    def stop_fetching(self) -> None:
+        """Read nothing more (V2 workers consume the partitions themselves): the consumer gives
+        up its partitions, so librdkafka prefetches nothing, and stays for :meth:`commit_offsets`.
+        What :meth:`open` polled to infer the schema is dropped."""
+        self._pending = []
+        if self._consumer is not None:
+            self._consumer.unassign()
+
     def consumer_group_metadata(self):
         """The consumer's group metadata, for a transactional producer's
         ``send_offsets_to_transaction`` (the kafka_sink)."""

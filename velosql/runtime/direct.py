@@ -69,14 +69,18 @@ def read(con: duckdb.DuckDBPyConnection, state: dict, watermark: int):
     info = {"rows": rows, "ended": ended, "done": done, "maxima": [], "late": None, "low": None}
     table = None
     if pieces:
-        table = _run(con, spec, pa.Table.from_batches(pieces), watermark, info, rejects, spans, source)
+        table = run_local(con, spec, pa.Table.from_batches(pieces), watermark, info, rejects, spans, source)
     info["rejects"], rejects[:] = list(rejects), []
     return info, table
 
 
-def _run(
-    con, spec: dict, table: pa.Table, watermark: int, info: dict, rejects: list, spans: list, source
-) -> pa.Table:
+def run_local(
+    con, spec: dict, table: pa.Table, watermark: int, info: dict, rejects: list, spans: list | None, source
+) -> pa.Table | None:
+    """Add ``__seq`` (and ``__et``, ``__wm``) to the read's rows and run the partition-local
+    statement; fill ``info`` (event-time maxima per unit, late rows, lowest event time).
+    ``spans``: ``[unit, rows]`` runs of consecutive rows, or None where each row's unit is its
+    ``_partition`` (Kafka); ``source``: its ``exact_offsets`` (if any) names byte-range offsets."""
     partition = pc.cast(table[PARTITION_COL], pa.int64())
     seq = pc.add(pc.shift_left(partition, int_scalar(SEQ_PARTITION_SHIFT)), table[OFFSET_COL])
     table = table.append_column("__seq", seq)
@@ -88,9 +92,10 @@ def _run(
             et = pa.repeat(int_scalar(time.time_ns() // 1000), table.num_rows)
         else:
             et = pa.chunked_array(event_time_us(table[col], spec["time_format"], col))
-        info["maxima"] = _maxima(et, spans)
+        info["maxima"] = _maxima(et, spans) if spans is not None else _partition_maxima(table, et)
         if et.null_count:
-            table, et, bad = without_null_time(table, et, spec["source"], col, source.exact_offsets)
+            exact = getattr(source, "exact_offsets", None)
+            table, et, bad = without_null_time(table, et, spec["source"], col, exact)
             rejects.extend(bad)
         if table.num_rows == 0:
             return None
@@ -108,9 +113,10 @@ def _run(
     try:
         if late:
             rows = con.sql(spec["late"]).to_arrow_table()
-            if rows.num_rows and OFFSET_COL in rows.column_names:  # a byte range's: see splits
-                exact = source.exact_offsets(rows[PARTITION_COL], rows[OFFSET_COL])
-                rows = rows.set_column(rows.schema.get_field_index(OFFSET_COL), OFFSET_COL, exact)
+            exact = getattr(source, "exact_offsets", None)
+            if rows.num_rows and exact is not None and OFFSET_COL in rows.column_names:  # a byte range's
+                offsets = exact(rows[PARTITION_COL], rows[OFFSET_COL])
+                rows = rows.set_column(rows.schema.get_field_index(OFFSET_COL), OFFSET_COL, offsets)
             if rows.num_rows:
                 info["late"] = ipc_buffer(rows).to_pybytes()
         return con.sql(statements[0]).to_arrow_table()
@@ -128,3 +134,10 @@ def _maxima(et: pa.ChunkedArray, spans: list) -> list[tuple[int, int]]:
         if top is not None and (unit not in best or top > best[unit]):
             best[unit] = top
     return list(best.items())
+
+
+def _partition_maxima(table: pa.Table, et: pa.ChunkedArray) -> list[tuple[int, int]]:
+    """Each source partition's largest event time in the micro-batch, where a batch's rows of
+    several partitions are interleaved (a Kafka poll's)."""
+    top = pa.table({"p": table[PARTITION_COL], "e": et}).group_by("p").aggregate([("e", "max")])
+    return [(p, e) for p, e in zip(top["p"].to_pylist(), top["e_max"].to_pylist()) if e is not None]

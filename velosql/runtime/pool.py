@@ -328,6 +328,25 @@ class WorkerPool:
         worker = self._worker(partition)
         return [self._read(worker, self.timeout) for _ in range(len(worker.pending))]
 
+    def ready(self, partitions: Sequence[int], timeout: float | None = None) -> list[int]:
+        """Those of ``partitions`` whose next reply has arrived (or that died: :meth:`receive`
+        then raises), waiting up to ``timeout`` seconds (``None``: the pool's) for the first. It
+        reads nothing, so a caller can take replies in the order workers answer (the V2 job
+        reading Kafka: a worker waiting for messages must not hold up the others' replies).
+
+        Raises:
+            JobError: None of them answered within the timeout.
+        """
+        watched = {}
+        for i in partitions:
+            worker = self._worker(i)
+            watched[worker.conn] = watched[worker.process.sentinel] = i
+        timeout = self.timeout if timeout is None else timeout
+        found = wait(list(watched), timeout)
+        if not found:
+            raise JobError(f"No partition of {list(partitions)} replied within {timeout:g} s.")
+        return sorted({watched[x] for x in found})
+
     def outstanding(self, partition: int) -> int:
         """How many requests to worker ``partition`` have no reply returned yet."""
         return len(self._worker(partition).pending)

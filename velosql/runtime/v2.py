@@ -66,6 +66,11 @@ STRATEGIES = {
     "fan_in": "fan_in", "fanin": "fan_in",
 }  # fmt: skip
 IN_FLIGHT = 2  # direct reads per worker: one being worked on, one waiting
+# Why a job with a state location reads its source itself (EXPLAIN's routing line says it).
+STATE_NOT_DIRECT = (
+    "not read by the workers themselves: the job has a state location, and its checkpoints hold the "
+    "source's positions, so the job's process reads the source and routes it"
+)
 # Requests a worker may have outstanding at most. The records waiting behind the one it works on
 # are bounded by ``queue_threshold`` (see ``_send``); this bounds the small requests between them.
 MAX_IN_FLIGHT = 16
@@ -87,6 +92,8 @@ _INSERT_PARTIALS = "INSERT INTO __state BY NAME SELECT * FROM __partials"
 _RETURNS_ROWS = frozenset({"rows", "changes", "emit", "partials", "ordered"})
 _HOSTED = "velosql.runtime.operators.hosted:"  # the calls of an operator each worker hosts
 _HOSTED_PROCESS = Call(_HOSTED + "process", 0)
+# A direct read's call, by the worker's reader (V2Executor.readers).
+_READS = {"duckdb": "direct_parquet:read_run", "pyarrow": "direct:read", "kafka": "direct_kafka:read"}
 
 
 # Operators whose state is not split by key yet, and why their rows meet in one place.
@@ -129,12 +136,15 @@ def requested_strategy(plan) -> str | None:
     return STRATEGIES[name]
 
 
-def choose(plan, n: int, direct_partitions: int | None = 0) -> Routing:
+def choose(plan, n: int, direct_partitions: int | None = 0, not_direct: str | None = None) -> Routing:
     """The routing of ``plan`` over ``n`` workers; ``direct_partitions``: how many pieces (files,
-    runs of row groups, byte ranges) the source offers workers to read themselves (0: none, it
-    cannot be read from another process; None: not known before the source is opened, as for
-    EXPLAIN without a job)."""
+    runs of row groups, byte ranges, Kafka partitions) the source offers workers to read
+    themselves (0: none, it cannot be read from another process; None: not known before the
+    source is opened, as for EXPLAIN without a job); ``not_direct``: why it offers none though
+    it could (EXPLAIN says it)."""
     sql = plan.sql
+    if direct_partitions is None and plan.job_options.get("checkpoint.dir") and _readable(plan):
+        not_direct = STATE_NOT_DIRECT
     if plan.inputs:
         if plan.shape == "join" and all(plan.operator.keys):
             keys = " = ".join(", ".join(k) for k in plan.operator.keys)
@@ -183,11 +193,15 @@ def choose(plan, n: int, direct_partitions: int | None = 0) -> Routing:
             text += f" ({what} need every row of a group in one partition, so not {requested})"
         return Routing(mode, "hash", text)
     aligned = mode == "partials" and requested in (None, "smart") and _aligned(plan)
+    # A Kafka source's default is sticky where its workers consume their own partitions: each
+    # record is read once, by the process that aggregates it, and no process routes rows.
+    kafka_sticky = requested is None and _kafka(plan) and _read_directly(plan, direct_partitions, not_direct)
     if requested in (None, "smart"):
         # Hash on the GROUP BY key unless the source declares that its partitions hold whole
         # groups; read partitions directly when nothing is grouped.
-        strategy = "hash" if mode == "partials" and sql.route_keys and not aligned else "sticky"
-        if strategy == "sticky" and not _read_directly(plan, direct_partitions):
+        hashed = mode == "partials" and sql.route_keys and not aligned and not kafka_sticky
+        strategy = "hash" if hashed else "sticky"
+        if strategy == "sticky" and not _read_directly(plan, direct_partitions, not_direct):
             # The job reads the source and routes it. Sticky would split every micro-batch by
             # source partition, and a stream pushed without partitions would all go to worker 0.
             # Whole micro-batches in turn use every worker with no per-row work, and the job takes
@@ -198,13 +212,14 @@ def choose(plan, n: int, direct_partitions: int | None = 0) -> Routing:
         strategy = requested
     unhashed = strategy == "hash" and not sql.route_keys
     if unhashed:  # nothing to hash: as when unset (sticky reading directly, else in turn)
-        strategy = "sticky" if _read_directly(plan, direct_partitions) else "round_robin"
+        strategy = "sticky" if _read_directly(plan, direct_partitions, not_direct) else "round_robin"
     split = mode == "rows" and not (sql.project_orderable and _orderable(sql.project))
     if split and strategy in ("hash", "sticky"):
         strategy = "round_robin"
-    reading = _direct_text(plan, n, direct_partitions)
+    reading = None if not_direct else _direct_text(plan, n, direct_partitions)
     if strategy == "sticky" and reading is not None:
-        how = reading if direct_partitions else f"source partition mod the worker count; {reading}"
+        mod = direct_partitions or _kafka(plan)  # the reading says which worker reads what
+        how = reading if mod else f"source partition mod the worker count; {reading}"
     else:
         how = {
             "hash": f"hash of the GROUP BY key ({keys}) over {n} workers",
@@ -217,6 +232,8 @@ def choose(plan, n: int, direct_partitions: int | None = 0) -> Routing:
     if aligned:
         key = ", ".join(declared_partition_key(plan.source.options))
         how = f"sticky, as the source is partitioned by {key} (partition_key), within the GROUP BY key: {how}"
+    elif kafka_sticky and strategy == "sticky":
+        how = f"sticky (a Kafka source's default): {how}"
     if mode == "partials" and strategy == "hash" and not sql.emit_ordered:
         # Hash-partitioned two-phase aggregation: rows are not routed one by one (a job-side router
         # cost ~45 ns per row, as much as V1's whole query), they are aggregated where they are
@@ -227,6 +244,8 @@ def choose(plan, n: int, direct_partitions: int | None = 0) -> Routing:
             f"GROUP BY key ({keys}) to the worker that holds the group's state and emits it "
             "(two-phase, combined in the workers)"
         )
+        if not_direct:
+            how = f"{how}; {not_direct}"
         return Routing(mode, strategy, how, combine="workers")
     if mode == "partials":
         how += "; workers compute partial aggregates, merged by the job (two-phase)"
@@ -234,11 +253,26 @@ def choose(plan, n: int, direct_partitions: int | None = 0) -> Routing:
         how += "; output in arrival order"
     else:
         how += "; output in arrival order per source partition"
+    if not_direct:
+        how += f"; {not_direct}"
     return Routing(mode, strategy, how)
 
 
 def _direct_text(plan, n: int, direct_partitions: int | None) -> str | None:
     """How EXPLAIN says the workers read the source themselves; None where they cannot."""
+    if _kafka(plan):
+        if direct_partitions is None:
+            return (
+                f"each worker consumes its own partitions of the topic (source partition p to worker "
+                f"p mod {n}) with a consumer of its own (assign()): no router in the job process"
+            )
+        if direct_partitions > 1:
+            return (
+                f"each worker consumes its own Kafka partitions ({direct_partitions} partitions over {n} "
+                f"workers, source partition p to worker p mod {n}) with a consumer of its own (assign()): "
+                "no router in the job process"
+            )
+        return None
     if direct_partitions is None and plan.source.type == "file_source":
         return (
             "a bounded file source of several pieces (files, runs of Parquet row groups or byte "
@@ -253,12 +287,23 @@ def _direct_text(plan, n: int, direct_partitions: int | None) -> str | None:
     return None
 
 
-def _read_directly(plan, direct_partitions: int | None) -> bool:
+def _read_directly(plan, direct_partitions: int | None, not_direct: str | None = None) -> bool:
     """Whether sticky routing would let the workers read the source's pieces themselves (as
     far as is known before the source is opened, for ``direct_partitions`` None)."""
+    if not_direct:
+        return False
     if direct_partitions is None:
-        return plan.source.type == "file_source"
+        return _readable(plan)
     return direct_partitions > 1
+
+
+def _readable(plan) -> bool:
+    """Whether the workers can read the statement's source themselves, by its type."""
+    return plan.source.type in ("file_source", "kafka_source")
+
+
+def _kafka(plan) -> bool:
+    return plan.source.type == "kafka_source"
 
 
 def _aligned(plan) -> bool:
@@ -314,11 +359,17 @@ def _in_arrival_order(rows: pa.Table) -> pa.Table:
     return rows.take(places.drop_null() if places.null_count else places)
 
 
-def _direct_splits(source, n: int, cut: bool, ranges: bool) -> list[tuple]:
-    """The pieces of ``source`` N workers can read on their own (see ``FileSource.splits``); empty
-    when there are fewer than two, or the source cannot be read by pieces."""
+def _direct_splits(source, n: int, cut: bool, ranges: bool) -> list:
+    """The pieces of ``source`` N workers can read on their own (see ``FileSource.splits``; a
+    Kafka source's: its source partitions); empty when there are fewer than two, or the source
+    cannot be read by pieces."""
     splits = getattr(source, "splits", None)
-    pieces = splits(n, cut, ranges) if splits is not None else []
+    if splits is not None:
+        pieces = splits(n, cut, ranges)
+    elif hasattr(source, "partition_ids") and hasattr(source, "commit_offsets"):  # Kafka
+        pieces = list(source.partition_ids())
+    else:
+        pieces = []
     return pieces if len(pieces) > 1 else []
 
 
@@ -333,6 +384,7 @@ class V2Executor(V1Executor):
         self.pool: WorkerPool | None = None
         self.route: Routing | None = None
         self.direct = False
+        self.kafka = False  # the workers consume their own Kafka partitions (direct_kafka.py)
         self.readers: dict[int, str] = {}  # direct read: each worker's reader, "duckdb" or "pyarrow"
         self.sent = 0  # micro-batches routed so far
         self.inflight: collections.deque = collections.deque()  # (worker, kind, batch number)
@@ -386,16 +438,19 @@ class V2Executor(V1Executor):
                 _referenced((self.sql.partial_all, self.sql.partial)) or {"_offset"}
             )
             self.splits = _direct_splits(self.source, self.n, cut, ranges)
+            not_direct = None
             if self.checkpoints is not None:
                 # The job reads the source (its positions are the checkpoint's): no direct reads.
+                not_direct = STATE_NOT_DIRECT if self.splits else None
                 self.splits = []
-            self.route = choose(self.plan, self.n, len(self.splits))
+            self.route = choose(self.plan, self.n, len(self.splits), not_direct)
             if self.route.workers and self.route.strategy == "hash":
                 self.route = self._hashable_route(self.route)
             if not self.route.workers:
                 return
             self.combined = self.route.combine == "workers"
             self.direct = (self.route.strategy == "sticky" or self.combined) and len(self.splits) > 1
+            self.kafka = self.direct and _kafka(self.plan)
             self.operator.arrow = None  # the workers compute the partials
             self.pool = WorkerPool(self.n, affinity=self.affinity, max_in_flight=MAX_IN_FLIGHT)
             if getattr(self.job.engine, "sandbox", None) is not None:  # user SQL runs in the workers too
@@ -517,13 +572,14 @@ class V2Executor(V1Executor):
         for i in range(self.n):
             self.pool.drain(i)
 
-    def _open_direct(self) -> None:
+    def _direct_spec(self) -> dict:
+        """What every worker reading its own partitions runs on each read (direct.py)."""
         plan, sql = self.plan, self.sql
         rows_mode = self.route.mode == "rows"
         col = plan.time.column
         if plan.windowed and col is not None and col not in self.source.schema.names:
             col = next(c for c in self.source.schema.names if c.lower() == col.lower())  # bound in _bind
-        spec = {
+        return {
             "source": plan.source.name,
             "windowed": plan.windowed,
             "time": col,
@@ -537,6 +593,15 @@ class V2Executor(V1Executor):
             "out_late": (sql.project,) if rows_mode else _partial_variants(sql.partial, plan.window),
             "late": self._late_select() if plan.windowed else None,
         }
+
+    def _open_direct(self) -> None:
+        if self.kafka:
+            self._open_kafka()
+            return
+        plan = self.plan
+        rows_mode = self.route.mode == "rows"
+        spec = self._direct_spec()
+        col = spec["time"]
         event_time = None
         if plan.windowed and col is not None:
             event_time = direct_parquet.event_time_sql(self.source.schema.field(col))
@@ -574,6 +639,36 @@ class V2Executor(V1Executor):
         for i in self.direct_workers:
             self.pool.drain(i)
 
+    def _open_kafka(self) -> None:
+        """Have each worker consume its own partitions of the topic (direct_kafka.py). The job's
+        consumer stops fetching; it stays for the offsets committed at the end. Its tracker
+        already expects every partition (V1Executor.prepare), so the watermark waits for each."""
+        from ..connectors.kafka import SYSTEM_NAMES
+
+        source = self.source
+        source.stop_fetching()
+        spec = self._direct_spec()
+        spec.update(
+            # The brokers and group the job's source resolved; the schema it declared or inferred.
+            options={
+                **self.plan.source.options,
+                "bootstrap.servers": source.brokers,
+                "group.id": source.group,
+            },
+            schema=pa.schema([f for f in source.schema if f.name not in SYSTEM_NAMES]),
+            batch_timeout=(self.opts.get("batch_timeout") or 200_000) / 1e6,
+        )
+        self.direct_workers = []
+        for i in range(self.n):
+            partitions = [p for p in self.splits if p % self.n == i]
+            if partitions:
+                call = Call("velosql.runtime.direct_kafka:open_partitions", dict(spec, partitions=partitions))
+                self.pool.send(i, call)
+                self.direct_workers.append(i)
+                self.readers[i] = "kafka"
+        for i in self.direct_workers:
+            self.pool.drain(i)
+
     # ---- the loop -------------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -593,7 +688,9 @@ class V2Executor(V1Executor):
                 self._request_read(i)
         while self.inflight or self.answered:
             if not self.answered:
-                self._take_reply()  # a read's reply waits in self.answered; others are handled
+                # A read's reply waits in self.answered; others are handled. A Kafka worker may
+                # wait for messages: take the first reply that comes, not the oldest.
+                self._take_first_ready() if self.kafka else self._take_reply()
                 continue
             worker, reply, _ = self.answered.popleft()
             t0 = time.monotonic()
@@ -609,10 +706,21 @@ class V2Executor(V1Executor):
             stop.set()
             return
         self._finish()
+        if self.tracking:
+            self._commit_offsets()  # every row read is in the sinks now (at-least-once)
+
+    def _take_first_ready(self) -> None:
+        """Take the oldest reply of the first worker to answer (each worker answers in order)."""
+        ready = self.pool.ready(list(dict.fromkeys(w for w, _, _ in self.inflight if w >= 0)))
+        first = next(k for k, (w, _, _) in enumerate(self.inflight) if w in ready)
+        entry = self.inflight[first]
+        del self.inflight[first]
+        self.inflight.appendleft(entry)
+        self._take_reply()
 
     def _request_read(self, worker: int) -> None:
         wm = self.tracker.watermark if self.plan.windowed else NEG_INF
-        read = "direct_parquet:read_run" if self.readers[worker] == "duckdb" else "direct:read"
+        read = _READS[self.readers[worker]]
         self._make_room(worker)
         self.pool.send(worker, Call(f"velosql.runtime.{read}", wm))
         self.part_wm[worker] = wm if self.plan.windowed else None
@@ -625,13 +733,18 @@ class V2Executor(V1Executor):
         if info["rows"]:
             self.metrics.batches += 1
             self._took(reply.partition, info["rows"])
-        for location, error, raw in info["rejects"]:
-            self._reject(location, error, raw)
+        for location, error, raw, *at in info["rejects"]:
+            self._reject(location, error, raw, at=at[0] if at else None)
+        for partition, offset in info.get("positions", ()):
+            key = (self.plan.source.name, partition)
+            self.positions[key] = max(self.positions.get(key, 0), offset)
         if info["maxima"]:
             parts, ets = zip(*info["maxima"])
             self.tracker.observe(pa.array(ets, pa.int64()), pa.array(parts, pa.int32()))
         for partition in info["ended"]:
             self.tracker.end_partition(partition)
+        if not info["rows"] and self.plan.windowed and self.tracker.idle_timeout:
+            self.tracker.advance()  # an idle read: idle partitions stop holding the watermark
         if info["late"] is not None:
             self._store_late(pa.ipc.open_stream(info["late"]).read_all(), reply.partition)
         if info["low"] is not None and self.plan.window is not None:
@@ -1034,7 +1147,23 @@ class V2Executor(V1Executor):
             super().close()
         finally:
             if self.pool is not None:
+                self._close_consumers()
                 self.pool.close()
+
+    def _close_consumers(self) -> None:
+        """Close the Kafka consumers of the workers that consume their own partitions (a worker
+        that failed is stopped with the pool anyway)."""
+        if self.pool.closed:
+            return
+        closing = []
+        for i in [w for w, reader in self.readers.items() if reader == "kafka"]:
+            with contextlib.suppress(Exception):
+                self.pool.drain(i)  # the reads in flight when the job failed
+                self.pool.send(i, Call("velosql.runtime.direct_kafka:close", None))
+                closing.append(i)
+        for i in closing:
+            with contextlib.suppress(Exception):
+                self.pool.drain(i)
 
     def _store_late(self, late: pa.Table, worker: int) -> None:
         if not late.num_rows:
