@@ -84,7 +84,13 @@ def committed_records(brokers: str, topic: str, partition: int, timeout: float =
 
 
 def read_log(
-    brokers: str, topic: str, partition: int, timeout: float = 10.0, *, max_bytes: int = 1 << 20
+    brokers: str,
+    topic: str,
+    partition: int,
+    timeout: float = 10.0,
+    *,
+    max_bytes: int = 1 << 20,
+    live: bool = False,
 ) -> list[LogRecord]:
     """Every data record of the partition, up to its high watermark, in offset order, with its status.
 
@@ -95,6 +101,9 @@ def read_log(
         timeout: seconds for the whole read; a slower broker raises :class:`TimeoutError`.
         max_bytes: the most bytes asked for in one fetch; the log is fetched in as many fetches as
             it takes, each from the offset after the previous one's last batch.
+        live: the log is still being written: read as far as the broker gives whole batches
+            (below the high watermark, it may have none to give while a transaction is open)
+            instead of raising.
 
     Raises:
         KafkaWireError: the broker answered with an error, or a batch is not decodable here (a
@@ -103,7 +112,7 @@ def read_log(
     deadline = time.monotonic() + timeout
     where = f"{topic}/{partition}"
     with _leader(brokers, topic, partition, deadline) as conn:
-        batches = _fetch_all(conn, topic, partition, max_bytes)
+        batches = _fetch_all(conn, topic, partition, max_bytes, live)
     return _statuses(batches, where)
 
 
@@ -153,8 +162,9 @@ def _marker_status(marker: Record, where: str) -> Status:
 # --- fetching -----------------------------------------------------------------------------------
 
 
-def _fetch_all(conn: _Connection, topic: str, partition: int, max_bytes: int) -> list[_Batch]:
-    """Fetch from offset 0 (or the log start) to the high watermark, batch after batch."""
+def _fetch_all(conn: _Connection, topic: str, partition: int, max_bytes: int, live: bool) -> list[_Batch]:
+    """Fetch from offset 0 (or the log start) to the high watermark, batch after batch; ``live``:
+    up to where the broker has batches to give (a log being written, transactions open)."""
     version = conn.version(_FETCH, _FETCH_VERSIONS)
     where = f"{topic}/{partition}"
     batches: list[_Batch] = []
@@ -176,6 +186,8 @@ def _fetch_all(conn: _Connection, topic: str, partition: int, max_bytes: int) ->
         if offset >= high_watermark:
             return batches
         got = _decode_batches(records, where)
+        if not got and live:
+            return batches  # the rest is being written
         if not got:
             # Brokers return at least one whole batch whatever max_bytes says (KIP-74); one that
             # does not would fetch the same offset forever.

@@ -135,7 +135,9 @@ OPTIONS: tuple[Option, ...] = (
         "Columns (comma-separated) the source is partitioned by: no value of them is in two "
         "files. With a GROUP BY holding them, `smart` and an unset `partitioning_strategy` let "
         "each V2 worker read its own files (sticky) instead of hashing every row. Only speed "
-        "depends on it: workers still merge partial aggregates.",
+        "depends on it: workers still merge partial aggregates. A kafka_source: the columns the "
+        "topic is keyed by (no value of them in two partitions); `assignment = 'group'` needs it "
+        "for aggregates.",
         types=("file_source", "file_source_mmap", "kafka_source"),
     ),
     _src(
@@ -198,6 +200,18 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "Kafka consumer group (default: `velosql-<source>`). Partitions are assigned, not "
         "subscribed: the group's committed offsets, if any, are where reading starts.",
+        types=_KAFKA_SRC,
+    ),
+    _src(
+        "assignment",
+        "enum",
+        "all",
+        "`all`: read every partition of the topic (assigned). `group`: share the partitions with the "
+        "other servers running the statement in the same consumer group (`group.id`): each server "
+        "runs a task per partition it is given, and a partition's state moves with it through the "
+        "shared state location (`--state`). Aggregates need the topic keyed by their GROUP BY "
+        "(`partition_key`).",
+        ("all", "group"),
         types=_KAFKA_SRC,
     ),
     _src(

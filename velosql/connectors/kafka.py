@@ -75,7 +75,13 @@ class KafkaSource(Source):
     ) -> None:
         self.name = name
         # Read only these source partitions (a V2 worker's, a group member's task); None: all.
+        only = only if only is not None else options.get("__only")
         self.only = None if only is None else set(only)
+        # A group member's task (runtime/group.py): the schema the member found, and the member
+        # (its consumer) through which offsets are committed, so that Kafka fences a server that
+        # lost the partition.
+        declared = declared if declared is not None else options.get("__schema")
+        self.member = options.get("__member")
         self.topics = topic_list(options.get("topic.name"))
         if not self.topics:
             raise OptionError(f"source {name!r} is a kafka_source but has no '{name}.topic.name'")
@@ -220,9 +226,7 @@ class KafkaSource(Source):
         from confluent_kafka import OFFSET_INVALID
 
         positions = positions or {}
-        self._consumer.assign(
-            [self._tp(i, positions.get(i, OFFSET_INVALID)) for i in self._mine()]
-        )
+        self._consumer.assign([self._tp(i, positions.get(i, OFFSET_INVALID)) for i in self._mine()])
 
     def _infer(self) -> pa.Schema:
         """The schema pyarrow reads from the first messages (kept for :meth:`read`). Where the
@@ -272,6 +276,14 @@ class KafkaSource(Source):
                 break
         return None
 
+    def user_schema(self) -> pa.Schema:
+        """The schema of the messages' values (without the system columns)."""
+        return self._user
+
+    def pairs(self) -> list[tuple[str, int]]:
+        """``(topic, Kafka partition)`` of each source partition, in source partition order."""
+        return list(self._pairs)
+
     def partition_ids(self) -> list[int]:
         """The source partitions read (known once :meth:`open` returned): the job's watermark
         waits for each of them from the start, not only for those that delivered first."""
@@ -294,7 +306,7 @@ class KafkaSource(Source):
         if not positions or self._consumer is None:
             return
         offsets = [self._tp(p, o, metadata=metadata or "") for p, o in sorted(positions.items())]
-        self._consumer.commit(offsets=offsets, asynchronous=True)
+        (self.member or self._consumer).commit(offsets=offsets, asynchronous=True)
 
     def stop_fetching(self) -> None:
         """Read nothing more (V2 workers consume the partitions themselves): the consumer gives
@@ -307,7 +319,7 @@ class KafkaSource(Source):
     def consumer_group_metadata(self):
         """The consumer's group metadata, for a transactional producer's
         ``send_offsets_to_transaction`` (the kafka_sink)."""
-        return self._consumer.consumer_group_metadata()
+        return (self.member or self._consumer).consumer_group_metadata()
 
     def committed(self, timeout: float = 10.0) -> dict[int, tuple[int, str]]:
         """The group's committed offset and its metadata per source partition (those with one)."""

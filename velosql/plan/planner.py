@@ -137,12 +137,17 @@ class StreamPlan:
         return self.window is not None
 
     @property
+    def stream(self) -> str:
+        """The stream's name (a group member's task, ``<stream>.p<k>``, writes the stream's tables)."""
+        return self.job_options.get("__stream") or self.name
+
+    @property
     def late_table(self) -> str:
-        return f"{self.name}__late"
+        return f"{self.stream}__late"
 
     @property
     def dlq_table(self) -> str:
-        return f"{self.name}__dlq"
+        return f"{self.stream}__dlq"
 
 
 def plan(stmt: CreateStream) -> StreamPlan:

@@ -119,7 +119,11 @@ class Job:
         self._aborted = False  # the stop timeout passed and the sinks were told to give up
 
     def prepare(self) -> None:
-        if self.plan.inputs:
+        from .group import is_group_plan
+
+        if is_group_plan(self.plan):
+            from .group import GroupExecutor as executor
+        elif self.plan.inputs:
             from .multi import MultiInputExecutor as executor
         elif self.processor.processor_version() == "V2":
             from .v2 import V2Executor as executor

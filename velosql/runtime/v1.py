@@ -303,7 +303,8 @@ class V1Executor:
         what that checkpoint committed (``tokens``: what each sink's precommit gave)."""
         self.sinks = self.job.engine._make_sinks(self.plan, self.con)
         for i, sink in enumerate(self.sinks):
-            sink.resume = self.epoch > 0  # keep what the run before committed
+            # Keep what the run before committed; a group member's task keeps the other tasks'.
+            sink.resume = self.epoch > 0 or bool(self.opts.get("__task"))
             sink.in_transaction = self.transactional  # its writes are in the epoch's
             sink.epochs = self.checkpoints is not None  # it publishes what checkpoints commit
             sink.lineage = self.lineage
@@ -499,7 +500,8 @@ class V1Executor:
 
     def _create_table(self, name: str, schema: pa.Schema) -> None:
         """Create (resuming from a checkpoint: keep) one of the statement's tables."""
-        create = "CREATE TABLE IF NOT EXISTS" if self.epoch else "CREATE OR REPLACE TABLE"
+        keep = self.epoch or self.opts.get("__task")  # a group member's tasks share the tables
+        create = "CREATE TABLE IF NOT EXISTS" if keep else "CREATE OR REPLACE TABLE"
         with self._registered("__empty", empty_table(schema)):
             self.con.execute(f'{create} "{name}" AS SELECT * FROM __empty').fetchall()
 
