@@ -14,6 +14,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 from kafka_broker import kafka_brokers  # noqa: F401 - the session fixture
+from test_checkpoints import until
 from test_kafka import PARTITIONS, _produce, _topic, _trades
 
 import velosql
@@ -178,3 +179,32 @@ def test_until_idle_ends_an_unbounded_job_and_the_next_run_reads_on_from_the_com
         t = pa.Table.from_pylist(records)  # noqa: F841 - read by the batch SQL
         want = sorted(duckdb.sql("SELECT symbol, count(*) FROM t GROUP BY symbol").fetchall())
         assert run(records) == want
+
+
+@pytest.mark.parametrize("processor", ["v1", "v2:2"])
+def test_an_idle_partition_stops_holding_the_watermark_after_the_idle_timeout(kafka_brokers, processor):  # noqa: F811
+    """The watermark is per Kafka partition, and every partition holds it from the start: with
+    partition 3 empty, no window can close until ``'watermark.idle_timeout'`` lets it go; then the
+    windows behind the other partitions' watermark close while the job runs on."""
+    topic = _topic(kafka_brokers)
+    records = _trades(900)  # 15 minutes, on partitions 0-2 only
+    _produce(kafka_brokers, topic, [(i % 3, json.dumps(r).encode()) for i, r in enumerate(records)])
+    query = "SELECT symbol, count(*) AS n, _window_start AS w FROM t GROUP BY symbol WINDOW TUMBLING(ts, INTERVAL '1' MINUTE)"
+    with velosql.connect() as engine:
+        job = engine.execute(
+            f"CREATE STREAM o AS {query} WITH ('t.type' = 'kafka_source', 't.topic.name' = '{topic}', "
+            f"'t.bootstrap.servers' = '{kafka_brokers}', 'watermark.idle_timeout' = '1s', processor = '{processor}')"
+        )
+        # The last minute stays open (the watermark is its newest event time): 14 minutes close.
+        until(lambda: engine.sql("SELECT count(*) FROM o").fetchall()[0][0] >= 14 * 7 or job.done, 30)
+        assert not job.done
+        got = _texts(engine.sql("SELECT symbol, n, w FROM o").fetchall())
+        job.stop()
+    t = pa.Table.from_pylist(records)  # noqa: F841 - read by the batch SQL
+    want = _texts(
+        duckdb.sql(
+            "SELECT symbol, count(*), time_bucket(INTERVAL '1 minute', ts::TIMESTAMP) AS w FROM t "
+            "WHERE ts::TIMESTAMP < TIMESTAMP '2024-01-01 00:14:00' GROUP BY ALL"
+        ).fetchall()
+    )
+    assert got == want
