@@ -192,7 +192,14 @@ def test_the_watermark_waits_for_every_partition_from_the_start(kafka_brokers): 
     topic = _topic(kafka_brokers)
     start = dt.datetime(2024, 1, 1)
     rows = [
-        (p, {"symbol": f"S{i % 3}", "qty": i % 5, "ts": str(start + dt.timedelta(minutes=10 * (p != 3), seconds=i))})
+        (
+            p,
+            {
+                "symbol": f"S{i % 3}",
+                "qty": i % 5,
+                "ts": str(start + dt.timedelta(minutes=10 * (p != 3), seconds=i)),
+            },
+        )
         for p in range(PARTITIONS)
         for i in range(300)
     ]
@@ -233,7 +240,9 @@ def test_an_unbounded_topic_is_consumed_until_the_job_is_stopped(kafka_brokers):
             f"CREATE STREAM o AS SELECT symbol, count(*) AS n, sum(qty) AS q FROM t GROUP BY symbol EMIT FINAL WITH ({source})"
         )
         wait_for(lambda: job.metrics()["records_in"] == len(first), "the first messages")
-        _produce(kafka_brokers, topic, [(i % PARTITIONS, json.dumps(r).encode()) for i, r in enumerate(second)])
+        _produce(
+            kafka_brokers, topic, [(i % PARTITIONS, json.dumps(r).encode()) for i, r in enumerate(second)]
+        )
         wait_for(lambda: job.metrics()["records_in"] == len(records), "the messages produced later")
         pids = [p["pid"] for p in job.metrics()["partitions"]]
         assert {p["reader"] for p in job.metrics()["partitions"]} == {"kafka"}
@@ -245,4 +254,28 @@ def test_an_unbounded_topic_is_consumed_until_the_job_is_stopped(kafka_brokers):
     assert got == _batch(records, "SELECT symbol, count(*), sum(qty) FROM t GROUP BY symbol")
     assert status in ("Stopped", "Finished"), status
     assert took < 5
-    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids)
+    assert not any(
+        psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids
+    )
+
+
+def test_with_a_state_location_the_job_reads_the_topic_and_explain_says_why(kafka_brokers, topics, tmp_path):  # noqa: F811
+    """Checkpoints hold the Kafka positions, so the job's process reads the topic and routes
+    it (no direct reads); EXPLAIN and EXPLAIN ANALYZE say so; the result is the batch result."""
+    stream, batch = QUERIES["group_by"]
+    statement = (
+        f"CREATE STREAM o AS {stream} WITH "
+        f"({_with(kafka_brokers, topics['spread'], **{'checkpoint.dir': str(tmp_path)})})"
+    )
+    with velosql.connect() as engine:
+        planned = re.search(r"^  routing: +(.*)$", engine.explain(statement), re.M).group(1)
+        job = engine.execute(statement)
+        job.wait(30)
+        got = _rows(engine.pull("o"))
+        routing = _routing(engine, statement)
+        readers = {p["reader"] for p in job.metrics()["partitions"]}
+    assert got == _batch(topics["records"], batch)
+    for text in (planned, routing):
+        assert "not read by the workers themselves: the job has a state location" in text, text
+        assert "consumes its own" not in text, text
+    assert readers == {None}

@@ -20,9 +20,14 @@ DuckDB connection. How rows reach the workers and what the workers keep depends 
 Where the rows come from:
 
 - **Direct read** (strategy ``sticky`` on a bounded source of several partitions, e.g. a directory
-  of files). Each worker opens its own partitions (partition ``p`` goes to worker ``p mod N``) and
-  reads them itself; this job only asks each worker for its next micro-batch, sending the current
-  job watermark with the request, and merges what comes back. No row passes through this process.
+  of files, or on a Kafka topic of several partitions, whose default strategy it is). Each worker
+  opens its own partitions (partition ``p`` goes to worker ``p mod N``; a Kafka worker makes its own
+  consumer, given its partitions with ``assign()``, :mod:`direct_kafka`) and reads them itself;
+  this job only asks each worker for its next micro-batch, sending the current job watermark with
+  the request, and merges what comes back. No row passes through this process. A Kafka worker
+  may have nothing to read: its reply then carries no rows, and the job takes replies in the order
+  workers send them. With a state location the job reads the source itself: its checkpoints hold
+  the source's positions.
 - **Router** (otherwise). This job's reader thread reads the source; each micro-batch gets its
   arrival sequence, event time and watermark here, then goes whole to one worker (``round_robin``),
   or is split by source partition (``sticky``) or key hash (``hash``, :mod:`routing`).
@@ -451,6 +456,11 @@ class V2Executor(V1Executor):
             self.combined = self.route.combine == "workers"
             self.direct = (self.route.strategy == "sticky" or self.combined) and len(self.splits) > 1
             self.kafka = self.direct and _kafka(self.plan)
+            if self.kafka:
+                # Before the workers start: meanwhile the job's consumer would prefetch what they
+                # are to read (with large fetch settings, the whole topic: V2:2 took 2.7 s where
+                # V1 took 2.1 s on 500K messages).
+                self.source.stop_fetching()
             self.operator.arrow = None  # the workers compute the partials
             self.pool = WorkerPool(self.n, affinity=self.affinity, max_in_flight=MAX_IN_FLIGHT)
             if getattr(self.job.engine, "sandbox", None) is not None:  # user SQL runs in the workers too
@@ -641,12 +651,12 @@ class V2Executor(V1Executor):
 
     def _open_kafka(self) -> None:
         """Have each worker consume its own partitions of the topic (direct_kafka.py). The job's
-        consumer stops fetching; it stays for the offsets committed at the end. Its tracker
-        already expects every partition (V1Executor.prepare), so the watermark waits for each."""
+        consumer fetches nothing (see prepare); it stays for the offsets committed at the end.
+        The tracker already expects every partition (V1Executor.prepare): the watermark waits
+        for each, whichever worker delivers first."""
         from ..connectors.kafka import SYSTEM_NAMES
 
         source = self.source
-        source.stop_fetching()
         spec = self._direct_spec()
         spec.update(
             # The brokers and group the job's source resolved; the schema it declared or inferred.
