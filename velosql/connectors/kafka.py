@@ -160,6 +160,10 @@ class KafkaSource(Source):
             "group.id": self.group,
             "auto.offset.reset": self.reset,
             "enable.auto.commit": False,
+            # A caught-up partition's fetch waits at most this long for new messages (librdkafka's
+            # 500 ms default is latency a stream pays on every quiet moment, and an end at each
+            # stop.at.end partition).
+            "fetch.wait.max.ms": 100,
             "max.partition.fetch.bytes": partition_fetch,
             "fetch.max.bytes": fetch,
             "receive.message.max.bytes": max(100_000_000, fetch + (1 << 20)),
@@ -261,7 +265,7 @@ class KafkaSource(Source):
             return RAW_SCHEMA
         deadline = time.monotonic() + INFER_TIMEOUT
         while time.monotonic() < deadline and not self.ctx.stop.is_set():
-            self._pending += self._consumer.consume(MAX_POLL, 0.2)
+            self._pending += self._messages(MAX_POLL, 0.2)
             values = [
                 m.value()
                 for m in self._pending
@@ -378,6 +382,19 @@ class KafkaSource(Source):
             if m.error() and m.error().code() == KafkaError._PARTITION_EOF
         }
 
+    def _messages(self, most: int, wait: float) -> list:
+        """What librdkafka has fetched, up to ``most`` messages, without waiting for more; when it
+        has nothing, the first message (or event) within ``wait`` seconds and what came with it.
+        (``consume(n, timeout)`` alone waits the whole timeout unless ``n`` messages arrive: a
+        quiet topic's message would wait ``poll_interval`` for company.)"""
+        got = self._consumer.consume(most, 0)
+        if got:
+            return got
+        first = self._consumer.poll(wait)
+        if first is None:
+            return []
+        return [first, *self._consumer.consume(most - 1, 0)] if most > 1 else [first]
+
     def read(self) -> Iterator[pa.RecordBatch | PartitionEnd | None]:
         if self.stop_at_end and not self._pairs:
             return
@@ -387,7 +404,7 @@ class KafkaSource(Source):
             if self._pending:  # polled by open(): taken batch_size at a time too
                 messages, self._pending = self._pending[: self.batch_size], self._pending[self.batch_size :]
             else:
-                messages = self._consumer.consume(self.batch_size, self.poll)
+                messages = self._messages(self.batch_size, self.poll)
             batch, ended = self._take(messages) if messages else (None, [])
             if batch is not None:
                 yield batch
