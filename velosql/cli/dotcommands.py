@@ -125,6 +125,18 @@ def _output(shell, args: list[str]) -> None:
     shell.redirect(args[0] if args else None)
 
 
+def _server(shell, args: list[str]) -> None:
+    from .shell import server_url
+
+    if len(args) > 1:
+        raise VelosqlError(".server takes the URL of a velosql serve, or off")
+    if not args:
+        what = "none: SHOW JOBS lists this shell's jobs" if shell.server is None else shell.server
+        shell.write(f"current server: {what}\n")
+        return
+    shell.server = None if args[0] == "off" else server_url(args[0])
+
+
 def _exit(shell, args: list[str]) -> str:
     return EXIT
 
@@ -147,6 +159,12 @@ COMMANDS: dict[str, DotCommand] = {
         ),
         DotCommand(".open", "FILE", "Stop the jobs, close the database and open FILE (a DuckDB file)", _open),
         DotCommand(".output", "[FILE]", "Send results to FILE, or back to the terminal", _output),
+        DotCommand(
+            ".server",
+            "[URL|off]",
+            "SHOW JOBS lists the jobs of the velosql serve at URL; off: this shell's",
+            _server,
+        ),
         DotCommand(".exit", "", "Stop the jobs (they flush) and exit", _exit),
         DotCommand(".quit", "", "The same as .exit", _exit),
     )

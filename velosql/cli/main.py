@@ -105,6 +105,26 @@ def _sandbox_options(fn):
     )(fn)
 
 
+def _check_server(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from .shell import server_url
+
+    try:
+        return server_url(value)
+    except VelosqlError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+_server_option = click.option(
+    "--server",
+    metavar="URL",
+    callback=_check_server,
+    help="The shell: SHOW JOBS lists the jobs of the velosql serve at URL (http://HOST:PORT, as "
+    "serve prints it) instead of its own; .server changes it.",
+)
+
+
 def _mode_flags(fn):
     for mode in reversed(render.MODES):
         fn = click.option(f"-{mode}", "mode", flag_value=mode, help=f"Print results in {mode} mode.")(fn)
@@ -129,10 +149,22 @@ def _mode_flags(fn):
 @click.option("--processor", metavar="STR", callback=lambda c, p, v: _check_processor(c, p, v),
               help="Processor of statements that choose none (v1, v2, v2:N, …).")  # fmt: skip
 @click.option("--config", metavar="YAML", type=click.Path(dir_okay=False), help="YAML config file.")
+@_server_option
 @_sandbox_options
 @click.pass_context
 def cli(
-    ctx: click.Context, commands, files, mode, header, bail, database, processor, config, sandbox, allow_paths
+    ctx: click.Context,
+    commands,
+    files,
+    mode,
+    header,
+    bail,
+    database,
+    processor,
+    config,
+    server,
+    sandbox,
+    allow_paths,
 ) -> None:
     """velosql: streaming SQL embedded in DuckDB.
 
@@ -147,7 +179,12 @@ def cli(
         from .shell import Shell
 
         engine = _open_engine(processor, config, database, sandbox=sandbox, allow_paths=allow_paths)
-        sys.exit(Shell(engine, database, settings).loop())
+        sys.exit(Shell(engine, database, settings, server=server).loop())
+    if server is not None:
+        raise CliError(
+            "--server attaches the shell to a server, and -c, -f and stdin do not open the shell: "
+            f"GET {server}/jobs answers the jobs as JSON"
+        )
     engine = _open_engine(processor, config, database, sandbox=sandbox, allow_paths=allow_paths)
     try:
         if scripts:
@@ -350,15 +387,21 @@ def _report_kept_tables(engine: Engine, database: str | None) -> None:
 @click.argument("database", required=False, type=click.Path(dir_okay=False))
 @_processor_option
 @_config_option
+@_server_option
 @_sandbox_options
 def shell(
-    database: str | None, processor: str | None, config: str | None, sandbox: bool, allow_paths: tuple
+    database: str | None,
+    processor: str | None,
+    config: str | None,
+    server: str | None,
+    sandbox: bool,
+    allow_paths: tuple,
 ) -> None:
     """Open the interactive shell on DATABASE (a DuckDB file, created if missing; default in memory)."""
     from .shell import Shell
 
     engine = _open_engine(processor, config, database, sandbox=sandbox, allow_paths=allow_paths)
-    sys.exit(Shell(engine, database, render.Settings(width=_width())).loop())
+    sys.exit(Shell(engine, database, render.Settings(width=_width()), server=server).loop())
 
 
 # ---- velosql run ---------------------------------------------------------------------------------

@@ -8,24 +8,37 @@ nothing waits for jobs: a streaming statement deploys a background job and retur
 
 Ctrl-C clears the input, or interrupts a running query; Ctrl-D (or ``.exit``) stops the jobs —
 they flush — and ends the shell. An error prints one message and the prompt comes back.
+
+Attached to a ``velosql serve`` (``--server URL`` or ``.server URL``), ``SHOW JOBS`` (and
+``.jobs``) lists that server's jobs instead: its ``GET /jobs`` answer, typed as the
+``velosql_jobs`` rows it is made of and rendered as any result. Everything else stays local.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import re
 import shutil
 import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import urlsplit
 
+import pyarrow as pa
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
 
-from .. import __version__
+from .. import __version__, system
 from ..engine import Engine, connect
 from ..errors import VelosqlError
+from ..sql import ShowJobs
+from ..sql.statements import Statement
 from . import dotcommands, render
 from .completion import SqlCompleter
 from .script import Runner
@@ -33,6 +46,9 @@ from .script import Runner
 PROMPT = "velosql> "
 _DOLLAR = re.compile(r"\$(?:[A-Za-z_]\w*)?\$")
 CONTINUATION = "    ...> "
+# How long SHOW JOBS waits for an attached server's answer: /jobs never waits for a job, so a
+# server that has not answered by then is not going to.
+SERVER_TIMEOUT = 5.0
 
 
 def history_path() -> Path:
@@ -80,15 +96,30 @@ def complete(text: str) -> bool:
 class Shell:
     """The read-eval-print loop on ``engine`` (opened on ``database``, None: in memory)."""
 
-    def __init__(self, engine: Engine, database: str | None, settings: render.Settings | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        database: str | None,
+        settings: render.Settings | None = None,
+        *,
+        server: str | None = None,
+    ) -> None:
         self.engine = engine
         self.database = database
         self.settings = settings or render.Settings()
+        self.server = server  # the URL of the velosql serve whose jobs SHOW JOBS lists
         self.out: TextIO = sys.stdout
         self.runner = self._runner()
 
-    def _runner(self) -> Runner:
-        return Runner(self.engine, self.settings, self.out, sys.stderr, wait_for_jobs=False)
+    def _runner(self, *, wait_for_jobs: bool = False) -> Runner:
+        return _ShellRunner(
+            self.engine,
+            self.settings,
+            self.out,
+            sys.stderr,
+            wait_for_jobs=wait_for_jobs,
+            server=lambda: self.server,
+        )
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -164,6 +195,8 @@ class Shell:
             else "Connected to a transient in-memory database.\n"
             'Use ".open FILENAME" to reopen on a persistent database.'
         )
+        if self.server is not None:
+            where += f"\nAttached to {self.server}: SHOW JOBS lists its jobs."
         sys.stdout.write(
             f"velosql {__version__} (DuckDB {duckdb.__version__})\n"
             f'Enter ".help" for usage hints; a statement ends with ";".\n{where}\n'
@@ -181,7 +214,7 @@ class Shell:
 
     def run_file(self, text: str, file: str) -> None:
         """``.read FILE``: the statements run as a script's do (see ``script.py``)."""
-        runner = Runner(self.engine, self.settings, self.out, sys.stderr, wait_for_jobs=True)
+        runner = self._runner(wait_for_jobs=True)
         runner.timer = self.runner.timer
         runner.run(text)
 
@@ -228,6 +261,88 @@ class Shell:
             self.engine.stop()
             for job in running:
                 sys.stderr.write(f"{job.name}: {job.status}, {job.metrics()['records_out']} rows out\n")
+
+
+class _ShellRunner(Runner):
+    """The shell's runner: while ``server()`` names a server, SHOW JOBS lists that server's jobs."""
+
+    def __init__(self, *args, server: Callable[[], str | None], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.server = server
+
+    def _result(self, stmt: Statement) -> str:
+        url = self.server()
+        if url is not None and isinstance(stmt, ShowJobs):
+            return self._text(server_jobs(url))
+        return super()._result(stmt)
+
+
+# ---- an attached server: --server URL, .server URL -----------------------------------------------
+
+
+def server_url(text: str) -> str:
+    """The URL of a ``velosql serve`` as given (``http://HOST:PORT`` as the server prints it, or
+    ``HOST:PORT``), without a trailing ``/``.
+
+    Raises:
+        VelosqlError: it is not an http(s) URL of a host (and port), without a path.
+    """
+    url = (text if "://" in text else f"http://{text}").rstrip("/")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number from 0 to 65535
+    except ValueError:
+        valid = False
+    else:
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        valid = valid and not (parts.path or parts.query or parts.fragment)
+    if not valid:
+        raise VelosqlError(
+            f"{text!r} is not the URL of a velosql serve: give http://HOST:PORT, as the server prints it"
+        )
+    return url
+
+
+def server_jobs(url: str) -> pa.Table:
+    """The jobs of the ``velosql serve`` at ``url`` (its ``GET /jobs``) as the rows of its
+    ``velosql_jobs`` table, typed as that table declares them.
+
+    Raises:
+        VelosqlError: the server did not answer, or not with a list of jobs (the message names the URL).
+    """
+    address = f"{url}/jobs"
+    try:
+        with urllib.request.urlopen(address, timeout=SERVER_TIMEOUT) as answer:
+            body = answer.read()
+    except urllib.error.HTTPError as exc:
+        raise VelosqlError(f"{address}: the server answered {exc.code} {exc.reason}") from None
+    except OSError as exc:  # URLError (refused, unknown host), a timeout, a reset connection
+        reason = getattr(exc, "reason", None) or exc
+        reason = getattr(reason, "strerror", None) or reason  # "Connection refused", not "[Errno 111] …"
+        raise VelosqlError(
+            f"{address}: no answer ({reason}); is velosql serve running there? (.server off detaches)"
+        ) from None
+    try:
+        return _jobs_table(json.loads(body))
+    except (ValueError, TypeError, AttributeError, pa.ArrowException) as exc:
+        raise VelosqlError(f"{address}: not a velosql server's list of jobs ({exc})") from None
+
+
+def _jobs_table(jobs: list[dict]) -> pa.Table:
+    """A server's jobs as its ``velosql_jobs`` rows (each job's workers, watermarks and checkpoint
+    are left out: SHOW JOBS has one row per job)."""
+    if not isinstance(jobs, list):
+        raise TypeError(f"a list was expected, not {type(jobs).__name__}")
+    table = next(t for t in system.TABLES if t.name == "velosql_jobs")
+    rows = [{c.name: _value(job.get(c.name), c.type) for c in table.columns} for job in jobs]
+    return pa.Table.from_pylist(rows, schema=table.schema) if rows else table.schema.empty_table()
+
+
+def _value(value, duckdb_type: str):
+    """A value of a /jobs answer as the system table holds it (JSON writes a TIMESTAMP as text)."""
+    if duckdb_type == "TIMESTAMP" and isinstance(value, str):
+        return dt.datetime.fromisoformat(value)
+    return value
 
 
 def _history() -> History:
