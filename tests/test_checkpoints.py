@@ -4,7 +4,9 @@ there — no row read twice, none lost, windows in flight carried over."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import subprocess
 import threading
 import time
 
@@ -72,6 +74,40 @@ def _workers(pid: int) -> list:
         except psutil.Error:  # exited meanwhile (a zombie until reaped)
             continue
     return found
+
+
+def kill_and_restart(command, current, rng, planned: int, processor: str, pause, after_kill=None):
+    """Run ``command`` (a job with a state location whose checkpoints ``current`` names) and
+    kill it with SIGKILL at a random moment — after 1 to 3 checkpoints of the run and a pause
+    drawn from ``pause`` (seconds), the process or, under V2 every other time, one of its workers
+    (its job fails; the script's others go on) — and start it again, ``planned`` times or until a
+    run ends by itself, which then must exit 0. ``after_kill`` runs after each kill. The kills,
+    and how many of them were a worker's."""
+    import psutil
+
+    kills = workers_killed = 0
+    while True:
+        target = epoch(current) + rng.randint(1, 3)
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if kills < planned:
+            until(lambda p=proc, t=target: p.poll() is not None or epoch(current) >= t, 60)
+            threading.Event().wait(rng.uniform(*pause))
+            if proc.poll() is None:  # else it ended by itself: the last run
+                workers = _workers(proc.pid)
+                if processor != "v1" and kills % 2 and workers:
+                    with contextlib.suppress(psutil.NoSuchProcess):  # it may have just ended
+                        rng.choice(workers).kill()
+                        workers_killed += 1
+                else:
+                    proc.kill()
+                proc.communicate(timeout=120)
+                kills += 1
+                if after_kill is not None:
+                    after_kill()
+                continue
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        return kills, workers_killed
 
 
 def run_until_read(state, sql: str, rows: int) -> list[tuple]:
@@ -203,12 +239,9 @@ def test_a_job_killed_at_random_moments_and_restarted_commits_each_result_once(t
     them amid an epoch's output, and started again, until a run ends by itself: every output is
     the batch answer, nothing missing and nothing twice, and the Parquet file opens whenever it
     is looked at. 10 kills per processor in the long profile (20 in all), 3 in the fast one."""
-    import contextlib
     import random
-    import subprocess
     import sys
 
-    import psutil
     from conftest import LONG
 
     src, state, db = tmp_path / "in.csv", tmp_path / "state", tmp_path / "out.duckdb"
@@ -232,31 +265,14 @@ def test_a_job_killed_at_random_moments_and_restarted_commits_each_result_once(t
     command = [sys.executable, "-m", "velosql", "run", "--database", str(db), "--state", str(state), str(app)]
     rng = random.Random(19)
     current = state / "agg_db" / "CURRENT"
-    planned = 10 if LONG else 3
-    kills = workers_killed = 0
-    while True:
-        target = epoch(current) + rng.randint(1, 3)
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if kills < planned:
-            # Wait for a few checkpoints of this run (or its end), then kill it at a random moment.
-            until(lambda p=proc, t=target: p.poll() is not None or epoch(current) >= t, 60)
-            threading.Event().wait(rng.uniform(0, 0.05))
-            if proc.poll() is None:  # else it ended by itself: the last run
-                workers = _workers(proc.pid)
-                if processor != "v1" and kills % 2 and workers:
-                    with contextlib.suppress(psutil.NoSuchProcess):  # it may have just ended
-                        rng.choice(workers).kill()  # its job fails; the script's others go on
-                        workers_killed += 1
-                else:
-                    proc.kill()
-                proc.communicate(timeout=120)
-                kills += 1
-                if pq_out.exists():  # whole, whenever a reader opens it
-                    duckdb.sql(f"SELECT count(*) FROM '{pq_out}'").fetchall()
-                continue
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
-        break
+
+    def parquet_opens() -> None:
+        if pq_out.exists():  # whole, whenever a reader opens it
+            duckdb.sql(f"SELECT count(*) FROM '{pq_out}'").fetchall()
+
+    kills, workers_killed = kill_and_restart(
+        command, current, rng, 10 if LONG else 3, processor, (0, 0.05), parquet_opens
+    )
     assert kills >= 3
     assert processor == "v1" or workers_killed >= 1
     con = duckdb.connect(str(db))

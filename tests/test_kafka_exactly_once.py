@@ -8,12 +8,9 @@ with each record's transaction status (``kafka_wire``): Tansu, the test broker, 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
-import subprocess
 import sys
-import threading
 
 import duckdb
 import pyarrow as pa
@@ -21,7 +18,7 @@ import pytest
 from conftest import LONG
 from kafka_broker import kafka_brokers  # noqa: F401 - the session fixture
 from kafka_wire import Status, read_log
-from test_checkpoints import _workers, epoch, until
+from test_checkpoints import kill_and_restart, until
 from test_kafka import PARTITIONS, _produce, _topic, _trades
 
 import velosql
@@ -115,7 +112,6 @@ def test_a_job_killed_at_random_moments_writes_kafka_and_table_output_exactly_on
     again until a run ends by itself. The committed Kafka messages and the table are the batch
     answer, and the Kafka logs hold aborted transactions (the kills cut epochs). 10 kills per
     processor in the long profile (V1 and V2:2), 3 in the fast one (V1)."""
-    import psutil
 
     topic = _topic(kafka_brokers)
     records = _trades(12_000 if LONG else 4000)
@@ -126,28 +122,8 @@ def test_a_job_killed_at_random_moments_writes_kafka_and_table_output_exactly_on
     command = [sys.executable, "-m", "velosql", "run", "--database", str(db), "--state", str(state), str(app)]
     rng = random.Random(20)
     current = state / "proj_k" / "CURRENT"
-    planned = 10 if LONG else 3
-    kills = workers_killed = 0
-    while True:
-        target = epoch(current) + rng.randint(1, 3)
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if kills < planned:
-            until(lambda p=proc, t=target: p.poll() is not None or epoch(current) >= t, 60)
-            threading.Event().wait(rng.uniform(0.02, 0.3))  # most often amid an epoch's output
-            if proc.poll() is None:  # else it ended by itself: the last run
-                workers = _workers(proc.pid)
-                if processor != "v1" and kills % 2 and workers:
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        rng.choice(workers).kill()
-                        workers_killed += 1
-                else:
-                    proc.kill()
-                proc.communicate(timeout=120)
-                kills += 1
-                continue
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
-        break
+    # Most kills land amid an epoch's output (the pause after the checkpoints).
+    kills, workers_killed = kill_and_restart(command, current, rng, 10 if LONG else 3, processor, (0.02, 0.3))
     assert kills >= 3
     assert processor == "v1" or workers_killed >= 1
     want_agg = _batch(AGGREGATE_BATCH, records)

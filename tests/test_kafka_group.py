@@ -20,20 +20,13 @@ from kafka_broker import kafka_brokers  # noqa: F401 - the session fixture
 from kafka_wire import Status, read_log
 from test_checkpoints import until
 from test_kafka import PARTITIONS, START, _produce, _topic
+from test_kafka_exactly_once import AGGREGATE, AGGREGATE_BATCH
 from test_serve import Serve
 
 import velosql
 from velosql.errors import ConfigError
 
 SYMBOLS = 7
-AGGREGATE = (
-    "SELECT symbol, _window_start AS w, count(*) AS n, sum(qty) AS volume FROM t GROUP BY symbol "
-    "WINDOW TUMBLING(ts, INTERVAL '1' MINUTE) EMIT FINAL"
-)
-AGGREGATE_BATCH = (
-    "SELECT symbol, strftime(time_bucket(INTERVAL '1 minute', ts::TIMESTAMP), '%Y-%m-%d %H:%M:%S'), "
-    "count(*), sum(qty) FROM t GROUP BY ALL"
-)
 
 
 def _keyed(first: int, last: int) -> list[tuple[int, bytes]]:
@@ -135,12 +128,12 @@ def test_two_servers_share_a_topic_and_its_state_when_one_stops_and_comes_back(k
     ids=["unkeyed-aggregate", "no-state", "file-sink"],
 )
 def test_a_statement_a_group_cannot_share_exactly_is_refused_saying_why(
-    kafka_brokers,
+    kafka_brokers,  # noqa: F811
     tmp_path,
     query,
     extra,
     state,
-    message,  # noqa: F811
+    message,
 ):
     sql = (
         f"CREATE STREAM o AS {query} WITH ('t.type' = 'kafka_source', 't.topic.name' = 'x', "
