@@ -13,20 +13,18 @@ import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from terminal import Terminal
-from test_cli import env
 from test_serve import Serve, lines
+from test_shell import PROMPT
+from test_shell import shell as _shell  # noqa: F401 - the fixture `shell`: a real shell in a pty
 
 from velosql.cli.main import cli
 from velosql.cli.shell import server_jobs
 from velosql.errors import VelosqlError
 
 ENTER = "\r"
-PROMPT = r"velosql>"
 APP = """\
 CREATE STREAM watched AS SELECT k, v FROM t
 WITH ('t.type' = 'file_source', 't.path' = 'in.csv', 't.watch' = 'true', 't.poll_interval' = '20ms',
@@ -55,31 +53,6 @@ def server(tmp_path_factory) -> Iterator[Serve]:
         yield served
     finally:
         served.kill()
-
-
-@pytest.fixture
-def shell(tmp_path: Path) -> Iterator:
-    """Start a shell in ``tmp_path`` (arguments as given); every one started is killed at the end."""
-    started: list[Terminal] = []
-
-    def start(*args: str) -> Terminal:
-        terminal = Terminal(
-            list(args),
-            tmp_path,
-            env(
-                PROCESSOR_CONFIG="v1",
-                TERM="xterm",
-                PROMPT_TOOLKIT_NO_CPR="1",  # no cursor-position queries a test terminal would not answer
-                XDG_DATA_HOME=str(tmp_path / "xdg"),
-            ),
-        )
-        started.append(terminal)
-        terminal.expect(PROMPT)
-        return terminal
-
-    yield start
-    for terminal in started:
-        terminal.close()
 
 
 # The server's two jobs as SHOW JOBS lists them in csv mode: the velosql_jobs columns.
