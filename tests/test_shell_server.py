@@ -17,8 +17,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from click.testing import CliRunner
 from test_serve import Serve, lines
-from test_shell import PROMPT
-from test_shell import shell as _shell  # noqa: F401 - the fixture `shell`: a real shell in a pty
+from test_shell import (
+    PROMPT,
+    shell,  # noqa: F401 - the fixture: a real shell in a pty
+)
 
 from velosql.cli.main import cli
 from velosql.cli.shell import server_jobs
@@ -61,7 +63,7 @@ WATCHED_ROW = r'\nwatched,Running,"V1 \(Single-threaded[^\n]*\)",5,5,'
 BOUNDED_ROW = r'\nbounded,Finished,"V1 \(Single-threaded[^\n]*\)",2,2,'
 
 
-def test_the_server_option_makes_show_jobs_list_the_servers_jobs(server, shell):
+def test_the_server_option_makes_show_jobs_list_the_servers_jobs(server, shell):  # noqa: F811
     t = shell("--server", server.url)
     assert f"Attached to {server.url}: SHOW JOBS lists its jobs." in t.text
     # A job of the shell's own, which SHOW JOBS leaves out while attached.
@@ -81,7 +83,7 @@ def test_the_server_option_makes_show_jobs_list_the_servers_jobs(server, shell):
     assert "Traceback" not in t.text
 
 
-def test_the_server_dot_command_attaches_shows_which_and_detaches(server, shell):
+def test_the_server_dot_command_attaches_shows_which_and_detaches(server, shell):  # noqa: F811
     t = shell("shell")
     t.send(".server" + ENTER)
     t.expect(r"current server: none: SHOW JOBS lists this shell's jobs")
@@ -97,7 +99,7 @@ def test_the_server_dot_command_attaches_shows_which_and_detaches(server, shell)
     assert t.wait() == 0
 
 
-def test_a_server_that_does_not_answer_gives_one_error_and_the_shell_goes_on(shell):
+def test_a_server_that_does_not_answer_gives_one_error_and_the_shell_goes_on(shell):  # noqa: F811
     with socket.socket() as bound:  # bound, not listening: a connection is refused at once
         bound.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{bound.getsockname()[1]}"
