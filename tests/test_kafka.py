@@ -16,6 +16,7 @@ import uuid
 import duckdb
 import pyarrow as pa
 import pytest
+from conftest import LONG
 from kafka_broker import kafka_brokers  # noqa: F401 - the session fixture
 
 import velosql
@@ -87,7 +88,8 @@ QUERIES = [
 ]
 
 
-@pytest.mark.parametrize("processor", ["v1", "v2:2"])
+# V2:2 reads these too in test_kafka_v2.py (every strategy); here in the long profile.
+@pytest.mark.parametrize("processor", ["v1", *(["v2:2"] if LONG else [])])
 @pytest.mark.parametrize(("query", "batch"), QUERIES, ids=["group_by", "tumbling"])
 def test_an_aggregate_over_a_topic_equals_batch_sql(kafka_brokers, processor, query, batch):  # noqa: F811
     topic = _topic(kafka_brokers)

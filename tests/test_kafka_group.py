@@ -142,3 +142,19 @@ def test_a_statement_a_group_cannot_share_exactly_is_refused_saying_why(
     with velosql.connect(state=str(tmp_path) if state else None) as engine:
         with pytest.raises(ConfigError, match=re.escape(message)):
             engine.execute(sql)
+
+
+def test_a_group_member_lists_its_partitions_in_the_system_tables(kafka_brokers, tmp_path):  # noqa: F811
+    """A lone member gets every partition: ``velosql_jobs`` counts its tasks, ``velosql_partitions``
+    lists them, and ``velosql_open_windows`` answers (the tasks hold the state)."""
+    topic = _topic(kafka_brokers)
+    with velosql.connect(state=str(tmp_path)) as engine:
+        engine.execute(
+            f"CREATE STREAM o AS {AGGREGATE} WITH ('t.type' = 'kafka_source', 't.topic.name' = '{topic}', "
+            f"'t.bootstrap.servers' = '{kafka_brokers}', 't.group.id' = 'g-{topic}', 't.assignment' = 'group', "
+            "'t.partition_key' = 'symbol', 't.schema' = 'symbol VARCHAR, qty BIGINT, ts TIMESTAMP')"
+        )
+        until(lambda: engine.sql("SELECT partitions FROM velosql_jobs").fetchall() == [(PARTITIONS,)], 60)
+        parts = engine.sql("SELECT partition, reader FROM velosql_partitions ORDER BY 1").fetchall()
+        assert parts == [(p, "group task") for p in range(PARTITIONS)]
+        assert engine.sql("SELECT count(*) FROM velosql_open_windows").fetchall() == [(0,)]

@@ -257,6 +257,8 @@ def _open_windows(engine) -> list[dict]:
         p, executor = job.plan, job.executor
         if p.window is None or executor is None or job.done:
             continue
+        if getattr(executor, "operator", None) is None:
+            continue  # a group member: its partitions' tasks hold the windows
         first_end, held, kind = _held_state(executor)
         if held == 0:
             continue  # nothing open
