@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import threading
 import time
 import uuid
 
@@ -23,7 +22,7 @@ import pyarrow as pa
 import pytest
 from conftest import LONG
 from kafka_broker import kafka_brokers  # noqa: F401 - the session fixture
-from test_kafka import _produce, _topic, _trades
+from test_kafka import _produce, _topic, _trades, wait_for
 
 import velosql
 
@@ -222,15 +221,6 @@ def test_the_watermark_waits_for_every_partition_from_the_start(kafka_brokers): 
     batch = "SELECT symbol, count(*), sum(qty), time_bucket(INTERVAL '1 minute', ts::TIMESTAMP) FROM t GROUP BY ALL"
     assert late == 0
     assert got == _batch([r for _, r in rows], batch)
-
-
-def wait_for(condition, what: str, timeout: float = 20.0) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        threading.Event().wait(0.02)
 
 
 def test_an_unbounded_topic_is_consumed_until_the_job_is_stopped(kafka_brokers):  # noqa: F811
