@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
-from conftest import examples
+from conftest import LONG, examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -323,7 +323,8 @@ def disordered(draw) -> tuple[list[int], list[bool]]:
 
 @pytest.mark.parametrize("kind", sorted(TIME_TYPES))
 @settings(
-    max_examples=examples(EXAMPLES),
+    # Five kinds, each example V2 reading files: three examples a kind in the fast profile.
+    max_examples=EXAMPLES if LONG else 3,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
