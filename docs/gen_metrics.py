@@ -9,11 +9,13 @@ there); ``tests/test_docs.py`` fails when the page's list has drifted from it.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # its sibling gen_options, however this script is loaded
+import gen_options  # noqa: E402 - after the path it is found on
+
 PAGE = os.path.join(HERE, "serve.md")
 START = "<!-- metrics:start -->"
 END = "<!-- metrics:end -->"
@@ -30,31 +32,11 @@ def render() -> str:
 
 def splice(document: str, table: str) -> str:
     """``document`` with the text between the markers replaced by ``table``."""
-    try:
-        head, rest = document.split(START, 1)
-        _, tail = rest.split(END, 1)
-    except ValueError:
-        raise SystemExit(f"{PAGE}: the markers {START} and {END} are missing") from None
-    return f"{head}{START}\n{table}{END}{tail}"
+    return gen_options.splice(document, table, START, END, PAGE)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only check that the page is up to date")
-    args = parser.parse_args(argv)
-    with open(PAGE, encoding="utf-8") as fh:
-        document = fh.read()
-    updated = splice(document, render())
-    if args.check:
-        if updated != document:
-            print(f"{PAGE} is out of date: run python docs/gen_metrics.py", file=sys.stderr)
-            return 1
-        return 0
-    if updated != document:
-        with open(PAGE, "w", encoding="utf-8") as fh:
-            fh.write(updated)
-        print(f"updated {PAGE}")
-    return 0
+    return gen_options.main(argv, PAGE, render, START, END)
 
 
 if __name__ == "__main__":

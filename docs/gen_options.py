@@ -91,32 +91,37 @@ def render(options=None) -> str:
     return "\n".join(parts) + "\n"
 
 
-def splice(document: str, table: str) -> str:
+def splice(document: str, table: str, start: str = START, end: str = END, page: str = GUIDE) -> str:
     """``document`` with the text between the markers replaced by ``table``."""
     try:
-        head, rest = document.split(START, 1)
-        _, tail = rest.split(END, 1)
+        head, rest = document.split(start, 1)
+        _, tail = rest.split(end, 1)
     except ValueError:
-        raise SystemExit(f"{GUIDE}: the markers {START} and {END} are missing") from None
-    return f"{head}{START}\n{table}{END}{tail}"
+        raise SystemExit(f"{page}: the markers {start} and {end} are missing") from None
+    return f"{head}{start}\n{table}{end}{tail}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None, page: str = GUIDE, table=None, start: str = START, end: str = END
+) -> int:
+    """Rewrite (or with ``--check`` only check) the generated part of ``page``: ``table()`` between
+    ``start`` and ``end``. docs/gen_metrics.py runs it for its page too."""
+    script = f"docs/{os.path.basename(sys.argv[0] or 'gen_options.py')}"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only check that the guide is up to date")
+    parser.add_argument("--check", action="store_true", help="only check that the page is up to date")
     args = parser.parse_args(argv)
-    with open(GUIDE, encoding="utf-8") as fh:
+    with open(page, encoding="utf-8") as fh:
         document = fh.read()
-    updated = splice(document, render())
+    updated = splice(document, (table or render)(), start, end, page)
     if args.check:
         if updated != document:
-            print(f"{GUIDE} is out of date: run python docs/gen_options.py", file=sys.stderr)
+            print(f"{page} is out of date: run python {script}", file=sys.stderr)
             return 1
         return 0
     if updated != document:
-        with open(GUIDE, "w", encoding="utf-8") as fh:
+        with open(page, "w", encoding="utf-8") as fh:
             fh.write(updated)
-        print(f"updated {GUIDE}")
+        print(f"updated {page}")
     return 0
 
 
