@@ -160,9 +160,7 @@ class V1Executor:
         if not root:
             return
         plan = self.plan
-        specs = [i.source for i in plan.inputs] if plan.inputs else [plan.source]
-        sources = getattr(self, "sources", None) or [self.source]
-        for spec, source in zip(specs, sources):
+        for spec, source in self._inputs():
             if spec.name in getattr(self.job.engine, "_pipes", ()):
                 raise ConfigError(
                     f"{plan.location}: {plan.name!r} reads the output of statement {spec.name!r} as a "
@@ -218,7 +216,7 @@ class V1Executor:
             from ..connectors.kafka import DeadLetterTopic
 
             brokers = self.opts.get("dlq.bootstrap.servers") or next(
-                (s.brokers for _, s in self._named_sources() if getattr(s, "brokers", None)), None
+                (s.brokers for _, s in self._inputs() if getattr(s, "brokers", None)), None
             )
             self.dlq_topic = DeadLetterTopic(topic, brokers)
 
@@ -228,29 +226,29 @@ class V1Executor:
         so that every checkpoint names every partition's position: a restart must not take a
         partition it had not read from yet from the group's offsets, which another job of the
         same group may have moved on."""
-        sources = getattr(self, "sources", None) or [self.source]
-        self.tracking = self.checkpoints is not None or any(hasattr(s, "commit_offsets") for s in sources)
+        inputs = self._inputs()
+        self.tracking = self.checkpoints is not None or any(hasattr(s, "commit_offsets") for _, s in inputs)
         if self.checkpoints is None or self.epoch:
             return
-        for name, source in self._named_sources():
+        for spec, source in inputs:
             starts = getattr(source, "start_offsets", None)
             if starts is not None:
                 offsets = starts()
                 source.seek(offsets)
-                self.positions.update({(name, p): o for p, o in offsets.items()})
+                self.positions.update({(spec.name, p): o for p, o in offsets.items()})
 
-    def _named_sources(self) -> list:
-        """``(name, source)`` of each input."""
+    def _inputs(self) -> list:
+        """``(source spec, source)`` of each input: the statement's source, or each of the
+        streams a statement over several reads (MultiInputExecutor's ``sources``)."""
         plan = self.plan
         specs = [i.source for i in plan.inputs] if plan.inputs else [plan.source]
-        sources = getattr(self, "sources", None) or [self.source]
-        return [(spec.name, source) for spec, source in zip(specs, sources)]
+        return list(zip(specs, getattr(self, "sources", None) or [self.source]))
 
     def _offsets(self) -> list:
         """``(source, {partition: next offset})`` of each source that commits offsets (Kafka)."""
         return [
-            (source, {p: o for (s, p), o in self.positions.items() if s == name})
-            for name, source in self._named_sources()
+            (source, {p: o for (s, p), o in self.positions.items() if s == spec.name})
+            for spec, source in self._inputs()
             if hasattr(source, "commit_offsets")
         ]
 
@@ -341,10 +339,10 @@ class V1Executor:
         self.rejected_before = dict(self.rejected)
         self.skip_to = dict(ck.positions)
         self.lineage = values.get("lineage", 0)
-        for name, source in self._named_sources():
+        for spec, source in self._inputs():
             seek = getattr(source, "seek", None)
             if seek is not None:  # read on from the checkpoint's positions (no re-read to skip)
-                seek({p: o for (s, p), o in ck.positions.items() if s == name})
+                seek({p: o for (s, p), o in ck.positions.items() if s == spec.name})
         _log.info(
             "%s: resuming from checkpoint %d (%s)", plan.name, ck.epoch, self.checkpoints.path(ck.epoch)
         )
