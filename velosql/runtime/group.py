@@ -39,6 +39,8 @@ from .checkpoint import CheckpointStore
 _log = logging.getLogger("velosql")
 
 POLL_SECONDS = 0.2
+# The job's counters: the sum of its tasks', those that ended (a rebalance) included.
+COUNTERS = ("records_in", "records_out", "batches", "late_rows", "dead_letters")
 
 
 def is_group_plan(plan) -> bool:
@@ -92,6 +94,7 @@ class GroupExecutor:
             self.schema = probe.user_schema()
             self.partitions = probe.partition_ids()
             self.pairs = list(probe.pairs())
+            self.index = {pair: i for i, pair in enumerate(self.pairs)}  # (topic, partition) -> p
             self.brokers, self.group = probe.brokers, probe.group
             self.config = probe.consumer_config()
         finally:
@@ -151,8 +154,7 @@ class GroupExecutor:
         consumer.pause(partitions)
         # Of this generation of the group: Kafka refuses the offsets of a server that lost them.
         self.member.metadata = consumer.consumer_group_metadata()
-        index = {pair: i for i, pair in enumerate(self.pairs)}
-        mine = sorted(index[tp.topic, tp.partition] for tp in partitions if (tp.topic, tp.partition) in index)
+        mine = sorted(self._partitions_of(partitions))
         _log.info("%s: the group gave this server partitions %s", self.plan.name, mine)
         for p in mine:
             if p not in self.tasks and self.failure is None:
@@ -162,11 +164,16 @@ class GroupExecutor:
                     self.failure = exc
 
     def _revoked(self, consumer, partitions) -> None:
-        index = {pair: i for i, pair in enumerate(self.pairs)}
-        gone = [index[tp.topic, tp.partition] for tp in partitions if (tp.topic, tp.partition) in index]
+        gone = self._partitions_of(partitions)
         _log.info("%s: the group takes partitions %s: checkpointing them", self.plan.name, sorted(gone))
         self._stop_tasks(gone)
         self.member.serve(consumer)  # their last offsets, while the partitions are still ours
+
+    def _partitions_of(self, partitions) -> list[int]:
+        """The source partitions of Kafka ``TopicPartition``s (those of this statement's topics)."""
+        return [
+            self.index[tp.topic, tp.partition] for tp in partitions if (tp.topic, tp.partition) in self.index
+        ]
 
     def _start_task(self, partition: int):
         """Prepare (restoring its checkpoint) and start the task of ``partition``."""
@@ -218,7 +225,7 @@ class GroupExecutor:
                 self.job.stop_event.set()
         live = [t.metrics_data for t in self.tasks.values()]
         m = self.metrics
-        for field in ("records_in", "records_out", "batches", "late_rows", "dead_letters"):
+        for field in COUNTERS:
             setattr(m, field, int(self.ended.get(field, 0) + sum(getattr(x, field) for x in live)))
         marks = [x.watermark for x in live if x.watermark is not None]
         m.watermark = min(marks) if marks else m.watermark
@@ -228,7 +235,7 @@ class GroupExecutor:
 
     def _count_ended(self, task) -> None:
         data = task.metrics_data
-        for field in ("records_in", "records_out", "batches", "late_rows", "dead_letters"):
+        for field in COUNTERS:
             self.ended[field] = self.ended.get(field, 0) + getattr(data, field)
 
     def progress(self) -> float | None:
