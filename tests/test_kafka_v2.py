@@ -118,6 +118,16 @@ CASES = [
 ]
 
 
+def _run(engine, statement: str) -> tuple[list[tuple], str, set]:
+    """Run ``statement`` to its end: its rows, EXPLAIN ANALYZE's routing line, and the readers of
+    its workers' partitions (``kafka`` where a worker consumed them itself)."""
+    job = engine.execute(statement)
+    job.wait(30)
+    got = _rows(engine.pull("o"))
+    routing = _routing(engine, statement)
+    return got, routing, {p["reader"] for p in job.metrics()["partitions"]}
+
+
 @pytest.mark.parametrize(("query", "strategy", "topic", "key", "says"), CASES)
 def test_every_strategy_equals_batch_sql(kafka_brokers, topics, query, strategy, topic, key, says):  # noqa: F811
     stream, batch = QUERIES[query]
@@ -128,11 +138,7 @@ def test_every_strategy_equals_batch_sql(kafka_brokers, topics, query, strategy,
         extra["t.partition_key"] = key
     statement = f"CREATE STREAM o AS {stream} WITH ({_with(kafka_brokers, topics[topic], **extra)})"
     with velosql.connect() as engine:
-        job = engine.execute(statement)
-        job.wait(30)
-        got = _rows(engine.pull("o"))
-        routing = _routing(engine, statement)
-        readers = {p["reader"] for p in job.metrics()["partitions"]}
+        got, routing, readers = _run(engine, statement)
     assert got == _batch(topics["records"], batch)
     if query != "projection":  # a projection has no key: hash and smart read as sticky does
         assert says in routing, routing
@@ -266,11 +272,7 @@ def test_with_a_state_location_the_job_reads_the_topic_and_explain_says_why(kafk
     )
     with velosql.connect() as engine:
         planned = re.search(r"^  routing: +(.*)$", engine.explain(statement), re.M).group(1)
-        job = engine.execute(statement)
-        job.wait(30)
-        got = _rows(engine.pull("o"))
-        routing = _routing(engine, statement)
-        readers = {p["reader"] for p in job.metrics()["partitions"]}
+        got, routing, readers = _run(engine, statement)
     assert got == _batch(topics["records"], batch)
     for text in (planned, routing):
         assert "not read by the workers themselves: the job has a state location" in text, text
